@@ -1,0 +1,172 @@
+// SimBackend: a simulated GPU, the default backend of the harness and of every
+// test on machines without a device. It is meant to fail where a real GPU
+// would:
+//  - each device has a capacity, an alignment and an address space that
+//    fragments; Malloc beyond it is out-of-memory;
+//  - every allocation is real host memory, so data round-trips, with canary
+//    guards on both sides (poisoned under ASan) checked at free;
+//  - the current device is per thread, as with cudaSetDevice;
+//  - streams run their work asynchronously and in order on worker threads;
+//    events complete when their stream passes them; memory freed with
+//    FreeAsync becomes reusable only when its stream reaches the free;
+//  - virtual memory is real: reservations are PROT_NONE mappings, physical
+//    chunks are memfd objects mapped with MAP_FIXED, inaccessible until
+//    VmSetAccess;
+//  - managed memory tracks per-page residency and counts migrations;
+//  - a cost model adds latency per call, and Accounting() counts every call
+//    and every byte outstanding, which the harness uses as ground truth.
+//
+// Thread-safe: all methods may be called from any thread.
+#ifndef GPUALLOC_ALLOCATOR_BACKEND_SIM_SIM_BACKEND_H_
+#define GPUALLOC_ALLOCATOR_BACKEND_SIM_SIM_BACKEND_H_
+
+#include <array>
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "allocator/backend/backend.h"
+#include "allocator/backend/sim/address_space.h"
+#include "allocator/backend/sim/sim_options.h"
+#include "allocator/backend/sim/stream_worker.h"
+
+namespace gpualloc {
+
+// A snapshot of what the simulated devices have handed out.
+struct SimAccounting {
+  struct Device {
+    std::size_t device_bytes = 0;       // Malloc/MallocAsync/VmCreate bytes live
+    std::size_t peak_device_bytes = 0;
+    std::size_t live_allocations = 0;   // Malloc + MallocAsync + MallocManaged
+    std::size_t managed_bytes = 0;
+    std::size_t pinned_bytes = 0;       // HostAlloc owned by this device
+    std::size_t vm_reserved_bytes = 0;
+    std::size_t vm_physical_bytes = 0;
+    std::size_t free_address_space = 0;
+    std::size_t largest_free_range = 0;
+    std::uint64_t page_migrations = 0;
+  };
+  std::vector<Device> devices;
+  std::array<std::uint64_t, kBackendOpCount> calls{};
+  std::size_t live_streams = 0;   // not counting default streams
+  std::size_t live_events = 0;
+  std::uint64_t guard_violations = 0;
+
+  std::uint64_t calls_to(BackendOp op) const { return calls[static_cast<int>(op)]; }
+  // True when no memory, stream or event is outstanding on any device.
+  bool AllReleased() const;
+  // One line per device with anything outstanding, e.g. for a failed check.
+  std::string Describe() const;
+};
+
+class SimBackend final : public Backend {
+ public:
+  explicit SimBackend(SimOptions options = {});
+  // Drains every stream. Memory still live is released and reported on
+  // stderr (it is a leak in the code under test, not in the sim).
+  ~SimBackend() override;
+  SimBackend(const SimBackend&) = delete;
+  SimBackend& operator=(const SimBackend&) = delete;
+
+  const SimOptions& options() const { return options_; }
+  // Thread-safe snapshot. Cheap enough to call after every harness step.
+  SimAccounting Accounting() const;
+
+  absl::string_view name() const override { return "sim"; }
+  absl::StatusOr<int> DeviceCount() override;
+  absl::StatusOr<DeviceProperties> GetDeviceProperties(DeviceIndex device) override;
+  absl::StatusOr<MemoryInfo> GetMemoryInfo(DeviceIndex device) override;
+  absl::Status SetDevice(DeviceIndex device) override;
+  absl::StatusOr<DeviceIndex> GetDevice() override;
+  absl::Status DeviceSynchronize(DeviceIndex device) override;
+
+  absl::StatusOr<void*> Malloc(DeviceIndex device, std::size_t bytes) override;
+  absl::Status Free(DeviceIndex device, void* ptr) override;
+  absl::StatusOr<void*> MallocAsync(std::size_t bytes, Stream stream) override;
+  absl::Status FreeAsync(void* ptr, Stream stream) override;
+  absl::StatusOr<void*> HostAlloc(DeviceIndex device, std::size_t bytes) override;
+  absl::Status HostFree(DeviceIndex device, void* ptr) override;
+  absl::StatusOr<void*> MallocManaged(DeviceIndex device, std::size_t bytes) override;
+  absl::Status Prefetch(const void* ptr, std::size_t bytes, DeviceIndex destination,
+                        Stream stream) override;
+
+  absl::StatusOr<Stream> CreateStream(DeviceIndex device) override;
+  absl::Status DestroyStream(Stream stream) override;
+  absl::Status SynchronizeStream(Stream stream) override;
+  absl::Status StreamWaitEvent(Stream stream, Event event) override;
+  absl::StatusOr<Event> CreateEvent(DeviceIndex device) override;
+  absl::Status RecordEvent(Event event, Stream stream) override;
+  absl::StatusOr<bool> QueryEvent(Event event) override;
+  absl::Status SynchronizeEvent(Event event) override;
+  absl::Status DestroyEvent(Event event) override;
+
+  absl::Status Memcpy(void* dst, const void* src, std::size_t bytes, CopyKind kind) override;
+  absl::Status MemcpyAsync(void* dst, const void* src, std::size_t bytes, CopyKind kind,
+                           Stream stream) override;
+  absl::Status Memset(void* dst, int value, std::size_t bytes) override;
+  absl::Status MemsetAsync(void* dst, int value, std::size_t bytes, Stream stream) override;
+
+  absl::StatusOr<std::uintptr_t> VmReserve(DeviceIndex device, std::size_t bytes) override;
+  absl::Status VmRelease(std::uintptr_t address, std::size_t bytes) override;
+  absl::StatusOr<PhysicalChunk> VmCreate(DeviceIndex device, std::size_t bytes) override;
+  absl::Status VmReleasePhysical(PhysicalChunk chunk) override;
+  absl::Status VmMap(std::uintptr_t address, PhysicalChunk chunk) override;
+  absl::Status VmSetAccess(std::uintptr_t address, std::size_t bytes,
+                           DeviceIndex device) override;
+  absl::Status VmUnmap(std::uintptr_t address, std::size_t bytes) override;
+
+ private:
+  enum class MemoryKind { kDevice, kAsync, kManaged, kPinned };
+  struct Allocation;
+  struct DeviceState;
+  struct EventState;
+  struct Reservation;
+  struct Chunk;
+  // Where a byte range lives, for copy-direction checks.
+  using ChunkMap = absl::flat_hash_map<std::uintptr_t, std::unique_ptr<Chunk>>;
+  enum class Location { kDevice, kManaged, kPinnedHost, kPageableHost, kInvalid };
+
+  absl::Status CheckDevice(DeviceIndex device) const;
+  absl::StatusOr<std::shared_ptr<SimStreamWorker>> WorkerFor(Stream stream);
+  // Waits for every stream of `device`, without holding mu_ while waiting.
+  void DrainDevice(DeviceIndex device);
+  // Where `event` was recorded: its stream (null if never recorded) and seq.
+  absl::Status RecordedPosition(Event event, std::shared_ptr<SimStreamWorker>* worker,
+                                std::uint64_t* seq) const;
+  absl::StatusOr<void*> AllocateBacked(MemoryKind kind, DeviceIndex device, std::size_t bytes);
+  // Releases a live allocation; mu_ must be held.
+  absl::Status ReleaseLocked(std::map<std::uintptr_t, Allocation>::iterator it);
+  void DestroyChunkLocked(ChunkMap::iterator it);  // mu_ held
+  Location Locate(const void* ptr, std::size_t bytes, DeviceIndex* device) const;
+  // OK when [dst, dst+bytes) is device or managed memory; sets its device.
+  absl::Status CheckMemsetTarget(void* dst, std::size_t bytes, DeviceIndex* device) const;
+  absl::Status CheckCopy(void* dst, const void* src, std::size_t bytes, CopyKind kind,
+                         DeviceIndex* device) const;
+  void Count(BackendOp op) { calls_[static_cast<int>(op)].fetch_add(1, std::memory_order_relaxed); }
+
+  const SimOptions options_;
+  const std::uint64_t instance_id_;
+
+  mutable std::mutex mu_;  // guards everything below, except the workers' own state
+  std::vector<std::unique_ptr<DeviceState>> devices_;
+  std::map<std::uintptr_t, Allocation> allocations_;  // by user pointer
+  std::size_t pinned_bytes_total_ = 0;
+  absl::flat_hash_map<std::uintptr_t, std::shared_ptr<SimStreamWorker>> streams_;
+  absl::flat_hash_map<std::uintptr_t, std::unique_ptr<EventState>> events_;
+  std::map<std::uintptr_t, Reservation> reservations_;  // by base address
+  ChunkMap chunks_;
+  std::uintptr_t next_handle_ = 1;
+  std::uint64_t guard_violations_ = 0;
+
+  std::array<std::atomic<std::uint64_t>, kBackendOpCount> calls_{};
+};
+
+}  // namespace gpualloc
+
+#endif  // GPUALLOC_ALLOCATOR_BACKEND_SIM_SIM_BACKEND_H_
