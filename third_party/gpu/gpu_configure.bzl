@@ -10,13 +10,18 @@ form, and the build says so instead of failing.
 _CUDA_ON = """
 package(default_visibility = ["//visibility:public"])
 
+cc_import(
+    name = "cudart_static",
+    static_library = "lib/libcudart_static.a",
+)
+
 cc_library(
     name = "runtime",
     hdrs = glob(["include/*.h", "include/*.hpp", "include/crt/**"]),
     includes = ["include"],
     defines = ["GPUALLOC_HAVE_CUDA=1"],
-    srcs = ["lib/libcudart_static.a"],
     linkopts = ["-ldl", "-lrt", "-lpthread"],
+    deps = [":cudart_static"],
 )
 """
 

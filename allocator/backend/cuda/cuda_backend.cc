@@ -1,0 +1,457 @@
+#include "allocator/backend/cuda/cuda_backend.h"
+
+#include "allocator/backend/unavailable_backend.h"
+
+#ifdef GPUALLOC_HAVE_CUDA
+#include <cuda.h>
+#include <cuda_runtime_api.h>
+
+#include <mutex>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "allocator/common/status_macros.h"
+#endif
+
+namespace gpualloc {
+
+#ifndef GPUALLOC_HAVE_CUDA
+
+bool CudaBackendCompiledIn() { return false; }
+
+std::unique_ptr<Backend> MakeCudaBackend() {
+  return std::make_unique<UnavailableBackend>(
+      "cuda", "no CUDA device: this binary was built without the CUDA toolkit");
+}
+
+#else
+
+bool CudaBackendCompiledIn() { return true; }
+
+namespace {
+
+absl::StatusCode CodeFor(cudaError_t e) {
+  switch (e) {
+    case cudaErrorMemoryAllocation:
+      return absl::StatusCode::kResourceExhausted;
+    case cudaErrorInvalidValue:
+    case cudaErrorInvalidDevice:
+    case cudaErrorInvalidDevicePointer:
+    case cudaErrorInvalidMemcpyDirection:
+    case cudaErrorInvalidResourceHandle:
+      return absl::StatusCode::kInvalidArgument;
+    case cudaErrorNoDevice:
+    case cudaErrorInsufficientDriver:
+      return absl::StatusCode::kFailedPrecondition;
+    case cudaErrorNotSupported:
+      return absl::StatusCode::kUnimplemented;
+    default:
+      return absl::StatusCode::kInternal;
+  }
+}
+
+// The runtime's own error name and string, prefixed by the operation.
+absl::Status Check(cudaError_t e, absl::string_view op) {
+  if (e == cudaSuccess) return absl::OkStatus();
+  (void)cudaGetLastError();  // clear the non-sticky error so later calls start clean
+  std::string prefix(op);
+  if (e == cudaErrorNoDevice || e == cudaErrorInsufficientDriver) prefix = "no CUDA device";
+  return absl::Status(CodeFor(e), absl::StrCat(prefix, ": ", cudaGetErrorName(e), ": ",
+                                               cudaGetErrorString(e)));
+}
+
+cudaStream_t Raw(Stream s) { return reinterpret_cast<cudaStream_t>(s.handle); }
+cudaEvent_t Raw(Event e) { return reinterpret_cast<cudaEvent_t>(e.handle); }
+
+cudaMemcpyKind Raw(CopyKind k) {
+  switch (k) {
+    case CopyKind::kHostToDevice: return cudaMemcpyHostToDevice;
+    case CopyKind::kDeviceToHost: return cudaMemcpyDeviceToHost;
+    case CopyKind::kDeviceToDevice: return cudaMemcpyDeviceToDevice;
+  }
+  return cudaMemcpyDefault;
+}
+
+// Makes `device` current for a scope and restores the caller's device, so no
+// backend call leaks a device switch into the calling thread.
+class ScopedCudaDevice {
+ public:
+  explicit ScopedCudaDevice(DeviceIndex device) {
+    status_ = Check(cudaGetDevice(&previous_), "cudaGetDevice");
+    if (status_.ok() && previous_ != device) {
+      status_ = Check(cudaSetDevice(device), "cudaSetDevice");
+      switched_ = status_.ok();
+    }
+  }
+  ~ScopedCudaDevice() {
+    if (switched_) (void)cudaSetDevice(previous_);
+  }
+  const absl::Status& status() const { return status_; }
+
+ private:
+  int previous_ = 0;
+  bool switched_ = false;
+  absl::Status status_;
+};
+
+#define GPUALLOC_ON_DEVICE(device)        \
+  ScopedCudaDevice on_device_(device);    \
+  GPUALLOC_RETURN_IF_ERROR(on_device_.status())
+
+// Driver-API virtual-memory entry points, resolved once.
+struct DriverVmm {
+  CUresult (*get_error_name)(CUresult, const char**) = nullptr;
+  CUresult (*device_get)(CUdevice*, int) = nullptr;
+  CUresult (*device_get_attribute)(int*, CUdevice_attribute, CUdevice) = nullptr;
+  CUresult (*address_reserve)(CUdeviceptr*, size_t, size_t, CUdeviceptr, unsigned long long) =
+      nullptr;
+  CUresult (*address_free)(CUdeviceptr, size_t) = nullptr;
+  CUresult (*create)(CUmemGenericAllocationHandle*, size_t, const CUmemAllocationProp*,
+                     unsigned long long) = nullptr;
+  CUresult (*release)(CUmemGenericAllocationHandle) = nullptr;
+  CUresult (*map)(CUdeviceptr, size_t, size_t, CUmemGenericAllocationHandle,
+                  unsigned long long) = nullptr;
+  CUresult (*unmap)(CUdeviceptr, size_t) = nullptr;
+  CUresult (*set_access)(CUdeviceptr, size_t, const CUmemAccessDesc*, size_t) = nullptr;
+  CUresult (*granularity)(size_t*, const CUmemAllocationProp*,
+                          CUmemAllocationGranularity_flags) = nullptr;
+  absl::Status status;
+};
+
+template <typename Fn>
+absl::Status Resolve(const char* symbol, Fn* fn) {
+  void* raw = nullptr;
+  cudaDriverEntryPointQueryResult result = cudaDriverEntryPointSymbolNotFound;
+  GPUALLOC_RETURN_IF_ERROR(Check(
+      cudaGetDriverEntryPointByVersion(symbol, &raw, 12000, cudaEnableDefault, &result),
+      absl::StrCat("cudaGetDriverEntryPointByVersion(", symbol, ")")));
+  if (result != cudaDriverEntryPointSuccess || raw == nullptr) {
+    return absl::UnimplementedError(absl::StrCat("CUDA driver has no entry point ", symbol));
+  }
+  *fn = reinterpret_cast<Fn>(raw);
+  return absl::OkStatus();
+}
+
+const DriverVmm& Vmm() {
+  static const DriverVmm* vmm = [] {
+    auto* d = new DriverVmm;  // resolved once for the process; never freed
+    d->status = [&]() -> absl::Status {
+      GPUALLOC_RETURN_IF_ERROR(Resolve("cuGetErrorName", &d->get_error_name));
+      GPUALLOC_RETURN_IF_ERROR(Resolve("cuDeviceGet", &d->device_get));
+      GPUALLOC_RETURN_IF_ERROR(Resolve("cuDeviceGetAttribute", &d->device_get_attribute));
+      GPUALLOC_RETURN_IF_ERROR(Resolve("cuMemAddressReserve", &d->address_reserve));
+      GPUALLOC_RETURN_IF_ERROR(Resolve("cuMemAddressFree", &d->address_free));
+      GPUALLOC_RETURN_IF_ERROR(Resolve("cuMemCreate", &d->create));
+      GPUALLOC_RETURN_IF_ERROR(Resolve("cuMemRelease", &d->release));
+      GPUALLOC_RETURN_IF_ERROR(Resolve("cuMemMap", &d->map));
+      GPUALLOC_RETURN_IF_ERROR(Resolve("cuMemUnmap", &d->unmap));
+      GPUALLOC_RETURN_IF_ERROR(Resolve("cuMemSetAccess", &d->set_access));
+      GPUALLOC_RETURN_IF_ERROR(Resolve("cuMemGetAllocationGranularity", &d->granularity));
+      return absl::OkStatus();
+    }();
+    return d;
+  }();
+  return *vmm;
+}
+
+absl::Status CheckDriver(CUresult r, absl::string_view op) {
+  if (r == CUDA_SUCCESS) return absl::OkStatus();
+  const char* name = "CUDA_ERROR_UNKNOWN";
+  if (Vmm().get_error_name) Vmm().get_error_name(r, &name);
+  const absl::StatusCode code = r == CUDA_ERROR_OUT_OF_MEMORY   ? absl::StatusCode::kResourceExhausted
+                                : r == CUDA_ERROR_INVALID_VALUE ? absl::StatusCode::kInvalidArgument
+                                : r == CUDA_ERROR_NOT_SUPPORTED ? absl::StatusCode::kUnimplemented
+                                                                : absl::StatusCode::kInternal;
+  return absl::Status(code, absl::StrCat(op, ": ", name));
+}
+
+CUmemAllocationProp PinnedDeviceProp(DeviceIndex device) {
+  CUmemAllocationProp prop = {};
+  prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+  prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+  prop.location.id = device;
+  return prop;
+}
+
+// Where a pointer lives according to the runtime, for direction checks.
+absl::StatusOr<cudaMemoryType> MemoryTypeOf(const void* p) {
+  cudaPointerAttributes attrs = {};
+  GPUALLOC_RETURN_IF_ERROR(Check(cudaPointerGetAttributes(&attrs, p), "cudaPointerGetAttributes"));
+  return attrs.type;
+}
+
+absl::Status CheckDirection(void* dst, const void* src, CopyKind kind) {
+  GPUALLOC_ASSIGN_OR_RETURN(cudaMemoryType d, MemoryTypeOf(dst));
+  GPUALLOC_ASSIGN_OR_RETURN(cudaMemoryType s, MemoryTypeOf(src));
+  auto on_device = [](cudaMemoryType t) {
+    return t == cudaMemoryTypeDevice || t == cudaMemoryTypeManaged;
+  };
+  auto on_host = [](cudaMemoryType t) { return t != cudaMemoryTypeDevice; };
+  const bool ok = (kind == CopyKind::kHostToDevice && on_device(d) && on_host(s)) ||
+                  (kind == CopyKind::kDeviceToHost && on_host(d) && on_device(s)) ||
+                  (kind == CopyKind::kDeviceToDevice && on_device(d) && on_device(s));
+  if (!ok) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cudaErrorInvalidMemcpyDirection: ", CopyKindName(kind),
+                     " copy whose pointers are not where the direction says"));
+  }
+  return absl::OkStatus();
+}
+
+class CudaBackend final : public Backend {
+ public:
+  absl::string_view name() const override { return "cuda"; }
+
+  absl::StatusOr<int> DeviceCount() override {
+    int n = 0;
+    GPUALLOC_RETURN_IF_ERROR(Check(cudaGetDeviceCount(&n), "cudaGetDeviceCount"));
+    if (n == 0) return absl::FailedPreconditionError("no CUDA device: the runtime found none");
+    return n;
+  }
+
+  absl::StatusOr<DeviceProperties> GetDeviceProperties(DeviceIndex device) override {
+    cudaDeviceProp prop = {};
+    GPUALLOC_RETURN_IF_ERROR(Check(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties"));
+    DeviceProperties p;
+    p.name = prop.name;
+    p.total_bytes = prop.totalGlobalMem;
+    p.alignment = 256;
+    int pools = 0, managed = 0;
+    (void)cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, device);
+    (void)cudaDeviceGetAttribute(&managed, cudaDevAttrManagedMemory, device);
+    p.supports_stream_ordered_alloc = pools != 0;
+    p.supports_managed_memory = managed != 0;
+    const DriverVmm& vmm = Vmm();
+    CUdevice dev = 0;
+    int vm = 0;
+    if (vmm.status.ok() && vmm.device_get(&dev, device) == CUDA_SUCCESS &&
+        vmm.device_get_attribute(&vm, CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED,
+                                 dev) == CUDA_SUCCESS &&
+        vm != 0) {
+      const CUmemAllocationProp vprop = PinnedDeviceProp(device);
+      std::size_t g = 0;
+      if (vmm.granularity(&g, &vprop, CU_MEM_ALLOC_GRANULARITY_MINIMUM) == CUDA_SUCCESS) {
+        p.supports_virtual_memory = true;
+        p.vm_granularity = g;
+      }
+    }
+    return p;
+  }
+
+  absl::StatusOr<MemoryInfo> GetMemoryInfo(DeviceIndex device) override {
+    GPUALLOC_ON_DEVICE(device);
+    MemoryInfo info;
+    GPUALLOC_RETURN_IF_ERROR(Check(cudaMemGetInfo(&info.free_bytes, &info.total_bytes), "cudaMemGetInfo"));
+    return info;
+  }
+
+  absl::Status SetDevice(DeviceIndex device) override {
+    return Check(cudaSetDevice(device), "cudaSetDevice");
+  }
+
+  absl::StatusOr<DeviceIndex> GetDevice() override {
+    int d = 0;
+    GPUALLOC_RETURN_IF_ERROR(Check(cudaGetDevice(&d), "cudaGetDevice"));
+    return d;
+  }
+
+  absl::Status DeviceSynchronize(DeviceIndex device) override {
+    GPUALLOC_ON_DEVICE(device);
+    return Check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+  }
+
+  absl::StatusOr<void*> Malloc(DeviceIndex device, std::size_t bytes) override {
+    if (bytes == 0) return absl::InvalidArgumentError("cudaMalloc: zero-byte allocation requested");
+    GPUALLOC_ON_DEVICE(device);
+    void* p = nullptr;
+    GPUALLOC_RETURN_IF_ERROR(Check(cudaMalloc(&p, bytes), absl::StrFormat("cudaMalloc(%d)", bytes)));
+    return p;
+  }
+
+  absl::Status Free(DeviceIndex device, void* ptr) override {
+    GPUALLOC_ON_DEVICE(device);
+    return Check(cudaFree(ptr), "cudaFree");
+  }
+
+  absl::StatusOr<void*> MallocAsync(std::size_t bytes, Stream stream) override {
+    if (bytes == 0) return absl::InvalidArgumentError("cudaMallocAsync: zero-byte allocation");
+    GPUALLOC_ON_DEVICE(stream.device);
+    void* p = nullptr;
+    GPUALLOC_RETURN_IF_ERROR(Check(cudaMallocAsync(&p, bytes, Raw(stream)), "cudaMallocAsync"));
+    return p;
+  }
+
+  absl::Status FreeAsync(void* ptr, Stream stream) override {
+    GPUALLOC_ON_DEVICE(stream.device);
+    return Check(cudaFreeAsync(ptr, Raw(stream)), "cudaFreeAsync");
+  }
+
+  absl::StatusOr<void*> HostAlloc(DeviceIndex device, std::size_t bytes) override {
+    if (bytes == 0) return absl::InvalidArgumentError("cudaHostAlloc: zero-byte allocation");
+    GPUALLOC_ON_DEVICE(device);
+    void* p = nullptr;
+    GPUALLOC_RETURN_IF_ERROR(Check(cudaHostAlloc(&p, bytes, cudaHostAllocPortable), "cudaHostAlloc"));
+    return p;
+  }
+
+  absl::Status HostFree(DeviceIndex device, void* ptr) override {
+    GPUALLOC_ON_DEVICE(device);
+    return Check(cudaFreeHost(ptr), "cudaFreeHost");
+  }
+
+  absl::StatusOr<void*> MallocManaged(DeviceIndex device, std::size_t bytes) override {
+    if (bytes == 0) return absl::InvalidArgumentError("cudaMallocManaged: zero-byte allocation");
+    GPUALLOC_ON_DEVICE(device);
+    void* p = nullptr;
+    GPUALLOC_RETURN_IF_ERROR(
+        Check(cudaMallocManaged(&p, bytes, cudaMemAttachGlobal), "cudaMallocManaged"));
+    return p;
+  }
+
+  absl::Status Prefetch(const void* ptr, std::size_t bytes, DeviceIndex destination,
+                        Stream stream) override {
+    GPUALLOC_ON_DEVICE(stream.device);
+    cudaMemLocation where = {};
+    where.type = destination == kHostDevice ? cudaMemLocationTypeHost : cudaMemLocationTypeDevice;
+    where.id = destination == kHostDevice ? 0 : destination;
+    return Check(cudaMemPrefetchAsync(ptr, bytes, where, 0, Raw(stream)), "cudaMemPrefetchAsync");
+  }
+
+  absl::StatusOr<Stream> CreateStream(DeviceIndex device) override {
+    GPUALLOC_ON_DEVICE(device);
+    cudaStream_t s = nullptr;
+    GPUALLOC_RETURN_IF_ERROR(
+        Check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate"));
+    return Stream{reinterpret_cast<std::uintptr_t>(s), device};
+  }
+
+  absl::Status DestroyStream(Stream stream) override {
+    if (stream.is_default()) {
+      return absl::InvalidArgumentError("cudaStreamDestroy: the default stream cannot be destroyed");
+    }
+    GPUALLOC_ON_DEVICE(stream.device);
+    GPUALLOC_RETURN_IF_ERROR(Check(cudaStreamSynchronize(Raw(stream)), "cudaStreamSynchronize"));
+    return Check(cudaStreamDestroy(Raw(stream)), "cudaStreamDestroy");
+  }
+
+  absl::Status SynchronizeStream(Stream stream) override {
+    GPUALLOC_ON_DEVICE(stream.device);
+    return Check(cudaStreamSynchronize(Raw(stream)), "cudaStreamSynchronize");
+  }
+
+  absl::Status StreamWaitEvent(Stream stream, Event event) override {
+    GPUALLOC_ON_DEVICE(stream.device);
+    return Check(cudaStreamWaitEvent(Raw(stream), Raw(event), 0), "cudaStreamWaitEvent");
+  }
+
+  absl::StatusOr<Event> CreateEvent(DeviceIndex device) override {
+    GPUALLOC_ON_DEVICE(device);
+    cudaEvent_t e = nullptr;
+    GPUALLOC_RETURN_IF_ERROR(
+        Check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate"));
+    return Event{reinterpret_cast<std::uintptr_t>(e), device};
+  }
+
+  absl::Status RecordEvent(Event event, Stream stream) override {
+    GPUALLOC_ON_DEVICE(stream.device);
+    return Check(cudaEventRecord(Raw(event), Raw(stream)), "cudaEventRecord");
+  }
+
+  absl::StatusOr<bool> QueryEvent(Event event) override {
+    const cudaError_t e = cudaEventQuery(Raw(event));
+    if (e == cudaErrorNotReady) {
+      (void)cudaGetLastError();
+      return false;
+    }
+    GPUALLOC_RETURN_IF_ERROR(Check(e, "cudaEventQuery"));
+    return true;
+  }
+
+  absl::Status SynchronizeEvent(Event event) override {
+    return Check(cudaEventSynchronize(Raw(event)), "cudaEventSynchronize");
+  }
+
+  absl::Status DestroyEvent(Event event) override {
+    return Check(cudaEventDestroy(Raw(event)), "cudaEventDestroy");
+  }
+
+  absl::Status Memcpy(void* dst, const void* src, std::size_t bytes, CopyKind kind) override {
+    if (bytes == 0) return absl::OkStatus();
+    GPUALLOC_RETURN_IF_ERROR(CheckDirection(dst, src, kind));
+    return Check(cudaMemcpy(dst, src, bytes, Raw(kind)), "cudaMemcpy");
+  }
+
+  absl::Status MemcpyAsync(void* dst, const void* src, std::size_t bytes, CopyKind kind,
+                           Stream stream) override {
+    if (bytes == 0) return absl::OkStatus();
+    GPUALLOC_RETURN_IF_ERROR(CheckDirection(dst, src, kind));
+    GPUALLOC_ON_DEVICE(stream.device);
+    return Check(cudaMemcpyAsync(dst, src, bytes, Raw(kind), Raw(stream)), "cudaMemcpyAsync");
+  }
+
+  absl::Status Memset(void* dst, int value, std::size_t bytes) override {
+    return Check(cudaMemset(dst, value, bytes), "cudaMemset");
+  }
+
+  absl::Status MemsetAsync(void* dst, int value, std::size_t bytes, Stream stream) override {
+    GPUALLOC_ON_DEVICE(stream.device);
+    return Check(cudaMemsetAsync(dst, value, bytes, Raw(stream)), "cudaMemsetAsync");
+  }
+
+  absl::StatusOr<std::uintptr_t> VmReserve(DeviceIndex device, std::size_t bytes) override {
+    GPUALLOC_RETURN_IF_ERROR(Vmm().status);
+    GPUALLOC_ON_DEVICE(device);
+    CUdeviceptr p = 0;
+    GPUALLOC_RETURN_IF_ERROR(CheckDriver(Vmm().address_reserve(&p, bytes, 0, 0, 0), "cuMemAddressReserve"));
+    return static_cast<std::uintptr_t>(p);
+  }
+
+  absl::Status VmRelease(std::uintptr_t address, std::size_t bytes) override {
+    GPUALLOC_RETURN_IF_ERROR(Vmm().status);
+    return CheckDriver(Vmm().address_free(address, bytes), "cuMemAddressFree");
+  }
+
+  absl::StatusOr<PhysicalChunk> VmCreate(DeviceIndex device, std::size_t bytes) override {
+    GPUALLOC_RETURN_IF_ERROR(Vmm().status);
+    GPUALLOC_ON_DEVICE(device);
+    const CUmemAllocationProp prop = PinnedDeviceProp(device);
+    CUmemGenericAllocationHandle h = 0;
+    GPUALLOC_RETURN_IF_ERROR(CheckDriver(Vmm().create(&h, bytes, &prop, 0), "cuMemCreate"));
+    return PhysicalChunk{static_cast<std::uintptr_t>(h), bytes, device};
+  }
+
+  absl::Status VmReleasePhysical(PhysicalChunk chunk) override {
+    GPUALLOC_RETURN_IF_ERROR(Vmm().status);
+    return CheckDriver(Vmm().release(chunk.handle), "cuMemRelease");
+  }
+
+  absl::Status VmMap(std::uintptr_t address, PhysicalChunk chunk) override {
+    GPUALLOC_RETURN_IF_ERROR(Vmm().status);
+    return CheckDriver(Vmm().map(address, chunk.bytes, 0, chunk.handle, 0), "cuMemMap");
+  }
+
+  absl::Status VmSetAccess(std::uintptr_t address, std::size_t bytes,
+                           DeviceIndex device) override {
+    GPUALLOC_RETURN_IF_ERROR(Vmm().status);
+    CUmemAccessDesc desc = {};
+    desc.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    desc.location.id = device;
+    desc.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+    return CheckDriver(Vmm().set_access(address, bytes, &desc, 1), "cuMemSetAccess");
+  }
+
+  absl::Status VmUnmap(std::uintptr_t address, std::size_t bytes) override {
+    GPUALLOC_RETURN_IF_ERROR(Vmm().status);
+    return CheckDriver(Vmm().unmap(address, bytes), "cuMemUnmap");
+  }
+};
+
+#undef GPUALLOC_ON_DEVICE
+
+}  // namespace
+
+std::unique_ptr<Backend> MakeCudaBackend() { return std::make_unique<CudaBackend>(); }
+
+#endif  // GPUALLOC_HAVE_CUDA
+
+}  // namespace gpualloc

@@ -1,0 +1,320 @@
+#include "allocator/backend/hip/hip_backend.h"
+
+#include "allocator/backend/unavailable_backend.h"
+
+#ifdef GPUALLOC_HAVE_HIP
+#include <hip/hip_runtime_api.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "allocator/common/status_macros.h"
+#endif
+
+namespace gpualloc {
+
+#ifndef GPUALLOC_HAVE_HIP
+
+bool HipBackendCompiledIn() { return false; }
+
+std::unique_ptr<Backend> MakeHipBackend() {
+  return std::make_unique<UnavailableBackend>(
+      "hip", "no HIP device: this binary was built without the HIP runtime");
+}
+
+#else
+
+bool HipBackendCompiledIn() { return true; }
+
+namespace {
+
+absl::StatusCode CodeFor(hipError_t e) {
+  switch (e) {
+    case hipErrorOutOfMemory:
+      return absl::StatusCode::kResourceExhausted;
+    case hipErrorInvalidValue:
+    case hipErrorInvalidDevice:
+    case hipErrorInvalidDevicePointer:
+    case hipErrorInvalidMemcpyDirection:
+    case hipErrorInvalidResourceHandle:
+      return absl::StatusCode::kInvalidArgument;
+    case hipErrorNoDevice:
+    case hipErrorInsufficientDriver:
+      return absl::StatusCode::kFailedPrecondition;
+    case hipErrorNotSupported:
+      return absl::StatusCode::kUnimplemented;
+    default:
+      return absl::StatusCode::kInternal;
+  }
+}
+
+absl::Status Check(hipError_t e, absl::string_view op) {
+  if (e == hipSuccess) return absl::OkStatus();
+  (void)hipGetLastError();
+  std::string prefix(op);
+  if (e == hipErrorNoDevice || e == hipErrorInsufficientDriver) prefix = "no HIP device";
+  return absl::Status(CodeFor(e), absl::StrCat(prefix, ": ", hipGetErrorName(e), ": ",
+                                               hipGetErrorString(e)));
+}
+
+hipStream_t Raw(Stream s) { return reinterpret_cast<hipStream_t>(s.handle); }
+hipEvent_t Raw(Event e) { return reinterpret_cast<hipEvent_t>(e.handle); }
+
+hipMemcpyKind Raw(CopyKind k) {
+  switch (k) {
+    case CopyKind::kHostToDevice: return hipMemcpyHostToDevice;
+    case CopyKind::kDeviceToHost: return hipMemcpyDeviceToHost;
+    case CopyKind::kDeviceToDevice: return hipMemcpyDeviceToDevice;
+  }
+  return hipMemcpyDefault;
+}
+
+// Makes `device` current for a scope and restores the caller's device.
+class ScopedHipDevice {
+ public:
+  explicit ScopedHipDevice(DeviceIndex device) {
+    status_ = Check(hipGetDevice(&previous_), "hipGetDevice");
+    if (status_.ok() && previous_ != device) {
+      status_ = Check(hipSetDevice(device), "hipSetDevice");
+      switched_ = status_.ok();
+    }
+  }
+  ~ScopedHipDevice() {
+    if (switched_) (void)hipSetDevice(previous_);
+  }
+  const absl::Status& status() const { return status_; }
+
+ private:
+  int previous_ = 0;
+  bool switched_ = false;
+  absl::Status status_;
+};
+
+#define GPUALLOC_ON_DEVICE(device)     \
+  ScopedHipDevice on_device_(device);  \
+  GPUALLOC_RETURN_IF_ERROR(on_device_.status())
+
+absl::Status CheckDirection(void* dst, const void* src, CopyKind kind) {
+  hipPointerAttribute_t d = {}, s = {};
+  // Unregistered host memory makes hipPointerGetAttributes fail: that is host.
+  const bool d_dev = hipPointerGetAttributes(&d, dst) == hipSuccess &&
+                     (d.memoryType == hipMemoryTypeDevice || d.isManaged);
+  (void)hipGetLastError();
+  const bool s_dev = hipPointerGetAttributes(&s, src) == hipSuccess &&
+                     (s.memoryType == hipMemoryTypeDevice || s.isManaged);
+  (void)hipGetLastError();
+  const bool ok = (kind == CopyKind::kHostToDevice && d_dev) ||
+                  (kind == CopyKind::kDeviceToHost && s_dev) ||
+                  (kind == CopyKind::kDeviceToDevice && d_dev && s_dev);
+  if (!ok) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("hipErrorInvalidMemcpyDirection: ", CopyKindName(kind),
+                     " copy whose pointers are not where the direction says"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status NoVmm() {
+  return absl::UnimplementedError(
+      "hipErrorNotSupported: HIP 5.2 has no virtual-memory API (hipMemAddressReserve)");
+}
+
+class HipBackend final : public Backend {
+ public:
+  absl::string_view name() const override { return "hip"; }
+
+  absl::StatusOr<int> DeviceCount() override {
+    int n = 0;
+    GPUALLOC_RETURN_IF_ERROR(Check(hipGetDeviceCount(&n), "hipGetDeviceCount"));
+    if (n == 0) return absl::FailedPreconditionError("no HIP device: the runtime found none");
+    return n;
+  }
+
+  absl::StatusOr<DeviceProperties> GetDeviceProperties(DeviceIndex device) override {
+    hipDeviceProp_t prop = {};
+    GPUALLOC_RETURN_IF_ERROR(Check(hipGetDeviceProperties(&prop, device), "hipGetDeviceProperties"));
+    DeviceProperties p;
+    p.name = prop.name;
+    p.total_bytes = prop.totalGlobalMem;
+    p.alignment = 256;
+    int pools = 0, managed = 0;
+    (void)hipDeviceGetAttribute(&pools, hipDeviceAttributeMemoryPoolsSupported, device);
+    (void)hipDeviceGetAttribute(&managed, hipDeviceAttributeManagedMemory, device);
+    p.supports_stream_ordered_alloc = pools != 0;
+    p.supports_managed_memory = managed != 0;
+    return p;
+  }
+
+  absl::StatusOr<MemoryInfo> GetMemoryInfo(DeviceIndex device) override {
+    GPUALLOC_ON_DEVICE(device);
+    MemoryInfo info;
+    GPUALLOC_RETURN_IF_ERROR(Check(hipMemGetInfo(&info.free_bytes, &info.total_bytes), "hipMemGetInfo"));
+    return info;
+  }
+
+  absl::Status SetDevice(DeviceIndex device) override {
+    return Check(hipSetDevice(device), "hipSetDevice");
+  }
+
+  absl::StatusOr<DeviceIndex> GetDevice() override {
+    int d = 0;
+    GPUALLOC_RETURN_IF_ERROR(Check(hipGetDevice(&d), "hipGetDevice"));
+    return d;
+  }
+
+  absl::Status DeviceSynchronize(DeviceIndex device) override {
+    GPUALLOC_ON_DEVICE(device);
+    return Check(hipDeviceSynchronize(), "hipDeviceSynchronize");
+  }
+
+  absl::StatusOr<void*> Malloc(DeviceIndex device, std::size_t bytes) override {
+    if (bytes == 0) return absl::InvalidArgumentError("hipMalloc: zero-byte allocation requested");
+    GPUALLOC_ON_DEVICE(device);
+    void* p = nullptr;
+    GPUALLOC_RETURN_IF_ERROR(Check(hipMalloc(&p, bytes), absl::StrFormat("hipMalloc(%d)", bytes)));
+    return p;
+  }
+
+  absl::Status Free(DeviceIndex device, void* ptr) override {
+    GPUALLOC_ON_DEVICE(device);
+    return Check(hipFree(ptr), "hipFree");
+  }
+
+  absl::StatusOr<void*> MallocAsync(std::size_t bytes, Stream stream) override {
+    if (bytes == 0) return absl::InvalidArgumentError("hipMallocAsync: zero-byte allocation");
+    GPUALLOC_ON_DEVICE(stream.device);
+    void* p = nullptr;
+    GPUALLOC_RETURN_IF_ERROR(Check(hipMallocAsync(&p, bytes, Raw(stream)), "hipMallocAsync"));
+    return p;
+  }
+
+  absl::Status FreeAsync(void* ptr, Stream stream) override {
+    GPUALLOC_ON_DEVICE(stream.device);
+    return Check(hipFreeAsync(ptr, Raw(stream)), "hipFreeAsync");
+  }
+
+  absl::StatusOr<void*> HostAlloc(DeviceIndex device, std::size_t bytes) override {
+    if (bytes == 0) return absl::InvalidArgumentError("hipHostMalloc: zero-byte allocation");
+    GPUALLOC_ON_DEVICE(device);
+    void* p = nullptr;
+    GPUALLOC_RETURN_IF_ERROR(Check(hipHostMalloc(&p, bytes, hipHostMallocPortable), "hipHostMalloc"));
+    return p;
+  }
+
+  absl::Status HostFree(DeviceIndex device, void* ptr) override {
+    GPUALLOC_ON_DEVICE(device);
+    return Check(hipHostFree(ptr), "hipHostFree");
+  }
+
+  absl::StatusOr<void*> MallocManaged(DeviceIndex device, std::size_t bytes) override {
+    if (bytes == 0) return absl::InvalidArgumentError("hipMallocManaged: zero-byte allocation");
+    GPUALLOC_ON_DEVICE(device);
+    void* p = nullptr;
+    GPUALLOC_RETURN_IF_ERROR(Check(hipMallocManaged(&p, bytes, hipMemAttachGlobal), "hipMallocManaged"));
+    return p;
+  }
+
+  absl::Status Prefetch(const void* ptr, std::size_t bytes, DeviceIndex destination,
+                        Stream stream) override {
+    GPUALLOC_ON_DEVICE(stream.device);
+    return Check(hipMemPrefetchAsync(ptr, bytes, destination == kHostDevice ? hipCpuDeviceId : destination,
+                                     Raw(stream)),
+                 "hipMemPrefetchAsync");
+  }
+
+  absl::StatusOr<Stream> CreateStream(DeviceIndex device) override {
+    GPUALLOC_ON_DEVICE(device);
+    hipStream_t s = nullptr;
+    GPUALLOC_RETURN_IF_ERROR(Check(hipStreamCreateWithFlags(&s, hipStreamNonBlocking), "hipStreamCreate"));
+    return Stream{reinterpret_cast<std::uintptr_t>(s), device};
+  }
+
+  absl::Status DestroyStream(Stream stream) override {
+    if (stream.is_default()) {
+      return absl::InvalidArgumentError("hipStreamDestroy: the default stream cannot be destroyed");
+    }
+    GPUALLOC_ON_DEVICE(stream.device);
+    GPUALLOC_RETURN_IF_ERROR(Check(hipStreamSynchronize(Raw(stream)), "hipStreamSynchronize"));
+    return Check(hipStreamDestroy(Raw(stream)), "hipStreamDestroy");
+  }
+
+  absl::Status SynchronizeStream(Stream stream) override {
+    GPUALLOC_ON_DEVICE(stream.device);
+    return Check(hipStreamSynchronize(Raw(stream)), "hipStreamSynchronize");
+  }
+
+  absl::Status StreamWaitEvent(Stream stream, Event event) override {
+    GPUALLOC_ON_DEVICE(stream.device);
+    return Check(hipStreamWaitEvent(Raw(stream), Raw(event), 0), "hipStreamWaitEvent");
+  }
+
+  absl::StatusOr<Event> CreateEvent(DeviceIndex device) override {
+    GPUALLOC_ON_DEVICE(device);
+    hipEvent_t e = nullptr;
+    GPUALLOC_RETURN_IF_ERROR(Check(hipEventCreateWithFlags(&e, hipEventDisableTiming), "hipEventCreate"));
+    return Event{reinterpret_cast<std::uintptr_t>(e), device};
+  }
+
+  absl::Status RecordEvent(Event event, Stream stream) override {
+    GPUALLOC_ON_DEVICE(stream.device);
+    return Check(hipEventRecord(Raw(event), Raw(stream)), "hipEventRecord");
+  }
+
+  absl::StatusOr<bool> QueryEvent(Event event) override {
+    const hipError_t e = hipEventQuery(Raw(event));
+    if (e == hipErrorNotReady) {
+      (void)hipGetLastError();
+      return false;
+    }
+    GPUALLOC_RETURN_IF_ERROR(Check(e, "hipEventQuery"));
+    return true;
+  }
+
+  absl::Status SynchronizeEvent(Event event) override {
+    return Check(hipEventSynchronize(Raw(event)), "hipEventSynchronize");
+  }
+
+  absl::Status DestroyEvent(Event event) override {
+    return Check(hipEventDestroy(Raw(event)), "hipEventDestroy");
+  }
+
+  absl::Status Memcpy(void* dst, const void* src, std::size_t bytes, CopyKind kind) override {
+    if (bytes == 0) return absl::OkStatus();
+    GPUALLOC_RETURN_IF_ERROR(CheckDirection(dst, src, kind));
+    return Check(hipMemcpy(dst, src, bytes, Raw(kind)), "hipMemcpy");
+  }
+
+  absl::Status MemcpyAsync(void* dst, const void* src, std::size_t bytes, CopyKind kind,
+                           Stream stream) override {
+    if (bytes == 0) return absl::OkStatus();
+    GPUALLOC_RETURN_IF_ERROR(CheckDirection(dst, src, kind));
+    GPUALLOC_ON_DEVICE(stream.device);
+    return Check(hipMemcpyAsync(dst, src, bytes, Raw(kind), Raw(stream)), "hipMemcpyAsync");
+  }
+
+  absl::Status Memset(void* dst, int value, std::size_t bytes) override {
+    return Check(hipMemset(dst, value, bytes), "hipMemset");
+  }
+
+  absl::Status MemsetAsync(void* dst, int value, std::size_t bytes, Stream stream) override {
+    GPUALLOC_ON_DEVICE(stream.device);
+    return Check(hipMemsetAsync(dst, value, bytes, Raw(stream)), "hipMemsetAsync");
+  }
+
+  absl::StatusOr<std::uintptr_t> VmReserve(DeviceIndex, std::size_t) override { return NoVmm(); }
+  absl::Status VmRelease(std::uintptr_t, std::size_t) override { return NoVmm(); }
+  absl::StatusOr<PhysicalChunk> VmCreate(DeviceIndex, std::size_t) override { return NoVmm(); }
+  absl::Status VmReleasePhysical(PhysicalChunk) override { return NoVmm(); }
+  absl::Status VmMap(std::uintptr_t, PhysicalChunk) override { return NoVmm(); }
+  absl::Status VmSetAccess(std::uintptr_t, std::size_t, DeviceIndex) override { return NoVmm(); }
+  absl::Status VmUnmap(std::uintptr_t, std::size_t) override { return NoVmm(); }
+};
+
+#undef GPUALLOC_ON_DEVICE
+
+}  // namespace
+
+std::unique_ptr<Backend> MakeHipBackend() { return std::make_unique<HipBackend>(); }
+
+#endif  // GPUALLOC_HAVE_HIP
+
+}  // namespace gpualloc
