@@ -1,0 +1,69 @@
+// Internal bookkeeping of CachingAllocator: segments (upstream allocations)
+// split into blocks. Not part of the public API.
+//
+//   Segment [base ............................................ base+size)
+//           | Block (allocated) | Block (free, stream 1) | Block (allocated) |
+//             prev/next link neighbours within the segment, in address order.
+#ifndef GPUALLOC_ALLOCATOR_CACHING_BLOCK_H_
+#define GPUALLOC_ALLOCATOR_CACHING_BLOCK_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <set>
+#include <vector>
+
+#include "allocator/backend/types.h"
+#include "allocator/stats/memory_snapshot.h"
+
+namespace gpualloc::caching_detail {
+
+struct Block;
+struct Segment;
+
+// Free blocks of a pool, best fit first: by stream, then size, then address.
+struct BlockLess {
+  bool operator()(const Block* a, const Block* b) const;
+};
+using FreeSet = std::set<Block*, BlockLess>;
+
+struct Block {
+  std::uintptr_t address = 0;
+  std::size_t size = 0;
+  std::size_t requested = 0;  // while allocated
+  Stream stream;              // the stream that may use it next without waiting
+  BlockState state = BlockState::kFree;
+  Segment* segment = nullptr;
+  Block* prev = nullptr;  // neighbours in the segment
+  Block* next = nullptr;
+  // Streams besides `stream` that use it (RecordStream), and, once freed,
+  // the events that must complete before it is free.
+  std::vector<Stream> stream_uses;
+  std::vector<Event> pending_events;
+  Block* pending_prev = nullptr;  // intrusive list of blocks awaiting events
+  Block* pending_next = nullptr;
+  // The block's own node for its pool's FreeSet, held while the block is not
+  // in the set, so moving it in and out never allocates (and never throws).
+  FreeSet::node_type node;
+
+  bool is_split() const { return prev != nullptr || next != nullptr; }
+};
+
+inline bool BlockLess::operator()(const Block* a, const Block* b) const {
+  if (a->stream.handle != b->stream.handle) return a->stream.handle < b->stream.handle;
+  if (a->size != b->size) return a->size < b->size;
+  return a->address < b->address;
+}
+
+struct Segment {
+  std::uintptr_t address = 0;
+  std::size_t size = 0;
+  bool small_pool = false;
+  std::uint64_t last_used = 0;
+  Block* head = nullptr;     // first block, in address order
+  Segment* prev = nullptr;   // intrusive list of all segments
+  Segment* next = nullptr;
+};
+
+}  // namespace gpualloc::caching_detail
+
+#endif  // GPUALLOC_ALLOCATOR_CACHING_BLOCK_H_

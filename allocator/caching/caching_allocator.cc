@@ -1,0 +1,727 @@
+#include "allocator/caching/caching_allocator.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <limits>
+#include <utility>
+
+#include "absl/strings/str_format.h"
+#include "allocator/common/checked_math.h"
+#include "allocator/common/exception_boundary.h"
+#include "allocator/common/status_macros.h"
+
+namespace gpualloc {
+
+using caching_detail::Block;
+using caching_detail::FreeSet;
+using caching_detail::Segment;
+
+absl::StatusOr<std::unique_ptr<CachingAllocator>> CachingAllocator::Create(
+    std::shared_ptr<Backend> backend, DeviceIndex device, CachingOptions options) {
+  if (backend == nullptr) return absl::InvalidArgumentError("CachingAllocator: null backend");
+  GPUALLOC_RETURN_IF_ERROR(options.Validate());
+  GPUALLOC_ASSIGN_OR_RETURN(
+      DeviceProperties props,
+      CallAtBoundary("CachingAllocator: querying the device",
+                     [&] { return backend->GetDeviceProperties(device); }));
+  if (props.alignment == 0 || options.min_block_bytes % props.alignment != 0) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "min_block_bytes (%d) must be a multiple of the device's alignment (%d)",
+        options.min_block_bytes, props.alignment));
+  }
+  return std::unique_ptr<CachingAllocator>(
+      new CachingAllocator(std::move(backend), device, options, props.total_bytes,
+                           props.alignment));
+}
+
+CachingAllocator::CachingAllocator(std::shared_ptr<Backend> backend, DeviceIndex device,
+                                   CachingOptions options, std::size_t capacity,
+                                   std::size_t alignment)
+    : backend_(std::move(backend)),
+      device_(device),
+      options_(options),
+      capacity_(capacity),
+      alignment_(alignment),
+      limit_(options.reserved_limit) {}
+
+CachingAllocator::~CachingAllocator() {
+  std::lock_guard<std::mutex> lock(mu_);
+  WaitForAllPending().IgnoreError();
+  backend_->DeviceSynchronize(device_).IgnoreError();
+  if (!allocated_.empty()) {
+    std::fprintf(stderr,
+                 "CachingAllocator(device %d): %zu allocations (%lld bytes) still live at "
+                 "destruction: leaked by the caller; their segments are released.\n",
+                 device_, allocated_.size(),
+                 static_cast<long long>(stats_.allocated_bytes.current));
+  }
+  for (Block* b = pending_; b != nullptr; b = b->pending_next) {
+    for (Event e : b->pending_events) backend_->DestroyEvent(e).IgnoreError();
+  }
+  while (segments_ != nullptr) {
+    Segment* s = segments_;
+    segments_ = s->next;
+    absl::Status st = CallAtBoundary("free", [&] { return backend_->Free(device_, reinterpret_cast<void*>(s->address)); });
+    if (!st.ok()) {
+      std::fprintf(stderr, "CachingAllocator(device %d): releasing segment %#zx failed: %s\n",
+                   device_, static_cast<std::size_t>(s->address), std::string(st.message()).c_str());
+    }
+    for (Block* b = s->head; b != nullptr;) {
+      Block* next = b->next;
+      delete b;
+      b = next;
+    }
+    delete s;
+  }
+  for (Event e : spare_events_) backend_->DestroyEvent(e).IgnoreError();
+}
+
+// --- small helpers ---------------------------------------------------------------
+
+std::unique_ptr<Block> CachingAllocator::NewBlock() {
+  Hook();
+  auto block = std::make_unique<Block>();
+  // Give the block its own FreeSet node now, while failing is still harmless.
+  FreeSet scratch;
+  scratch.insert(block.get());
+  block->node = scratch.extract(scratch.begin());
+  return block;
+}
+
+void CachingAllocator::InsertFree(Block* block) {
+  FreeSet& pool = block->segment->small_pool ? small_ : large_;
+  block->node.value() = block;
+  pool.insert(std::move(block->node));
+  stats_.free_bytes += block->size;
+  if (block->is_split()) stats_.inactive_split_bytes.Add(static_cast<std::int64_t>(block->size));
+}
+
+void CachingAllocator::EraseFree(Block* block) {
+  FreeSet& pool = block->segment->small_pool ? small_ : large_;
+  block->node = pool.extract(block);
+  stats_.free_bytes -= block->size;
+  if (block->is_split()) stats_.inactive_split_bytes.Sub(static_cast<std::int64_t>(block->size));
+}
+
+std::size_t CachingAllocator::SegmentSizeFor(std::size_t rounded) const {
+  std::size_t size;
+  if (rounded <= options_.small_request_max) {
+    size = options_.small_segment_bytes;
+  } else if (rounded < options_.large_request_own_segment_min) {
+    size = options_.large_segment_bytes;
+  } else {
+    size = CheckedRoundUp(rounded, options_.large_segment_round).value_or(rounded);
+  }
+  // On a device (or under a limit) smaller than a shared segment, a request
+  // gets a segment of its own size rather than an impossible one.
+  return size > EffectiveLimit() ? rounded : size;
+}
+
+bool CachingAllocator::FitsSplitRules(const Block& block, std::size_t rounded) const {
+  const std::size_t max_split = options_.max_split_bytes;
+  if (rounded < max_split && block.size >= max_split) return false;
+  if (rounded >= max_split && block.size >= rounded + options_.large_segment_bytes) return false;
+  return true;
+}
+
+bool CachingAllocator::ShouldSplit(const Block& block, std::size_t rounded) const {
+  if (block.size >= options_.max_split_bytes) return false;
+  const std::size_t remaining = block.size - rounded;
+  return block.segment != nullptr && block.segment->small_pool
+             ? remaining >= options_.min_block_bytes
+             : remaining > options_.small_request_max;
+}
+
+absl::StatusOr<Event> CachingAllocator::AcquireEvent() {
+  if (!spare_events_.empty()) {
+    Event e = spare_events_.back();
+    spare_events_.pop_back();
+    return e;
+  }
+  return CallAtBoundary("event create", [&] { return backend_->CreateEvent(device_); });
+}
+
+void CachingAllocator::RecycleEvent(Event event) {
+  try {
+    spare_events_.push_back(event);
+  } catch (...) {
+    backend_->DestroyEvent(event).IgnoreError();
+  }
+}
+
+// --- finding a block ------------------------------------------------------------------
+
+Block* CachingAllocator::FindFree(FreeSet& pool, Stream stream, std::size_t rounded) {
+  Block probe;
+  probe.stream = stream;
+  probe.size = rounded;
+  auto it = pool.lower_bound(&probe);
+  if (it == pool.end() || (*it)->stream.handle != stream.handle) return nullptr;
+  return FitsSplitRules(**it, rounded) ? *it : nullptr;
+}
+
+Block* CachingAllocator::HarvestFromOtherStream(FreeSet& pool, Stream stream,
+                                                std::size_t rounded) {
+  // The best fit among other streams' free blocks: one lower_bound per stream.
+  Block* best = nullptr;
+  Block probe;
+  for (auto it = pool.begin(); it != pool.end();) {
+    const std::uintptr_t owner = (*it)->stream.handle;
+    if (owner != stream.handle) {
+      probe.stream = (*it)->stream;
+      probe.size = rounded;
+      probe.address = 0;
+      auto fit = pool.lower_bound(&probe);
+      if (fit != pool.end() && (*fit)->stream.handle == owner && FitsSplitRules(**fit, rounded) &&
+          (best == nullptr || (*fit)->size < best->size)) {
+        best = *fit;
+      }
+    }
+    probe.stream = (*it)->stream;
+    probe.size = std::numeric_limits<std::size_t>::max();
+    probe.address = std::numeric_limits<std::uintptr_t>::max();
+    it = pool.upper_bound(&probe);
+  }
+  if (best == nullptr) return nullptr;
+  // Order the reuse after the owner's work: an event on the owner stream,
+  // recorded now (after the free), then waited on or checked.
+  absl::StatusOr<Event> event = AcquireEvent();
+  if (!event.ok()) return nullptr;
+  bool usable = CallAtBoundary("event record", [&] {
+                  return backend_->RecordEvent(*event, best->stream);
+                }).ok();
+  if (usable && options_.cross_stream == CrossStreamReuse::kFollowEvents) {
+    usable = CallAtBoundary("stream wait", [&] {
+               return backend_->StreamWaitEvent(stream, *event);
+             }).ok();
+  } else if (usable) {
+    absl::StatusOr<bool> done =
+        CallAtBoundary("event query", [&] { return backend_->QueryEvent(*event); });
+    usable = done.ok() && *done;
+  }
+  RecycleEvent(*event);
+  return usable ? best : nullptr;
+}
+
+// --- allocate -----------------------------------------------------------------------
+
+absl::StatusOr<Allocation> CachingAllocator::DoAllocate(std::size_t bytes, Stream stream) {
+  const std::optional<std::size_t> rounded = CheckedRoundUp(bytes, options_.min_block_bytes);
+  bool callbacks_ran = false;
+  for (;;) {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (!rounded || *rounded > capacity_ || *rounded > EffectiveLimit()) {
+      // Fails fast and touches nothing: no cache flush can make this fit.
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "caching allocator (device %d): a request of %d bytes can never be satisfied: the "
+          "device has %d bytes and the reserved limit is %d",
+          device_, bytes, capacity_, EffectiveLimit()));
+    }
+    bool oom = false;
+    absl::StatusOr<Allocation> result = TryAllocateLocked(*rounded, bytes, stream, &oom);
+    if (result.ok() || !oom) return result;
+    if (callbacks_ran || oom_callbacks_.empty()) {
+      ++stats_.oom_events;
+      return OutOfMemoryError(bytes, *rounded, stream);
+    }
+    // Callbacks may free our own allocations: run them without the lock.
+    std::vector<OomCallback> callbacks = oom_callbacks_;
+    lock.unlock();
+    callbacks_ran = true;
+    for (const OomCallback& callback : callbacks) {
+      try {
+        callback(OomEvent{device_, *rounded});
+      } catch (...) {
+        // A throwing callback freed nothing we can count on.
+      }
+    }
+  }
+}
+
+absl::StatusOr<Allocation> CachingAllocator::TryAllocateLocked(std::size_t rounded,
+                                                               std::size_t requested,
+                                                               Stream stream, bool* oom) {
+  if (pending_ != nullptr) ProcessPendingEvents();
+  FreeSet& pool = PoolFor(rounded);
+  Block* block = FindFree(pool, stream, rounded);
+  bool cross_stream = false;
+  if (block == nullptr && options_.cross_stream != CrossStreamReuse::kNone) {
+    block = HarvestFromOtherStream(pool, stream, rounded);
+    cross_stream = block != nullptr;
+  }
+  if (block == nullptr) return NewSegment(pool, stream, rounded, requested, oom);
+
+  // Everything that can fail happens before the first change.
+  std::unique_ptr<Block> spare = ShouldSplit(*block, rounded) ? NewBlock() : nullptr;
+  Hook();
+  allocated_.reserve(allocated_.size() + 1);
+  EraseFree(block);
+  ++stats_.cache_hits;
+  if (cross_stream) ++stats_.cross_stream_reuses;
+  return Commit(block, std::move(spare), rounded, requested, stream);
+}
+
+absl::StatusOr<Allocation> CachingAllocator::NewSegment(FreeSet& pool, Stream stream,
+                                                        std::size_t rounded,
+                                                        std::size_t requested, bool* oom) {
+  std::size_t size = SegmentSizeFor(rounded);
+  // Host metadata first: if any of it throws, nothing has happened yet.
+  Hook();
+  auto segment = std::make_unique<Segment>();
+  segment->small_pool = IsSmall(pool);
+  std::unique_ptr<Block> block = NewBlock();
+  block->segment = segment.get();
+  block->size = size;
+  std::unique_ptr<Block> spare = ShouldSplit(*block, rounded) ? NewBlock() : nullptr;
+  Hook();
+  allocated_.reserve(allocated_.size() + 1);
+
+  const auto reserved = static_cast<std::size_t>(stats_.reserved_bytes.current);
+  if (options_.gc_threshold > 0) {
+    const auto threshold = static_cast<std::size_t>(options_.gc_threshold * EffectiveLimit());
+    if (reserved + size > threshold && ReleaseFreeSegments(reserved + size - threshold) > 0) {
+      ++stats_.cache_flushes;
+    }
+  }
+  auto malloc_once = [&](std::size_t bytes) -> absl::StatusOr<void*> {
+    const auto held = static_cast<std::size_t>(stats_.reserved_bytes.current);
+    if (held + bytes > EffectiveLimit() &&
+        ReleaseFreeSegments(held + bytes - EffectiveLimit()) > 0) {
+      ++stats_.cache_flushes;
+    }
+    if (static_cast<std::size_t>(stats_.reserved_bytes.current) + bytes > EffectiveLimit()) {
+      return absl::ResourceExhaustedError("reserved limit reached");
+    }
+    return CallAtBoundary("malloc", [&] { return backend_->Malloc(device_, bytes); });
+  };
+  absl::StatusOr<void*> ptr = malloc_once(size);
+  if (ptr.status().code() == absl::StatusCode::kResourceExhausted) {
+    // Out of memory: give cached segments back (LRU first), then everything
+    // cached (after merging blocks split across idle streams), then try a
+    // segment of exactly the request.
+    if (ReleaseFreeSegments(size) > 0) {
+      ++stats_.cache_flushes;
+      ptr = malloc_once(size);
+    }
+    if (ptr.status().code() == absl::StatusCode::kResourceExhausted &&
+        WaitForAllPending().ok() && CoalesceAfterSync().ok() &&
+        ReleaseFreeSegments(std::numeric_limits<std::size_t>::max()) > 0) {
+      ++stats_.cache_flushes;
+      ptr = malloc_once(size);
+    }
+    if (ptr.status().code() == absl::StatusCode::kResourceExhausted && size > rounded) {
+      size = rounded;
+      block->size = size;
+      if (spare && !ShouldSplit(*block, rounded)) spare.reset();
+      ptr = malloc_once(size);
+    }
+  }
+  if (!ptr.ok()) {
+    *oom = ptr.status().code() == absl::StatusCode::kResourceExhausted;
+    return ptr.status();
+  }
+
+  // Commit: nothing below allocates or fails.
+  segment->address = reinterpret_cast<std::uintptr_t>(*ptr);
+  segment->size = size;
+  segment->head = block.get();
+  segment->next = segments_;
+  if (segments_ != nullptr) segments_->prev = segment.get();
+  segments_ = segment.release();
+  block->address = segments_->address;
+  block->stream = stream;
+  stats_.reserved_bytes.Add(static_cast<std::int64_t>(size));
+  stats_.segments.Add(1);
+  ++stats_.upstream_allocs;
+  ++stats_.cache_misses;
+  return Commit(block.release(), std::move(spare), rounded, requested, stream);
+}
+
+Allocation CachingAllocator::Commit(Block* block, std::unique_ptr<Block> spare,
+                                    std::size_t rounded, std::size_t requested, Stream stream) {
+  block->stream = stream;
+  if (spare != nullptr && block->size > rounded) {
+    Block* rest = spare.release();
+    rest->address = block->address + rounded;
+    rest->size = block->size - rounded;
+    rest->segment = block->segment;
+    rest->stream = stream;
+    rest->state = BlockState::kFree;
+    rest->prev = block;
+    rest->next = block->next;
+    if (block->next != nullptr) block->next->prev = rest;
+    block->next = rest;
+    block->size = rounded;
+    InsertFree(rest);
+  }
+  block->state = BlockState::kAllocated;
+  block->requested = requested;
+  block->segment->last_used = ++tick_;
+  allocated_.emplace(block->address, block);  // capacity reserved: cannot allocate
+  stats_.allocated_bytes.Add(static_cast<std::int64_t>(block->size));
+  stats_.requested_bytes.Add(static_cast<std::int64_t>(requested));
+  stats_.active_blocks.Add(1);
+  return Allocation{reinterpret_cast<void*>(block->address), requested, stream};
+}
+
+// --- free -------------------------------------------------------------------------------
+
+absl::Status CachingAllocator::DoDeallocate(const Allocation& allocation, Stream stream) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = allocated_.find(reinterpret_cast<std::uintptr_t>(allocation.ptr));
+  if (it == allocated_.end()) {
+    ++stats_.failed_frees;
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "caching allocator (device %d): %p was not allocated here (a foreign pointer) or was "
+        "already freed",
+        device_, allocation.ptr));
+  }
+  Block* block = it->second;
+  if (allocation.bytes != block->requested) {
+    ++stats_.failed_frees;
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "caching allocator (device %d): %p freed as %d bytes but was allocated as %d", device_,
+        allocation.ptr, allocation.bytes, block->requested));
+  }
+  // Other streams that used the block: the free waits for each of them.
+  std::vector<Stream> waits;
+  std::vector<Event> events;
+  for (Stream s : block->stream_uses) {
+    if (s != stream) {
+      Hook();
+      waits.push_back(s);
+    }
+  }
+  if (!waits.empty()) {
+    Hook();
+    events.reserve(waits.size());
+    absl::Status recorded = absl::OkStatus();
+    for (Stream s : waits) {
+      absl::StatusOr<Event> e = AcquireEvent();
+      if (e.ok()) {
+        recorded = CallAtBoundary("event record", [&] { return backend_->RecordEvent(*e, s); });
+        if (recorded.ok()) {
+          events.push_back(*e);
+          continue;
+        }
+        RecycleEvent(*e);
+      } else {
+        recorded = e.status();
+      }
+      break;
+    }
+    if (!recorded.ok()) {
+      // No events: wait on the host instead, so the block is still safe.
+      for (Event e : events) RecycleEvent(e);
+      events.clear();
+      for (Stream s : waits) {
+        absl::Status synced =
+            CallAtBoundary("stream synchronize", [&] { return backend_->SynchronizeStream(s); });
+        if (!synced.ok()) {
+          ++stats_.failed_frees;
+          return absl::Status(synced.code(),
+                              absl::StrFormat("caching allocator (device %d): cannot order the "
+                                              "free of %p after its other streams: %s",
+                                              device_, allocation.ptr, synced.message()));
+        }
+      }
+    }
+  }
+
+  // Commit: nothing below allocates or fails.
+  allocated_.erase(it);
+  stats_.allocated_bytes.Sub(static_cast<std::int64_t>(block->size));
+  stats_.requested_bytes.Sub(static_cast<std::int64_t>(block->requested));
+  stats_.active_blocks.Sub(1);
+  block->requested = 0;
+  block->stream = stream;
+  block->stream_uses.clear();
+  if (!events.empty()) {
+    block->pending_events = std::move(events);
+    block->state = BlockState::kPendingEvents;
+    block->pending_prev = nullptr;
+    block->pending_next = pending_;
+    if (pending_ != nullptr) pending_->pending_prev = block;
+    pending_ = block;
+  } else {
+    ReturnToPool(block);
+  }
+  return absl::OkStatus();
+}
+
+void CachingAllocator::ReturnToPool(Block* block) {
+  block->state = BlockState::kFree;
+  auto mergeable = [&](Block* other) {
+    return other != nullptr && other->state == BlockState::kFree &&
+           other->stream.handle == block->stream.handle;
+  };
+  if (Block* next = block->next; mergeable(next)) {
+    EraseFree(next);
+    block->size += next->size;
+    block->next = next->next;
+    if (next->next != nullptr) next->next->prev = block;
+    delete next;
+  }
+  if (Block* prev = block->prev; mergeable(prev)) {
+    EraseFree(prev);
+    prev->size += block->size;
+    prev->next = block->next;
+    if (block->next != nullptr) block->next->prev = prev;
+    delete block;
+    block = prev;
+  }
+  InsertFree(block);
+}
+
+absl::Status CachingAllocator::RecordStream(const Allocation& allocation, Stream stream) {
+  if (stream.device != device_) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "caching allocator (device %d): RecordStream with a stream of device %d", device_,
+        stream.device));
+  }
+  return CallAtBoundary("RecordStream", [&]() -> absl::Status {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = allocated_.find(reinterpret_cast<std::uintptr_t>(allocation.ptr));
+    if (it == allocated_.end()) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "caching allocator (device %d): RecordStream on %p, which is not a live allocation",
+          device_, allocation.ptr));
+    }
+    Block* block = it->second;
+    if (stream.handle == block->stream.handle) return absl::OkStatus();
+    for (Stream s : block->stream_uses) {
+      if (s.handle == stream.handle) return absl::OkStatus();
+    }
+    Hook();
+    block->stream_uses.push_back(stream);
+    return absl::OkStatus();
+  });
+}
+
+// --- events and release -------------------------------------------------------------
+
+void CachingAllocator::ProcessPendingEvents() {
+  // Every pending block is checked: one slow stream does not hold back the
+  // blocks waiting on others (no head-of-line blocking).
+  for (Block* b = pending_; b != nullptr;) {
+    Block* next = b->pending_next;
+    bool done = true;
+    for (Event e : b->pending_events) {
+      absl::StatusOr<bool> q =
+          CallAtBoundary("event query", [&] { return backend_->QueryEvent(e); });
+      if (!q.ok() || !*q) {
+        done = false;
+        break;
+      }
+    }
+    if (done) {
+      if (b->pending_prev != nullptr) b->pending_prev->pending_next = b->pending_next;
+      if (b->pending_next != nullptr) b->pending_next->pending_prev = b->pending_prev;
+      if (pending_ == b) pending_ = b->pending_next;
+      b->pending_prev = b->pending_next = nullptr;
+      for (Event e : b->pending_events) RecycleEvent(e);
+      b->pending_events.clear();
+      ReturnToPool(b);
+    }
+    b = next;
+  }
+}
+
+absl::Status CachingAllocator::WaitForAllPending() {
+  for (Block* b = pending_; b != nullptr; b = b->pending_next) {
+    for (Event e : b->pending_events) {
+      GPUALLOC_RETURN_IF_ERROR(
+          CallAtBoundary("event synchronize", [&] { return backend_->SynchronizeEvent(e); }));
+    }
+  }
+  ProcessPendingEvents();
+  return absl::OkStatus();
+}
+
+absl::Status CachingAllocator::CoalesceAfterSync() {
+  GPUALLOC_RETURN_IF_ERROR(CallAtBoundary(
+      "device synchronize", [&] { return backend_->DeviceSynchronize(device_); }));
+  // Every stream is idle now, so free neighbours merge whatever their stream.
+  for (Segment* s = segments_; s != nullptr; s = s->next) {
+    for (Block* b = s->head; b != nullptr && b->next != nullptr;) {
+      Block* n = b->next;
+      if (b->state == BlockState::kFree && n->state == BlockState::kFree) {
+        EraseFree(b);
+        EraseFree(n);
+        b->size += n->size;
+        b->next = n->next;
+        if (n->next != nullptr) n->next->prev = b;
+        delete n;
+        InsertFree(b);
+      } else {
+        b = n;
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::vector<Segment*> CachingAllocator::FullyFreeSegmentsLruFirst() const {
+  std::vector<Segment*> out;
+  for (Segment* s = segments_; s != nullptr; s = s->next) {
+    if (s->head->state == BlockState::kFree && s->head->next == nullptr) out.push_back(s);
+  }
+  std::sort(out.begin(), out.end(),
+            [](const Segment* a, const Segment* b) { return a->last_used < b->last_used; });
+  return out;
+}
+
+std::size_t CachingAllocator::ReleaseFreeSegments(std::size_t enough) {
+  std::size_t released = 0;
+  try {
+    for (Segment* s : FullyFreeSegmentsLruFirst()) {
+      if (released >= enough) break;
+      const std::size_t size = s->size;
+      if (ReleaseSegment(s)) released += size;
+    }
+  } catch (const std::bad_alloc&) {
+    // Could not even list the candidates: nothing more is released.
+  }
+  return released;
+}
+
+bool CachingAllocator::ReleaseSegment(Segment* segment) {
+  Block* block = segment->head;
+  EraseFree(block);
+  absl::Status st = CallAtBoundary("free", [&] {
+    return backend_->Free(device_, reinterpret_cast<void*>(segment->address));
+  });
+  if (!st.ok()) {
+    InsertFree(block);  // still ours, still cached
+    return false;
+  }
+  if (segment->prev != nullptr) segment->prev->next = segment->next;
+  if (segment->next != nullptr) segment->next->prev = segment->prev;
+  if (segments_ == segment) segments_ = segment->next;
+  stats_.reserved_bytes.Sub(static_cast<std::int64_t>(segment->size));
+  stats_.segments.Sub(1);
+  ++stats_.upstream_frees;
+  delete block;
+  delete segment;
+  return true;
+}
+
+absl::Status CachingAllocator::EmptyCache(std::size_t keep_bytes) {
+  return CallAtBoundary("EmptyCache", [&]() -> absl::Status {
+    std::lock_guard<std::mutex> lock(mu_);
+    GPUALLOC_RETURN_IF_ERROR(WaitForAllPending());
+    GPUALLOC_RETURN_IF_ERROR(CoalesceAfterSync());
+    std::size_t cached = 0;
+    for (Segment* s : FullyFreeSegmentsLruFirst()) cached += s->size;
+    if (cached > keep_bytes) ReleaseFreeSegments(cached - keep_bytes);
+    return absl::OkStatus();
+  });
+}
+
+absl::Status CachingAllocator::SetReservedLimit(std::size_t bytes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  limit_ = bytes;
+  const auto reserved = static_cast<std::size_t>(stats_.reserved_bytes.current);
+  if (reserved > EffectiveLimit()) ReleaseFreeSegments(reserved - EffectiveLimit());
+  return absl::OkStatus();
+}
+
+std::size_t CachingAllocator::reserved_limit() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return EffectiveLimit();
+}
+
+void CachingAllocator::AddOomCallback(OomCallback callback) {
+  std::lock_guard<std::mutex> lock(mu_);
+  oom_callbacks_.push_back(std::move(callback));
+}
+
+void CachingAllocator::SetMetadataAllocationHookForTesting(std::function<void()> hook) {
+  std::lock_guard<std::mutex> lock(mu_);
+  metadata_hook_ = std::move(hook);
+}
+
+// --- observation ------------------------------------------------------------------------
+
+std::size_t CachingAllocator::LargestFreeBlockLocked() const {
+  std::size_t largest = 0;
+  Block probe;
+  for (const FreeSet* pool : {&small_, &large_}) {
+    // The last block of each stream's run is its largest.
+    for (auto it = pool->begin(); it != pool->end();) {
+      probe.stream = (*it)->stream;
+      probe.size = std::numeric_limits<std::size_t>::max();
+      probe.address = std::numeric_limits<std::uintptr_t>::max();
+      auto end = pool->upper_bound(&probe);
+      largest = std::max(largest, (*std::prev(end))->size);
+      it = end;
+    }
+  }
+  return largest;
+}
+
+MemoryStats CachingAllocator::stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  MemoryStats s = stats_;
+  s.largest_free_block = LargestFreeBlockLocked();
+  return s;
+}
+
+void CachingAllocator::ResetPeakStats() {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (StatCounter* c : {&stats_.allocated_bytes, &stats_.requested_bytes, &stats_.reserved_bytes,
+                         &stats_.active_blocks, &stats_.segments, &stats_.inactive_split_bytes}) {
+    c->ResetPeak();
+  }
+}
+
+MemorySnapshot CachingAllocator::Snapshot() const {
+  MemorySnapshot snap;
+  snap.device = device_;
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const Segment* s = segments_; s != nullptr; s = s->next) {
+    SegmentSnapshot seg{s->address, s->size, s->small_pool, s->last_used, {}};
+    for (const Block* b = s->head; b != nullptr; b = b->next) {
+      seg.blocks.push_back(BlockSnapshot{b->address, b->size, b->requested, b->state, b->stream});
+    }
+    snap.segments.push_back(std::move(seg));
+  }
+  std::sort(snap.segments.begin(), snap.segments.end(),
+            [](const SegmentSnapshot& a, const SegmentSnapshot& b) { return a.address < b.address; });
+  return snap;
+}
+
+absl::Status CachingAllocator::OutOfMemoryError(std::size_t requested, std::size_t rounded,
+                                                Stream stream) const {
+  std::size_t too_small = 0, other_streams = 0, pending = 0;
+  for (const FreeSet* pool : {&small_, &large_}) {
+    for (const Block* b : *pool) {
+      if (b->size < rounded) {
+        too_small += b->size;
+      } else if (b->stream.handle != stream.handle) {
+        other_streams += b->size;
+      }
+    }
+  }
+  for (const Block* b = pending_; b != nullptr; b = b->pending_next) pending += b->size;
+  const auto allocated = static_cast<std::size_t>(stats_.allocated_bytes.current);
+  const auto reserved = static_cast<std::size_t>(stats_.reserved_bytes.current);
+  std::string device_view = "the device's own free memory is unknown";
+  absl::StatusOr<MemoryInfo> info =
+      CallAtBoundary("memory info", [&] { return backend_->GetMemoryInfo(device_); });
+  if (info.ok()) {
+    device_view = absl::StrFormat("the device reports %d bytes free of %d", info->free_bytes,
+                                  info->total_bytes);
+  }
+  return absl::ResourceExhaustedError(absl::StrFormat(
+      "out of memory on device %d: tried to allocate %d bytes (rounded to %d) on stream %d; "
+      "this allocator has %d bytes allocated and %d reserved (limit %d). Of the %d reserved "
+      "but unallocated bytes: %d are cached free blocks (%d of them in blocks too small for "
+      "this request, %d in blocks of other streams not yet safe to reuse) and %d wait on other "
+      "streams' events; the largest contiguous free block is %d bytes; %s.",
+      device_, requested, rounded, stream.handle, allocated, reserved, EffectiveLimit(),
+      reserved - allocated, stats_.free_bytes, too_small, other_streams, pending,
+      LargestFreeBlockLocked(), device_view));
+}
+
+}  // namespace gpualloc

@@ -1,0 +1,179 @@
+// CachingAllocator: a stream-aware caching device allocator over any Backend.
+//
+// Device allocation through the runtime costs microseconds and synchronises;
+// this allocator obtains large segments from the backend, splits them into
+// blocks for requests, and keeps freed blocks cached for reuse. See
+// caching_options.h for the rounding and pool rules and docs/design.md for
+// the block structure and the stream rules.
+//
+//   auto cache = CachingAllocator::Create(backend, /*device=*/0, {}).value();
+//   absl::StatusOr<Allocation> a = cache->Allocate(1 << 20, stream);
+//   ... use a->ptr on `stream` ...
+//   cache->Deallocate(*a);            // reusable on `stream` at once
+//
+// Guarantees:
+//  - Best fit among free blocks in O(log n), however many holes there are.
+//  - A block freed on stream S is reusable on S at once; on another stream
+//    only as CachingOptions::cross_stream allows (after an event recorded on
+//    S has completed, or with the new stream waiting on that event).
+//    RecordStream(a, T) makes a block wait, when freed, for T's work too.
+//  - Strong guarantee on Allocate: if the backend fails or throws at any
+//    point, or host metadata allocation throws, no device memory leaks and
+//    the allocator's state and stats are as before.
+//  - Deallocate of a pointer it does not own, twice, with the wrong size, or
+//    on another device's stream is InvalidArgument and changes nothing.
+//  - Out of memory: free cached segments are released (least recently used
+//    first) and the allocation retried, then OOM callbacks run (outside the
+//    lock) and it is retried, then it fails with a Status that says where the
+//    reserved memory is.
+//
+// Thread safety: all methods may be called from any thread. One mutex per
+// allocator (one allocator per device, so devices never contend) guards all
+// state; backend calls for new segments and releases happen under it, OOM
+// callbacks never do.
+#ifndef GPUALLOC_ALLOCATOR_CACHING_CACHING_ALLOCATOR_H_
+#define GPUALLOC_ALLOCATOR_CACHING_CACHING_ALLOCATOR_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "allocator/backend/backend.h"
+#include "allocator/caching/block.h"
+#include "allocator/caching/caching_options.h"
+#include "allocator/resource/memory_resource.h"
+#include "allocator/stats/memory_snapshot.h"
+
+namespace gpualloc {
+
+// Passed to OOM callbacks: the device and the rounded request that failed.
+struct OomEvent {
+  DeviceIndex device = 0;
+  std::size_t requested = 0;
+};
+// Returns true if it freed something worth retrying for. Runs outside the
+// allocator's lock, so it may free allocations of this allocator. Exceptions
+// are caught and count as false.
+using OomCallback = std::function<bool(const OomEvent&)>;
+
+class CachingAllocator final : public MemoryResource {
+ public:
+  // InvalidArgument for inconsistent options; the backend's error if the
+  // device does not exist.
+  static absl::StatusOr<std::unique_ptr<CachingAllocator>> Create(std::shared_ptr<Backend> backend,
+                                                                  DeviceIndex device,
+                                                                  CachingOptions options);
+  // Synchronises the device and returns every segment to the backend.
+  // Allocations still live are leaks of the caller: they are counted and
+  // reported on stderr, and their memory is released too.
+  ~CachingAllocator() override;
+
+  absl::string_view name() const override { return "caching"; }
+  DeviceIndex device() const override { return device_; }
+  std::size_t alignment() const override { return alignment_; }
+  MemoryStats stats() const override;
+
+  // Marks `allocation` as used by `stream` as well: when freed, it is not
+  // reused until `stream`'s work enqueued before the free has completed.
+  absl::Status RecordStream(const Allocation& allocation, Stream stream);
+
+  // Returns cached free segments to the backend, least recently used first,
+  // until at most `keep_bytes` of cached free memory remain. Waits for
+  // blocks still pending on other streams' events first.
+  absl::Status EmptyCache(std::size_t keep_bytes = 0);
+
+  // Caps reserved bytes (0: the device's capacity). Lowering it below what
+  // is reserved releases free segments; it never frees live allocations.
+  absl::Status SetReservedLimit(std::size_t bytes);
+  std::size_t reserved_limit() const;
+
+  // Registers a callback run when an allocation is about to fail.
+  void AddOomCallback(OomCallback callback);
+
+  // Every segment and block, for invariant checks and reports.
+  MemorySnapshot Snapshot() const;
+  void ResetPeakStats();
+
+  // Test hook: runs before every host-side metadata allocation the allocator
+  // makes, so a test can throw std::bad_alloc from exactly there.
+  void SetMetadataAllocationHookForTesting(std::function<void()> hook);
+
+ private:
+  using Block = caching_detail::Block;
+  using Segment = caching_detail::Segment;
+  using FreeSet = caching_detail::FreeSet;
+
+  CachingAllocator(std::shared_ptr<Backend> backend, DeviceIndex device, CachingOptions options,
+                   std::size_t capacity, std::size_t alignment);
+
+  absl::StatusOr<Allocation> DoAllocate(std::size_t bytes, Stream stream) override;
+  absl::Status DoDeallocate(const Allocation& allocation, Stream stream) override;
+
+  // --- all below run with mu_ held ---
+  // One attempt: cached block, another stream's block, or a new segment
+  // (releasing cached segments on OOM). Sets *oom on out-of-memory.
+  absl::StatusOr<Allocation> TryAllocateLocked(std::size_t rounded, std::size_t requested,
+                                               Stream stream, bool* oom);
+  FreeSet& PoolFor(std::size_t rounded) { return rounded <= options_.small_request_max ? small_ : large_; }
+  bool IsSmall(const FreeSet& pool) const { return &pool == &small_; }
+  std::size_t SegmentSizeFor(std::size_t rounded) const;
+  bool ShouldSplit(const Block& block, std::size_t rounded) const;
+  bool FitsSplitRules(const Block& block, std::size_t rounded) const;
+  Block* FindFree(FreeSet& pool, Stream stream, std::size_t rounded);
+  Block* HarvestFromOtherStream(FreeSet& pool, Stream stream, std::size_t rounded);
+  absl::StatusOr<Allocation> NewSegment(FreeSet& pool, Stream stream, std::size_t rounded,
+                                        std::size_t requested, bool* oom);
+  // Takes `block` (already out of its free set) for a request, splitting off
+  // the remainder into `spare` when worthwhile. No-throw.
+  Allocation Commit(Block* block, std::unique_ptr<Block> spare, std::size_t rounded,
+                    std::size_t requested, Stream stream);
+  std::unique_ptr<Block> NewBlock();  // fallible: node and block
+  void InsertFree(Block* block);      // no-throw
+  void EraseFree(Block* block);       // no-throw
+  // Returns a free block to its pool, merged with same-stream free neighbours.
+  void ReturnToPool(Block* block);
+  void ProcessPendingEvents();
+  absl::Status WaitForAllPending();
+  // Synchronises the device, then merges free neighbours whatever their
+  // stream (all streams are idle), so split segments can be released.
+  absl::Status CoalesceAfterSync();
+  std::vector<Segment*> FullyFreeSegmentsLruFirst() const;
+  std::size_t LargestFreeBlockLocked() const;
+  // Releases fully free segments, least recently used first, until `enough`
+  // bytes were released (or none is left). Returns the bytes released.
+  std::size_t ReleaseFreeSegments(std::size_t enough);
+  bool ReleaseSegment(Segment* segment);
+  std::size_t EffectiveLimit() const { return limit_ ? limit_ : capacity_; }
+  absl::StatusOr<Event> AcquireEvent();
+  void RecycleEvent(Event event);
+  absl::Status OutOfMemoryError(std::size_t requested, std::size_t rounded, Stream stream) const;
+  void Hook() const {
+    if (metadata_hook_) metadata_hook_();
+  }
+
+  const std::shared_ptr<Backend> backend_;
+  const DeviceIndex device_;
+  const CachingOptions options_;
+  const std::size_t capacity_;   // the device's total bytes
+  const std::size_t alignment_;  // the device's pointer alignment
+
+  mutable std::mutex mu_;
+  FreeSet small_;
+  FreeSet large_;
+  absl::flat_hash_map<std::uintptr_t, Block*> allocated_;
+  Segment* segments_ = nullptr;        // intrusive list, owned
+  Block* pending_ = nullptr;           // intrusive list of blocks awaiting events
+  std::vector<Event> spare_events_;
+  std::size_t limit_ = 0;
+  std::uint64_t tick_ = 0;
+  MemoryStats stats_;
+  std::vector<OomCallback> oom_callbacks_;
+  std::function<void()> metadata_hook_;
+};
+
+}  // namespace gpualloc
+
+#endif  // GPUALLOC_ALLOCATOR_CACHING_CACHING_ALLOCATOR_H_

@@ -1,0 +1,586 @@
+#include "allocator/caching/caching_allocator.h"
+
+#include <atomic>
+#include <barrier>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "allocator/backend/failpoints/failpoint_backend.h"
+#include "allocator/backend/sim/sim_backend.h"
+#include "gtest/gtest.h"
+#include "harness/invariants/invariants.h"
+
+namespace gpualloc {
+namespace {
+
+constexpr std::size_t kKiB = 1024;
+constexpr std::size_t kMiB = 1024 * 1024;
+
+std::shared_ptr<SimBackend> Sim(std::size_t capacity = 256 * kMiB, SimCostModel cost = {}) {
+  SimOptions o = SimOptions::WithDevices(1, capacity);
+  o.cost = cost;
+  return std::make_shared<SimBackend>(o);
+}
+
+std::unique_ptr<CachingAllocator> Cache(std::shared_ptr<Backend> backend,
+                                        CachingOptions options = {}) {
+  auto c = CachingAllocator::Create(std::move(backend), 0, options);
+  EXPECT_TRUE(c.ok()) << c.status();
+  return *std::move(c);
+}
+
+void ExpectConsistent(const CachingAllocator& cache) {
+  absl::Status st = harness::CheckSnapshot(cache.Snapshot(), cache.stats());
+  EXPECT_TRUE(st.ok()) << st;
+}
+
+Stream S0() { return Stream::Default(0); }
+
+TEST(CachingAllocator, RoundsRequestsAndChoosesThePool) {
+  auto sim = Sim();
+  auto cache = Cache(sim);
+  Allocation tiny = cache->Allocate(1).value();
+  Allocation big = cache->Allocate(2 * kMiB).value();
+  MemorySnapshot snap = cache->Snapshot();
+  ASSERT_EQ(snap.segments.size(), 2u);
+  for (const SegmentSnapshot& s : snap.segments) {
+    if (s.small_pool) {
+      EXPECT_EQ(s.size, 2 * kMiB) << "small segments are 2 MiB";
+      EXPECT_EQ(s.blocks.front().size, 512u) << "1 byte rounds to 512";
+    } else {
+      EXPECT_EQ(s.size, 20 * kMiB) << "large requests under 10 MiB share 20 MiB segments";
+    }
+  }
+  ExpectConsistent(*cache);
+  ASSERT_TRUE(cache->Deallocate(tiny).ok());
+  ASSERT_TRUE(cache->Deallocate(big).ok());
+  auto fresh = Cache(sim);
+  Allocation huge = fresh->Allocate(11 * kMiB + 1).value();
+  EXPECT_EQ(fresh->stats().reserved_bytes.current, static_cast<std::int64_t>(12 * kMiB))
+      << "a request of 10 MiB or more gets its own segment rounded up to 2 MiB";
+  ASSERT_TRUE(fresh->Deallocate(huge).ok());
+}
+
+TEST(CachingAllocator, FreedBlockIsReusedOnTheSameStreamWithoutABackendCall) {
+  auto sim = Sim();
+  auto cache = Cache(sim);
+  Allocation a = cache->Allocate(64 * kKiB).value();
+  ASSERT_TRUE(cache->Deallocate(a).ok());
+  const std::uint64_t mallocs = sim->Accounting().calls_to(BackendOp::kMalloc);
+  Allocation b = cache->Allocate(64 * kKiB).value();
+  EXPECT_EQ(b.ptr, a.ptr);
+  EXPECT_EQ(sim->Accounting().calls_to(BackendOp::kMalloc), mallocs);
+  MemoryStats s = cache->stats();
+  EXPECT_EQ(s.cache_hits, 1u);
+  EXPECT_EQ(s.cache_misses, 1u);
+  ASSERT_TRUE(cache->Deallocate(b).ok());
+}
+
+TEST(CachingAllocator, SplitsBlocksAndCoalescesFreeNeighbours) {
+  auto cache = Cache(Sim());
+  Allocation a = cache->Allocate(4 * kKiB).value();
+  Allocation b = cache->Allocate(8 * kKiB).value();
+  Allocation c = cache->Allocate(16 * kKiB).value();
+  EXPECT_EQ(static_cast<char*>(b.ptr), static_cast<char*>(a.ptr) + 4 * kKiB);
+  EXPECT_EQ(static_cast<char*>(c.ptr), static_cast<char*>(b.ptr) + 8 * kKiB);
+  ExpectConsistent(*cache);
+  ASSERT_TRUE(cache->Deallocate(b).ok());
+  ASSERT_TRUE(cache->Deallocate(a).ok());
+  ExpectConsistent(*cache);
+  MemorySnapshot mid = cache->Snapshot();
+  ASSERT_EQ(mid.segments.size(), 1u);
+  EXPECT_EQ(mid.segments[0].blocks.front().size, 12 * kKiB) << "a and b merged";
+  ASSERT_TRUE(cache->Deallocate(c).ok());
+  MemorySnapshot end = cache->Snapshot();
+  ASSERT_EQ(end.segments[0].blocks.size(), 1u) << "the segment is whole again";
+  EXPECT_EQ(end.segments[0].blocks[0].size, 2 * kMiB);
+  ExpectConsistent(*cache);
+}
+
+TEST(CachingAllocator, TakesTheBestFittingHole) {
+  auto cache = Cache(Sim());
+  std::vector<Allocation> keep, holes;
+  for (std::size_t size : {16 * kKiB, 4 * kKiB, 8 * kKiB}) {
+    holes.push_back(cache->Allocate(size).value());
+    keep.push_back(cache->Allocate(512).value());  // separator
+  }
+  for (const Allocation& h : holes) ASSERT_TRUE(cache->Deallocate(h).ok());
+  Allocation fit = cache->Allocate(6 * kKiB).value();
+  EXPECT_EQ(fit.ptr, holes[2].ptr) << "the 8 KiB hole, not the 16 KiB one";
+  ASSERT_TRUE(cache->Deallocate(fit).ok());
+  for (const Allocation& k : keep) ASSERT_TRUE(cache->Deallocate(k).ok());
+  ExpectConsistent(*cache);
+}
+
+// A stream with slow work on it: a large copy costs ~`ms` milliseconds.
+struct SlowStream {
+  SlowStream(SimBackend& sim, Stream stream, const Allocation& target, int ms)
+      : host(ms * 16 * kKiB) {
+    EXPECT_TRUE(sim.MemcpyAsync(target.ptr, host.data(),
+                                std::min(host.size(), target.bytes), CopyKind::kHostToDevice,
+                                stream).ok());
+  }
+  std::vector<char> host;
+};
+
+SimCostModel SlowCopies() {
+  SimCostModel c;
+  c.copy_ns_per_kib = 62'500;  // 16 KiB per millisecond
+  return c;
+}
+
+TEST(CachingAllocator, FreedBlockIsNotReusedOnOtherStreamBeforeEvent) {
+  auto sim = Sim(256 * kMiB, SlowCopies());
+  CachingOptions o;
+  o.cross_stream = CrossStreamReuse::kOpportunistic;
+  // One request fills one segment, so stream t has no free block of its own.
+  o.small_request_max = 512 * kKiB;
+  o.small_segment_bytes = 512 * kKiB;
+  auto cache = Cache(sim, o);
+  Stream s = sim->CreateStream(0).value();
+  Stream t = sim->CreateStream(0).value();
+  Allocation a = cache->Allocate(512 * kKiB, s).value();
+  SlowStream busy(*sim, s, a, 30);
+  ASSERT_TRUE(cache->Deallocate(a).ok());
+  Allocation on_t = cache->Allocate(512 * kKiB, t).value();
+  EXPECT_NE(on_t.ptr, a.ptr) << "stream s has not passed the free yet";
+  ASSERT_TRUE(sim->SynchronizeStream(s).ok());
+  Allocation after = cache->Allocate(512 * kKiB, t).value();
+  EXPECT_EQ(after.ptr, a.ptr) << "reusable once s's work completed";
+  EXPECT_EQ(cache->stats().cross_stream_reuses, 1u);
+  ASSERT_TRUE(cache->Deallocate(on_t).ok());
+  ASSERT_TRUE(cache->Deallocate(after).ok());
+  ASSERT_TRUE(cache->EmptyCache().ok());
+  ASSERT_TRUE(sim->DestroyStream(s).ok());
+  ASSERT_TRUE(sim->DestroyStream(t).ok());
+}
+
+TEST(CachingAllocator, FollowEventsReusesAtOnceButOrdersTheNewStreamAfterTheOld) {
+  auto sim = Sim(256 * kMiB, SlowCopies());
+  auto cache = Cache(sim);  // kFollowEvents is the default
+  Stream s = sim->CreateStream(0).value();
+  Stream t = sim->CreateStream(0).value();
+  Allocation a = cache->Allocate(256 * kKiB, s).value();
+  std::vector<unsigned char> ones(256 * kKiB, 1);
+  ASSERT_TRUE(sim->MemcpyAsync(a.ptr, ones.data(), ones.size(), CopyKind::kHostToDevice, s).ok());
+  ASSERT_TRUE(cache->Deallocate(a).ok());
+  Allocation b = cache->Allocate(256 * kKiB, t).value();
+  EXPECT_EQ(b.ptr, a.ptr) << "reused at once";
+  ASSERT_TRUE(sim->MemsetAsync(b.ptr, 2, 256 * kKiB, t).ok());
+  std::vector<unsigned char> seen(256 * kKiB);
+  ASSERT_TRUE(sim->MemcpyAsync(seen.data(), b.ptr, seen.size(), CopyKind::kDeviceToHost, t).ok());
+  ASSERT_TRUE(sim->SynchronizeStream(t).ok());
+  EXPECT_EQ(seen, std::vector<unsigned char>(256 * kKiB, 2))
+      << "t's memset ran after s's slow copy, not before";
+  ASSERT_TRUE(cache->Deallocate(b).ok());
+  ASSERT_TRUE(cache->EmptyCache().ok());
+  ASSERT_TRUE(sim->DestroyStream(s).ok());
+  ASSERT_TRUE(sim->DestroyStream(t).ok());
+}
+
+TEST(CachingAllocator, NoCrossStreamPolicyKeepsBlocksWithTheirStream) {
+  auto sim = Sim();
+  CachingOptions o;
+  o.cross_stream = CrossStreamReuse::kNone;
+  auto cache = Cache(sim, o);
+  Stream s = sim->CreateStream(0).value();
+  Stream t = sim->CreateStream(0).value();
+  Allocation a = cache->Allocate(64 * kKiB, s).value();
+  ASSERT_TRUE(cache->Deallocate(a).ok());
+  ASSERT_TRUE(sim->SynchronizeStream(s).ok());
+  Allocation b = cache->Allocate(64 * kKiB, t).value();
+  EXPECT_NE(b.ptr, a.ptr);
+  ASSERT_TRUE(cache->Deallocate(b).ok());
+  ASSERT_TRUE(cache->EmptyCache().ok());
+  EXPECT_EQ(cache->stats().reserved_bytes.current, 0);
+  ASSERT_TRUE(sim->DestroyStream(s).ok());
+  ASSERT_TRUE(sim->DestroyStream(t).ok());
+}
+
+TEST(CachingAllocator, RecordStreamDelaysReuseUntilThatStreamFinishes) {
+  auto sim = Sim(256 * kMiB, SlowCopies());
+  auto cache = Cache(sim);
+  Stream s = sim->CreateStream(0).value();
+  Stream t = sim->CreateStream(0).value();
+  Allocation a = cache->Allocate(512 * kKiB, s).value();
+  ASSERT_TRUE(cache->RecordStream(a, t).ok());
+  SlowStream busy(*sim, t, a, 30);
+  ASSERT_TRUE(cache->Deallocate(a).ok());
+  EXPECT_EQ(cache->Snapshot().segments[0].blocks[0].state, BlockState::kPendingEvents);
+  Allocation b = cache->Allocate(512 * kKiB, s).value();
+  EXPECT_NE(b.ptr, a.ptr) << "t may still be using the block";
+  ASSERT_TRUE(sim->SynchronizeStream(t).ok());
+  Allocation c = cache->Allocate(512 * kKiB, s).value();
+  EXPECT_EQ(c.ptr, a.ptr);
+  ExpectConsistent(*cache);
+  ASSERT_TRUE(cache->Deallocate(b).ok());
+  ASSERT_TRUE(cache->Deallocate(c).ok());
+  EXPECT_FALSE(cache->RecordStream(c, t).ok()) << "not live any more";
+  ASSERT_TRUE(cache->EmptyCache().ok());
+  ASSERT_TRUE(sim->DestroyStream(s).ok());
+  ASSERT_TRUE(sim->DestroyStream(t).ok());
+}
+
+TEST(CachingAllocator, PendingEventsHaveNoHeadOfLineBlocking) {
+  auto sim = Sim(256 * kMiB, SlowCopies());
+  auto cache = Cache(sim);
+  Stream s = sim->CreateStream(0).value();
+  Stream slow = sim->CreateStream(0).value();
+  Stream fast = sim->CreateStream(0).value();
+  Allocation first = cache->Allocate(4 * kMiB, s).value();   // waits on the slow stream
+  Allocation second = cache->Allocate(2 * kMiB, s).value();  // waits on the fast stream
+  ASSERT_TRUE(cache->RecordStream(first, slow).ok());
+  ASSERT_TRUE(cache->RecordStream(second, fast).ok());
+  SlowStream busy(*sim, slow, first, 200);
+  ASSERT_TRUE(cache->Deallocate(first).ok());
+  ASSERT_TRUE(cache->Deallocate(second).ok());
+  ASSERT_TRUE(sim->SynchronizeStream(fast).ok());
+  Allocation again = cache->Allocate(2 * kMiB, s).value();
+  EXPECT_EQ(again.ptr, second.ptr) << "freed although an earlier free still waits";
+  ASSERT_TRUE(cache->Deallocate(again).ok());
+  ASSERT_TRUE(cache->EmptyCache().ok());
+  for (Stream x : {s, slow, fast}) ASSERT_TRUE(sim->DestroyStream(x).ok());
+}
+
+TEST(CachingAllocator, OutOfMemoryReleasesCachedSegmentsAndRetries) {
+  auto sim = Sim(48 * kMiB);
+  auto cache = Cache(sim);
+  Allocation a = cache->Allocate(12 * kMiB).value();
+  Allocation b = cache->Allocate(14 * kMiB).value();
+  ASSERT_TRUE(cache->Deallocate(a).ok());
+  ASSERT_TRUE(cache->Deallocate(b).ok());
+  EXPECT_EQ(cache->stats().reserved_bytes.current, static_cast<std::int64_t>(26 * kMiB));
+  Allocation c = cache->Allocate(30 * kMiB).value();  // only fits once the cache is flushed
+  EXPECT_GE(cache->stats().cache_flushes, 1u);
+  EXPECT_EQ(cache->stats().oom_events, 0u);
+  ASSERT_TRUE(cache->Deallocate(c).ok());
+  ExpectConsistent(*cache);
+}
+
+TEST(CachingAllocator, OutOfMemoryErrorSaysWhereTheMemoryIs) {
+  auto sim = Sim(8 * kMiB);
+  auto cache = Cache(sim);
+  std::vector<Allocation> small;
+  for (int i = 0; i < 4; ++i) small.push_back(cache->Allocate(1 * kMiB).value());
+  ASSERT_TRUE(cache->Deallocate(small[0]).ok());
+  ASSERT_TRUE(cache->Deallocate(small[2]).ok());
+  const MemoryStats before = cache->stats();
+  absl::StatusOr<Allocation> big = cache->Allocate(7 * kMiB);
+  ASSERT_FALSE(big.ok());
+  EXPECT_EQ(big.status().code(), absl::StatusCode::kResourceExhausted);
+  const std::string msg(big.status().message());
+  for (const char* part : {"out of memory on device 0", "tried to allocate 7340032 bytes",
+                           "too small for this request", "largest contiguous free block",
+                           "the device reports"}) {
+    EXPECT_NE(msg.find(part), std::string::npos) << part << " missing from: " << msg;
+  }
+  EXPECT_EQ(cache->stats().oom_events, before.oom_events + 1);
+  EXPECT_EQ(cache->stats().allocated_bytes.current, before.allocated_bytes.current);
+  ASSERT_TRUE(cache->Deallocate(small[1]).ok());
+  ASSERT_TRUE(cache->Deallocate(small[3]).ok());
+  ExpectConsistent(*cache);
+}
+
+TEST(CachingAllocator, OomCallbackMayFreeMemoryAndTheAllocationIsRetried) {
+  auto sim = Sim(24 * kMiB);
+  auto cache = Cache(sim);
+  Allocation hog = cache->Allocate(20 * kMiB).value();
+  std::atomic<int> calls{0};
+  cache->AddOomCallback([&](const OomEvent& e) {
+    ++calls;
+    EXPECT_EQ(e.device, 0);
+    return cache->Deallocate(hog).ok() && cache->EmptyCache().ok();  // re-enters: no lock held
+  });
+  absl::StatusOr<Allocation> a = cache->Allocate(16 * kMiB);
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(calls.load(), 1);
+  ASSERT_TRUE(cache->Deallocate(*a).ok());
+}
+
+TEST(CachingAllocator, AbsurdRequestsFailFastAndTouchNothing) {
+  auto sim = Sim(64 * kMiB);
+  auto cache = Cache(sim);
+  const std::uint64_t calls_before = sim->Accounting().calls_to(BackendOp::kMalloc);
+  for (std::size_t bytes : {65 * kMiB, std::size_t{1} << 62, ~std::size_t{0}}) {
+    absl::StatusOr<Allocation> a = cache->Allocate(bytes);
+    ASSERT_FALSE(a.ok());
+    EXPECT_NE(a.status().message().find("can never be satisfied"), absl::string_view::npos);
+  }
+  EXPECT_FALSE(cache->Allocate(0).ok());
+  EXPECT_EQ(sim->Accounting().calls_to(BackendOp::kMalloc), calls_before);
+  EXPECT_EQ(cache->stats().reserved_bytes.current, 0);
+}
+
+TEST(CachingAllocator, BadFreesAreRejectedAndChangeNothing) {
+  auto sim = std::make_shared<SimBackend>(SimOptions::WithDevices(2, 64 * kMiB));
+  auto cache = Cache(sim);
+  Allocation a = cache->Allocate(4 * kKiB).value();
+  const MemoryStats before = cache->stats();
+  int local = 0;
+  EXPECT_EQ(cache->Deallocate(Allocation{&local, 4, S0()}).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(cache->Deallocate(Allocation{static_cast<char*>(a.ptr) + 512, 512, S0()}).code(),
+            absl::StatusCode::kInvalidArgument)
+      << "interior pointer";
+  EXPECT_EQ(cache->Deallocate(Allocation{a.ptr, 8 * kKiB, S0()}).code(),
+            absl::StatusCode::kInvalidArgument)
+      << "wrong size";
+  EXPECT_EQ(cache->Deallocate(a, Stream::Default(1)).code(), absl::StatusCode::kInvalidArgument)
+      << "stream of another device";
+  EXPECT_EQ(cache->Deallocate(Allocation{nullptr, 0, S0()}).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(cache->stats().allocated_bytes.current, before.allocated_bytes.current);
+  ASSERT_TRUE(cache->Deallocate(a).ok());
+  absl::Status twice = cache->Deallocate(a);
+  EXPECT_EQ(twice.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(twice.message().find("already freed"), absl::string_view::npos);
+  EXPECT_EQ(cache->Allocate(64, Stream::Default(1)).status().code(),
+            absl::StatusCode::kInvalidArgument)
+      << "allocation for another device";
+  ExpectConsistent(*cache);
+}
+
+TEST(CachingAllocator, EmptyCacheReleasesLeastRecentlyUsedFirstAndHonoursKeepBytes) {
+  auto sim = Sim();
+  auto cache = Cache(sim);
+  Allocation older = cache->Allocate(12 * kMiB).value();
+  Allocation newer = cache->Allocate(12 * kMiB).value();
+  ASSERT_TRUE(cache->Deallocate(newer).ok());
+  ASSERT_TRUE(cache->Deallocate(older).ok());
+  Allocation touch = cache->Allocate(12 * kMiB).value();  // reuses one: it becomes most recent
+  ASSERT_TRUE(cache->Deallocate(touch).ok());
+  const void* recent = touch.ptr;
+  ASSERT_TRUE(cache->EmptyCache(/*keep_bytes=*/12 * kMiB).ok());
+  MemorySnapshot snap = cache->Snapshot();
+  ASSERT_EQ(snap.segments.size(), 1u);
+  EXPECT_EQ(reinterpret_cast<const void*>(snap.segments[0].address), recent)
+      << "the least recently used segment went first";
+  ASSERT_TRUE(cache->EmptyCache().ok());
+  EXPECT_TRUE(cache->Snapshot().segments.empty());
+  EXPECT_EQ(sim->Accounting().devices[0].device_bytes, 0u);
+}
+
+TEST(CachingAllocator, ReservedLimitIsAnOutOfMemoryBoundary) {
+  auto sim = Sim();
+  auto cache = Cache(sim);
+  ASSERT_TRUE(cache->SetReservedLimit(24 * kMiB).ok());
+  Allocation a = cache->Allocate(20 * kMiB).value();
+  absl::StatusOr<Allocation> b = cache->Allocate(8 * kMiB);
+  EXPECT_EQ(b.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_LE(cache->stats().reserved_bytes.current, static_cast<std::int64_t>(24 * kMiB));
+  ASSERT_TRUE(cache->Deallocate(a).ok());
+  ASSERT_TRUE(cache->SetReservedLimit(4 * kMiB).ok());
+  EXPECT_EQ(cache->stats().reserved_bytes.current, 0) << "lowering the limit flushed the cache";
+}
+
+TEST(CachingAllocator, GarbageCollectionThresholdReleasesLruSegmentsBeforeGrowing) {
+  auto sim = Sim(100 * kMiB);
+  CachingOptions o;
+  o.gc_threshold = 0.5;
+  auto cache = Cache(sim, o);
+  Allocation a = cache->Allocate(30 * kMiB).value();
+  ASSERT_TRUE(cache->Deallocate(a).ok());
+  Allocation b = cache->Allocate(40 * kMiB).value();  // 30 + 40 > 50: the cached 30 goes
+  EXPECT_EQ(cache->stats().reserved_bytes.current, static_cast<std::int64_t>(40 * kMiB));
+  EXPECT_GE(cache->stats().cache_flushes, 1u);
+  ASSERT_TRUE(cache->Deallocate(b).ok());
+}
+
+TEST(CachingAllocator, MaxSplitSizeKeepsHugeBlocksWhole) {
+  auto sim = Sim();
+  CachingOptions o;
+  o.max_split_bytes = 8 * kMiB;
+  auto cache = Cache(sim, o);
+  Allocation huge = cache->Allocate(40 * kMiB).value();
+  ASSERT_TRUE(cache->Deallocate(huge).ok());
+  Allocation small_large = cache->Allocate(3 * kMiB).value();
+  EXPECT_NE(small_large.ptr, huge.ptr) << "a 3 MiB request does not carve the 40 MiB block";
+  ASSERT_TRUE(cache->Deallocate(small_large).ok());
+  ExpectConsistent(*cache);
+}
+
+TEST(CachingAllocator, StatsAreExactAfterEveryOperation) {
+  auto sim = Sim();
+  auto cache = Cache(sim);
+  std::mt19937_64 rng(1234);
+  std::vector<Allocation> live;
+  harness::LiveSet shadow;
+  for (int step = 0; step < 2000; ++step) {
+    if (live.empty() || (live.size() < 64 && rng() % 3 != 0)) {
+      const std::size_t bytes = 1 + rng() % (rng() % 4 == 0 ? 8 * kMiB : 64 * kKiB);
+      Allocation a = cache->Allocate(bytes).value();
+      ASSERT_TRUE(shadow.Add(a, cache->alignment()).ok());
+      live.push_back(a);
+    } else {
+      const std::size_t i = rng() % live.size();
+      ASSERT_TRUE(cache->Deallocate(live[i]).ok());
+      ASSERT_TRUE(shadow.Remove(live[i]).ok());
+      live[i] = live.back();
+      live.pop_back();
+    }
+    if (step % 50 == 0) {
+      ASSERT_TRUE(cache->EmptyCache(16 * kMiB).ok());
+    }
+    MemorySnapshot snap = cache->Snapshot();
+    ASSERT_TRUE(harness::CheckSnapshot(snap, cache->stats()).ok()) << "step " << step;
+    ASSERT_TRUE(shadow.CheckAgainst(snap).ok()) << "step " << step;
+  }
+  for (const Allocation& a : live) ASSERT_TRUE(cache->Deallocate(a).ok());
+  ASSERT_TRUE(cache->EmptyCache().ok());
+  EXPECT_TRUE(sim->Accounting().AllReleased()) << sim->Accounting().Describe();
+}
+
+// A scenario that exercises new segments, splits, frees, release and reuse.
+// `live` holds what is allocated whenever it returns, even on failure.
+absl::Status Scenario(CachingAllocator& cache, std::vector<Allocation>* live) {
+  auto allocate = [&](std::size_t bytes) -> absl::Status {
+    absl::StatusOr<Allocation> a = cache.Allocate(bytes);
+    if (!a.ok()) return a.status();
+    live->push_back(*a);
+    return absl::OkStatus();
+  };
+  auto free_last = [&]() -> absl::Status {
+    absl::Status st = cache.Deallocate(live->back());
+    if (st.ok()) live->pop_back();
+    return st;
+  };
+  for (std::size_t bytes : {4 * kKiB, 3 * kMiB, 24 * kMiB}) {
+    if (absl::Status st = allocate(bytes); !st.ok()) return st;
+  }
+  for (int i = 0; i < 2; ++i) {
+    if (absl::Status st = free_last(); !st.ok()) return st;
+  }
+  if (absl::Status st = cache.EmptyCache(); !st.ok()) return st;
+  for (std::size_t bytes : {100 * kKiB, 6 * kMiB, 16 * kMiB}) {
+    if (absl::Status st = allocate(bytes); !st.ok()) return st;
+  }
+  return absl::OkStatus();
+}
+
+TEST(CachingAllocator, FaultSweepEveryBackendCallFailedOrThrownLeavesNoLeak) {
+  // Count the calls of a clean run, then fail or throw at each one in turn.
+  std::uint64_t calls = 0;
+  {
+    auto fp = std::make_shared<FailpointBackend>(Sim(), 1);
+    auto cache = Cache(fp);
+    std::vector<Allocation> live;
+    ASSERT_TRUE(Scenario(*cache, &live).ok());
+    calls = fp->total_calls();
+    for (const Allocation& a : live) ASSERT_TRUE(cache->Deallocate(a).ok());
+  }
+  ASSERT_GE(calls, 8u) << "the scenario must reach the backend often enough to matter";
+  for (FaultAction action : {FaultAction::kReturnError, FaultAction::kThrowBadAlloc,
+                             FaultAction::kThrowRuntimeError, FaultAction::kThrowForeign}) {
+    for (std::uint64_t k = 1; k <= calls; ++k) {
+      auto sim = Sim();
+      auto fp = std::make_shared<FailpointBackend>(sim, 1);
+      auto cache = Cache(fp);
+      FaultRule rule;
+      rule.schedule = FaultRule::Schedule::kPredicate;
+      rule.predicate = [k, n = std::make_shared<std::uint64_t>(0)](const CallInfo&) {
+        return ++*n == k;
+      };
+      rule.action = action;
+      fp->AddRule(rule);
+      std::vector<Allocation> live;
+      Scenario(*cache, &live).IgnoreError();
+      fp->ClearRules();  // the clean-up below must not be faulted
+      SCOPED_TRACE(testing::Message() << FaultActionName(action) << " at call " << k);
+      ExpectConsistent(*cache);
+      for (const Allocation& a : live) ASSERT_TRUE(cache->Deallocate(a).ok());
+      ASSERT_TRUE(cache->EmptyCache().ok());
+      cache.reset();
+      EXPECT_TRUE(sim->Accounting().AllReleased()) << sim->Accounting().Describe();
+    }
+  }
+}
+
+TEST(CachingAllocator, AllocateHasTheStrongGuaranteeWhenMetadataAllocationThrows) {
+  for (int k = 1; k <= 6; ++k) {
+    auto sim = Sim();
+    auto cache = Cache(sim);
+    Allocation keep = cache->Allocate(4 * kKiB).value();  // a segment with a free remainder
+    const MemoryStats before = cache->stats();
+    const std::string snap_before = cache->Snapshot().ToJson();
+    int count = 0;
+    cache->SetMetadataAllocationHookForTesting([&] {
+      if (++count == k) throw std::bad_alloc();
+    });
+    absl::StatusOr<Allocation> a = cache->Allocate(k % 2 ? 8 * kKiB : 3 * kMiB);
+    cache->SetMetadataAllocationHookForTesting(nullptr);
+    if (!a.ok()) {
+      EXPECT_EQ(a.status().code(), absl::StatusCode::kResourceExhausted) << a.status();
+      EXPECT_EQ(cache->Snapshot().ToJson(), snap_before) << "state changed at k=" << k;
+      EXPECT_EQ(cache->stats().reserved_bytes.current, before.reserved_bytes.current);
+      EXPECT_EQ(sim->Accounting().devices[0].device_bytes,
+                static_cast<std::size_t>(before.reserved_bytes.current))
+          << "no device memory leaked at k=" << k;
+    } else {
+      ASSERT_TRUE(cache->Deallocate(*a).ok());
+    }
+    ASSERT_TRUE(cache->Deallocate(keep).ok());
+    ExpectConsistent(*cache);
+  }
+}
+
+TEST(CachingAllocator, ConcurrentAllocateAndCrossThreadFreeKeepContentsAndBalance) {
+  auto sim = Sim(512 * kMiB);
+  auto cache = Cache(sim);
+  constexpr int kThreads = 4;
+  std::barrier start(kThreads);
+  std::mutex handoff_mu;
+  std::vector<std::pair<Allocation, std::uint64_t>> handoff;  // freed by another thread
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937_64 rng(t);
+      std::vector<std::pair<Allocation, std::uint64_t>> mine;
+      start.arrive_and_wait();
+      for (int i = 0; i < 300; ++i) {
+        if (mine.size() < 8 || rng() % 2) {
+          absl::StatusOr<Allocation> a = cache->Allocate(256 + rng() % (2 * kMiB));
+          if (!a.ok()) { ++failures; continue; }
+          const std::uint64_t seed = rng();
+          if (!harness::WriteCookie(*sim, *a, seed, std::min<std::size_t>(a->bytes, 256)).ok()) ++failures;
+          mine.emplace_back(*a, seed);
+        } else {
+          auto [a, seed] = mine.back();
+          mine.pop_back();
+          if (!harness::VerifyCookie(*sim, a, seed, std::min<std::size_t>(a.bytes, 256)).ok()) ++failures;
+          if (rng() % 3 == 0) {
+            std::lock_guard<std::mutex> lock(handoff_mu);
+            handoff.emplace_back(a, seed);
+          } else if (!cache->Deallocate(a).ok()) {
+            ++failures;
+          }
+        }
+        if (i % 50 == 0) {
+          (void)cache->stats();  // concurrent readers
+          std::lock_guard<std::mutex> lock(handoff_mu);
+          for (auto& [a, seed] : handoff) {
+            if (!harness::VerifyCookie(*sim, a, seed, std::min<std::size_t>(a.bytes, 256)).ok() ||
+                !cache->Deallocate(a).ok()) {
+              ++failures;
+            }
+          }
+          handoff.clear();
+        }
+      }
+      for (auto& [a, seed] : mine) {
+        if (!cache->Deallocate(a).ok()) ++failures;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (auto& [a, seed] : handoff) ASSERT_TRUE(cache->Deallocate(a).ok());
+  EXPECT_EQ(failures.load(), 0);
+  ExpectConsistent(*cache);
+  EXPECT_EQ(cache->stats().allocated_bytes.current, 0);
+  ASSERT_TRUE(cache->EmptyCache().ok());
+  EXPECT_TRUE(sim->Accounting().AllReleased()) << sim->Accounting().Describe();
+}
+
+}  // namespace
+}  // namespace gpualloc

@@ -1,0 +1,75 @@
+#include "allocator/resource/backend_resource.h"
+
+#include "absl/strings/str_format.h"
+
+namespace gpualloc {
+
+BackendResource::BackendResource(std::shared_ptr<Backend> backend, DeviceIndex device,
+                                 std::size_t alignment)
+    : backend_(std::move(backend)), device_(device), alignment_(alignment) {}
+
+MemoryStats BackendResource::stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return stats_;
+}
+
+absl::StatusOr<Allocation> BackendResource::DoAllocate(std::size_t bytes, Stream stream) {
+  absl::StatusOr<void*> ptr = backend_->Malloc(device_, bytes);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!ptr.ok()) {
+    if (ptr.status().code() == absl::StatusCode::kResourceExhausted) ++stats_.oom_events;
+    return ptr.status();
+  }
+  try {
+    live_.emplace(*ptr, Entry{bytes, false});
+  } catch (...) {
+    // Host metadata failed after the device allocation: give it back.
+    backend_->Free(device_, *ptr).IgnoreError();
+    throw;
+  }
+  const auto n = static_cast<std::int64_t>(bytes);
+  stats_.allocated_bytes.Add(n);
+  stats_.requested_bytes.Add(n);
+  stats_.reserved_bytes.Add(n);
+  stats_.active_blocks.Add(1);
+  stats_.segments.Add(1);
+  ++stats_.upstream_allocs;
+  ++stats_.cache_misses;
+  return Allocation{*ptr, bytes, stream};
+}
+
+absl::Status BackendResource::DoDeallocate(const Allocation& allocation, Stream) {
+  std::size_t bytes = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = live_.find(allocation.ptr);
+    if (it == live_.end() || it->second.freeing) {
+      ++stats_.failed_frees;
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "backend resource: %p was not allocated here (foreign pointer) or was already freed",
+          allocation.ptr));
+    }
+    // Marked, not erased: a concurrent second free is rejected, and a failed
+    // upstream free leaves the entry exactly as it was.
+    it->second.freeing = true;
+    bytes = it->second.bytes;
+  }
+  absl::Status st = backend_->Free(device_, allocation.ptr);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!st.ok()) {
+    live_[allocation.ptr].freeing = false;
+    ++stats_.failed_frees;
+    return st;
+  }
+  live_.erase(allocation.ptr);
+  const auto n = static_cast<std::int64_t>(bytes);
+  stats_.allocated_bytes.Sub(n);
+  stats_.requested_bytes.Sub(n);
+  stats_.reserved_bytes.Sub(n);
+  stats_.active_blocks.Sub(1);
+  stats_.segments.Sub(1);
+  ++stats_.upstream_frees;
+  return absl::OkStatus();
+}
+
+}  // namespace gpualloc

@@ -1,0 +1,51 @@
+// BackendResource: device memory straight from the backend (cudaMalloc /
+// hipMalloc / the sim), no caching. The floor every other resource is
+// measured against, and the upstream a caching allocator can sit on.
+//
+// It remembers what it handed out, so foreign pointers and double frees are
+// rejected here with a clear message rather than passed to the runtime.
+// Thread-safe: one mutex around the bookkeeping; backend calls run outside it.
+#ifndef GPUALLOC_ALLOCATOR_RESOURCE_BACKEND_RESOURCE_H_
+#define GPUALLOC_ALLOCATOR_RESOURCE_BACKEND_RESOURCE_H_
+
+#include <memory>
+#include <mutex>
+
+#include "absl/container/flat_hash_map.h"
+#include "allocator/backend/backend.h"
+#include "allocator/resource/memory_resource.h"
+
+namespace gpualloc {
+
+class BackendResource final : public MemoryResource {
+ public:
+  // `alignment` is what the backend guarantees for `device` (256 on CUDA).
+  BackendResource(std::shared_ptr<Backend> backend, DeviceIndex device,
+                  std::size_t alignment = 256);
+  // Memory still allocated is left to the backend (reported by stats).
+  ~BackendResource() override = default;
+
+  absl::string_view name() const override { return "backend"; }
+  DeviceIndex device() const override { return device_; }
+  std::size_t alignment() const override { return alignment_; }
+  MemoryStats stats() const override;
+
+ private:
+  absl::StatusOr<Allocation> DoAllocate(std::size_t bytes, Stream stream) override;
+  absl::Status DoDeallocate(const Allocation& allocation, Stream stream) override;
+
+  const std::shared_ptr<Backend> backend_;
+  const DeviceIndex device_;
+  const std::size_t alignment_;
+  mutable std::mutex mu_;
+  struct Entry {
+    std::size_t bytes;
+    bool freeing;  // an upstream free is in flight
+  };
+  absl::flat_hash_map<void*, Entry> live_;
+  MemoryStats stats_;
+};
+
+}  // namespace gpualloc
+
+#endif  // GPUALLOC_ALLOCATOR_RESOURCE_BACKEND_RESOURCE_H_

@@ -1,0 +1,75 @@
+// MemoryResource: the one interface every allocator and adaptor implements,
+// so they stack in any order (RMM's device_memory_resource, with Status
+// instead of exceptions):
+//
+//   auto raw = std::make_shared<BackendResource>(backend, /*device=*/0);
+//   auto cache = CachingAllocator::Create(backend, 0, {}).value();
+//
+// Non-virtual public entry points check what is common to every resource
+// (zero size, null, wrong device) and catch anything an implementation or a
+// backend throws, so no resource can leak an exception to the caller.
+//
+// Thread safety: every shipped resource is safe to use from many threads;
+// each documents its locking.
+#ifndef GPUALLOC_ALLOCATOR_RESOURCE_MEMORY_RESOURCE_H_
+#define GPUALLOC_ALLOCATOR_RESOURCE_MEMORY_RESOURCE_H_
+
+#include <cstddef>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "allocator/backend/types.h"
+#include "allocator/stats/memory_stats.h"
+
+namespace gpualloc {
+
+// A live allocation. `bytes` is what was requested; `stream` the stream it
+// was allocated on (it may be used there immediately).
+struct Allocation {
+  void* ptr = nullptr;
+  std::size_t bytes = 0;
+  Stream stream;
+
+  DeviceIndex device() const { return stream.device; }
+  explicit operator bool() const { return ptr != nullptr; }
+  friend bool operator==(const Allocation&, const Allocation&) = default;
+};
+
+class MemoryResource {
+ public:
+  virtual ~MemoryResource() = default;
+
+  // Allocates `bytes` (> 0) usable on `stream` in stream order. Errors:
+  // InvalidArgument (zero size, stream of another device), ResourceExhausted
+  // (out of memory; the message says where the memory is), or the upstream's
+  // error. On error nothing changed.
+  absl::StatusOr<Allocation> Allocate(std::size_t bytes, Stream stream) noexcept;
+  absl::StatusOr<Allocation> Allocate(std::size_t bytes) noexcept {
+    return Allocate(bytes, Stream::Default(device()));
+  }
+
+  // Returns `allocation`, freed in the order of `stream` (work enqueued on
+  // `stream` before the call may still use it). A pointer this resource did
+  // not hand out, a second free, or a free on another device's stream is
+  // InvalidArgument and changes nothing.
+  absl::Status Deallocate(const Allocation& allocation, Stream stream) noexcept;
+  absl::Status Deallocate(const Allocation& allocation) noexcept {
+    return Deallocate(allocation, allocation.stream);
+  }
+
+  virtual absl::string_view name() const = 0;
+  virtual DeviceIndex device() const = 0;
+  // Every pointer handed out is a multiple of this.
+  virtual std::size_t alignment() const = 0;
+  // A consistent snapshot; cheap.
+  virtual MemoryStats stats() const = 0;
+
+ private:
+  virtual absl::StatusOr<Allocation> DoAllocate(std::size_t bytes, Stream stream) = 0;
+  virtual absl::Status DoDeallocate(const Allocation& allocation, Stream stream) = 0;
+};
+
+}  // namespace gpualloc
+
+#endif  // GPUALLOC_ALLOCATOR_RESOURCE_MEMORY_RESOURCE_H_
