@@ -340,6 +340,7 @@ absl::StatusOr<Allocation> CachingAllocator::NewSegment(FreeSet& pool, Stream st
 Allocation CachingAllocator::Commit(Block* block, std::unique_ptr<Block> spare,
                                     std::size_t rounded, std::size_t requested, Stream stream) {
   block->stream = stream;
+  block->state = BlockState::kAllocated;  // before the split: the remainder must not merge into it
   if (spare != nullptr && block->size > rounded) {
     Block* rest = spare.release();
     rest->address = block->address + rounded;
@@ -352,9 +353,10 @@ Allocation CachingAllocator::Commit(Block* block, std::unique_ptr<Block> spare,
     if (block->next != nullptr) block->next->prev = rest;
     block->next = rest;
     block->size = rounded;
-    InsertFree(rest);
+    // Through the merge path: a block taken from another stream can have a
+    // free right neighbour of the new stream, and the two must become one.
+    ReturnToPool(rest);
   }
-  block->state = BlockState::kAllocated;
   block->requested = requested;
   block->segment->last_used = ++tick_;
   allocated_.emplace(block->address, block);  // capacity reserved: cannot allocate
@@ -436,6 +438,11 @@ absl::Status CachingAllocator::DoDeallocate(const Allocation& allocation, Stream
   block->requested = 0;
   block->stream = stream;
   block->stream_uses.clear();
+  if (corrupt_next_free_ && block->next != nullptr &&
+      block->next->state == BlockState::kAllocated) {
+    corrupt_next_free_ = false;
+    block->size += options_.min_block_bytes;  // the planted bug: overlaps the neighbour
+  }
   if (!events.empty()) {
     block->pending_events = std::move(events);
     block->state = BlockState::kPendingEvents;
@@ -641,6 +648,11 @@ void CachingAllocator::SetMetadataAllocationHookForTesting(std::function<void()>
   metadata_hook_ = std::move(hook);
 }
 
+void CachingAllocator::CorruptNextFreeForTesting() {
+  std::lock_guard<std::mutex> lock(mu_);
+  corrupt_next_free_ = true;
+}
+
 // --- observation ------------------------------------------------------------------------
 
 std::size_t CachingAllocator::LargestFreeBlockLocked() const {
@@ -688,6 +700,8 @@ MemorySnapshot CachingAllocator::Snapshot() const {
   }
   std::sort(snap.segments.begin(), snap.segments.end(),
             [](const SegmentSnapshot& a, const SegmentSnapshot& b) { return a.address < b.address; });
+  snap.stats = stats_;
+  snap.stats.largest_free_block = LargestFreeBlockLocked();
   return snap;
 }
 

@@ -93,13 +93,19 @@ class CachingAllocator final : public MemoryResource {
   // Registers a callback run when an allocation is about to fail.
   void AddOomCallback(OomCallback callback);
 
-  // Every segment and block, for invariant checks and reports.
+  // Every segment and block, and the stats at that instant, for invariant
+  // checks and reports.
   MemorySnapshot Snapshot() const;
   void ResetPeakStats();
 
   // Test hook: runs before every host-side metadata allocation the allocator
   // makes, so a test can throw std::bad_alloc from exactly there.
   void SetMetadataAllocationHookForTesting(std::function<void()> hook);
+  // Test hook: plants a real allocator bug. The next free whose block has an
+  // allocated right neighbour returns the block to the pool one
+  // min_block_bytes too large, so it overlaps that neighbour. Exists so the
+  // harness can prove it catches such bugs; never call it otherwise.
+  void CorruptNextFreeForTesting();
 
  private:
   using Block = caching_detail::Block;
@@ -172,6 +178,7 @@ class CachingAllocator final : public MemoryResource {
   MemoryStats stats_;
   std::vector<OomCallback> oom_callbacks_;
   std::function<void()> metadata_hook_;
+  bool corrupt_next_free_ = false;
 };
 
 }  // namespace gpualloc

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "allocator/backend/types.h"
+#include "allocator/stats/memory_stats.h"
 
 namespace gpualloc {
 
@@ -34,6 +35,8 @@ struct SegmentSnapshot {
 struct MemorySnapshot {
   DeviceIndex device = 0;
   std::vector<SegmentSnapshot> segments;  // in address order
+  // The allocator's counters at the same instant (taken under the same lock).
+  MemoryStats stats;
 
   // {"device":0,"segments":[{"address":..,"size":..,"small_pool":..,"blocks":[..]}]}
   std::string ToJson() const;

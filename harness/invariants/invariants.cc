@@ -27,7 +27,8 @@ std::vector<unsigned char> Pattern(std::uint64_t seed, std::size_t n) {
 
 }  // namespace
 
-absl::Status CheckSnapshot(const MemorySnapshot& snapshot, const MemoryStats& stats) {
+absl::Status CheckSnapshot(const MemorySnapshot& snapshot) {
+  const MemoryStats& stats = snapshot.stats;
   std::int64_t reserved = 0, allocated = 0, requested = 0, active = 0;
   std::uint64_t free_bytes = 0;
   std::uintptr_t previous_end = 0;

@@ -26,7 +26,7 @@
 namespace gpualloc::harness {
 
 // OK, or FailedPrecondition naming the first broken invariant.
-absl::Status CheckSnapshot(const MemorySnapshot& snapshot, const MemoryStats& stats);
+absl::Status CheckSnapshot(const MemorySnapshot& snapshot);
 
 // Live allocations as the caller sees them. Not thread-safe: one per thread,
 // or guard it.

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# End-to-end checks of the stress binary's contract: exit codes and output.
+set -u
+bin="$TEST_SRCDIR/$TEST_WORKSPACE/harness/stress/stress"
+fail=0
+check() {  # check NAME EXPECTED_EXIT GREP_PATTERN -- ARGS...
+  local name=$1 want=$2 pattern=$3; shift 4
+  local out; out=$("$bin" "$@" 2>&1); local got=$?
+  if [[ $got -ne $want ]]; then
+    echo "FAIL $name: exit $got, expected $want"; echo "$out" | tail -20; fail=1; return
+  fi
+  if ! grep -qE -- "$pattern" <<<"$out"; then
+    echo "FAIL $name: output lacks /$pattern/"; echo "$out" | tail -20; fail=1; return
+  fi
+  echo "ok   $name"
+}
+check pass 0 "result +PASS" -- --ops=3000 --threads=2 --device_capacity_mb=256 --max_size=2097152 \
+  --report_json="$TEST_TMPDIR/r.json"
+grep -q '"ok":true' "$TEST_TMPDIR/r.json" || { echo "FAIL json: no ok:true"; fail=1; }
+check planted-bug 1 "Reproduce with:" -- --ops=20000 --devices=1 --threads=2 --fault_rate=0 \
+  --device_capacity_mb=256 --max_size=2097152 --inject_bug
+check bad-number 2 "bad value for --threads" -- --threads=abc
+check bad-range 2 "--fault_rate" -- --fault_rate=3
+check unknown-flag 2 "unknown flag --frobnicate" -- --frobnicate=1
+check bad-enum 2 "--sizes" -- --sizes=cubic
+exit $fail

@@ -1,0 +1,118 @@
+#include "harness/stress/stress_config.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_format.h"
+
+namespace gpualloc::harness {
+
+absl::string_view SizeDistributionName(SizeDistribution d) {
+  switch (d) {
+    case SizeDistribution::kUniform: return "uniform";
+    case SizeDistribution::kLogUniform: return "loguniform";
+    case SizeDistribution::kTraining: return "training";
+  }
+  return "unknown";
+}
+
+bool ParseSizeDistribution(absl::string_view name, SizeDistribution* d) {
+  for (SizeDistribution x :
+       {SizeDistribution::kUniform, SizeDistribution::kLogUniform, SizeDistribution::kTraining}) {
+    if (SizeDistributionName(x) == name) {
+      *d = x;
+      return true;
+    }
+  }
+  return false;
+}
+
+namespace {
+absl::Status Bad(absl::string_view flag, const std::string& why) {
+  return absl::InvalidArgumentError(absl::StrFormat("--%s: %s", flag, why));
+}
+bool IsFraction(double x) { return x >= 0 && x <= 1; }
+}  // namespace
+
+absl::Status StressConfig::Validate() const {
+  if (backend != "sim" && backend != "cuda" && backend != "hip") {
+    return Bad("backend", absl::StrFormat("'%s' is not one of sim, cuda, hip", backend));
+  }
+  if (devices < 1 || devices > 64) return Bad("devices", "must be in [1, 64]");
+  if (device_capacity_mb < 16 || device_capacity_mb > (std::size_t{1} << 20)) {
+    return Bad("device_capacity_mb", "must be in [16, 1048576]");
+  }
+  if (threads < 1 || threads > 256) return Bad("threads", "must be in [1, 256]");
+  if (streams_per_device < 1 || streams_per_device > 64) {
+    return Bad("streams", "must be in [1, 64]");
+  }
+  if (!(duration_s > 0) && ops == 0) {
+    return Bad("duration", "must be positive unless --ops bounds the run");
+  }
+  if (duration_s > 7 * 24 * 3600) return Bad("duration", "is longer than a week");
+  if (min_size == 0 || min_size > max_size) {
+    return Bad("min_size", absl::StrFormat("need 0 < min_size (%d) <= max_size (%d)", min_size,
+                                           max_size));
+  }
+  if (max_size > device_capacity_mb * (std::size_t{1} << 20) / 2) {
+    return Bad("max_size", "must be at most half the device capacity");
+  }
+  if (max_live_per_thread < 1 || max_live_per_thread > 100000) {
+    return Bad("max_live", "must be in [1, 100000]");
+  }
+  if (!IsFraction(cross_thread_free_fraction)) return Bad("cross_thread_free", "not in [0, 1]");
+  if (!IsFraction(cross_stream_free_fraction)) return Bad("cross_stream_free", "not in [0, 1]");
+  if (!IsFraction(device_switch_fraction)) return Bad("device_switch", "not in [0, 1]");
+  if (!IsFraction(fault_rate) || fault_rate > 0.5) {
+    return Bad("fault_rate", "must be in [0, 0.5]");
+  }
+  return absl::OkStatus();
+}
+
+std::string StressConfig::ToFlags() const {
+  static constexpr const char* kReuse[] = {"none", "opportunistic", "follow"};
+  return absl::StrFormat(
+      "--backend=%s --devices=%d --device_capacity_mb=%d --threads=%d --streams=%d "
+      "--duration=%g --ops=%d --sizes=%s --min_size=%d --max_size=%d --max_live=%d "
+      "--cross_thread_free=%g --cross_stream_free=%g --device_switch=%g --fault_rate=%g "
+      "--cross_stream_reuse=%s --seed=%d%s",
+      backend, devices, device_capacity_mb, threads, streams_per_device, duration_s, ops,
+      SizeDistributionName(sizes), min_size, max_size, max_live_per_thread,
+      cross_thread_free_fraction, cross_stream_free_fraction, device_switch_fraction, fault_rate,
+      kReuse[static_cast<int>(cross_stream)], seed, inject_bug ? " --inject_bug" : "");
+}
+
+std::size_t SizeSampler::Next(std::mt19937_64& rng) const {
+  const double lo = static_cast<double>(config_.min_size);
+  const double hi = static_cast<double>(config_.max_size);
+  std::uniform_real_distribution<double> unit(0, 1);
+  auto log_uniform = [&](double a, double b) {
+    return std::exp(std::log(a) + unit(rng) * (std::log(b) - std::log(a)));
+  };
+  double size = lo;
+  switch (config_.sizes) {
+    case SizeDistribution::kUniform:
+      size = lo + unit(rng) * (hi - lo);
+      break;
+    case SizeDistribution::kLogUniform:
+      size = log_uniform(lo, hi);
+      break;
+    case SizeDistribution::kTraining: {
+      // 70% activations and gradients of a few KiB to 1 MiB, 25% mid-size
+      // tensors, 5% the largest (weights, optimizer state).
+      const double pick = unit(rng);
+      const double mid = std::clamp(hi / 16, lo, hi);
+      if (pick < 0.70) {
+        size = log_uniform(lo, std::min(hi, std::max(lo, 1024.0 * 1024)));
+      } else if (pick < 0.95) {
+        size = log_uniform(lo, mid);
+      } else {
+        size = log_uniform(mid, hi);
+      }
+      break;
+    }
+  }
+  return std::clamp(static_cast<std::size_t>(size), config_.min_size, config_.max_size);
+}
+
+}  // namespace gpualloc::harness

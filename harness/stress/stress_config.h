@@ -1,0 +1,65 @@
+// What a stress campaign does: every knob of `//harness:stress`, validated in
+// one place so a bad value gets one clear message.
+#ifndef GPUALLOC_HARNESS_STRESS_STRESS_CONFIG_H_
+#define GPUALLOC_HARNESS_STRESS_STRESS_CONFIG_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <random>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "allocator/caching/caching_options.h"
+
+namespace gpualloc::harness {
+
+enum class SizeDistribution {
+  kUniform,     // uniform in [min_size, max_size]
+  kLogUniform,  // log-uniform in [min_size, max_size] (RMM's random_allocations)
+  kTraining,    // a training step's mix: many small activations, some large tensors
+};
+absl::string_view SizeDistributionName(SizeDistribution d);
+bool ParseSizeDistribution(absl::string_view name, SizeDistribution* d);
+
+struct StressConfig {
+  std::string backend = "sim";  // sim, cuda or hip
+  int devices = 2;
+  std::size_t device_capacity_mb = 1024;  // sim only
+  int threads = 4;
+  int streams_per_device = 2;
+  double duration_s = 60;      // stop after this long ...
+  std::uint64_t ops = 0;       // ... or after this many operations (0: no limit)
+  SizeDistribution sizes = SizeDistribution::kLogUniform;
+  std::size_t min_size = 256;
+  std::size_t max_size = std::size_t{16} << 20;
+  int max_live_per_thread = 48;
+  double cross_thread_free_fraction = 0.1;
+  double cross_stream_free_fraction = 0.05;
+  double device_switch_fraction = 0.2;
+  double fault_rate = 0.001;   // probability per backend call
+  std::uint64_t seed = 1;
+  CrossStreamReuse cross_stream = CrossStreamReuse::kFollowEvents;
+  // Test hook: make the allocator hand out one freed block twice, to prove
+  // the campaign catches allocator bugs. Off in every real run.
+  bool inject_bug = false;
+
+  // OK, or InvalidArgument naming the flag and why.
+  absl::Status Validate() const;
+  // The flags that reproduce this campaign.
+  std::string ToFlags() const;
+};
+
+// Draws request sizes for `config`.
+class SizeSampler {
+ public:
+  explicit SizeSampler(const StressConfig& config) : config_(config) {}
+  std::size_t Next(std::mt19937_64& rng) const;
+
+ private:
+  const StressConfig& config_;
+};
+
+}  // namespace gpualloc::harness
+
+#endif  // GPUALLOC_HARNESS_STRESS_STRESS_CONFIG_H_

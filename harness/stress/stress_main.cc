@@ -1,0 +1,186 @@
+// //harness:stress — the main job: a stress campaign against the caching
+// allocator with live progress, a report, and an exit status that says
+// whether every invariant held (0), one broke (1), or the flags were bad (2).
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/strip.h"
+#include "harness/stress/stress_report.h"
+#include "harness/stress/stress_runner.h"
+
+ABSL_FLAG(std::string, backend, "sim", "sim, cuda or hip");
+ABSL_FLAG(int, devices, 2, "devices to use");
+ABSL_FLAG(std::size_t, device_capacity_mb, 1024, "capacity of each simulated device, MiB");
+ABSL_FLAG(int, threads, 4, "worker threads");
+ABSL_FLAG(int, streams, 2, "streams per device (the default stream counts as one)");
+ABSL_FLAG(double, duration, 60, "seconds to run (ignored when --ops is set)");
+ABSL_FLAG(std::uint64_t, ops, 0, "operations to run; 0 runs for --duration");
+ABSL_FLAG(std::string, sizes, "loguniform", "size distribution: uniform, loguniform, training");
+ABSL_FLAG(std::size_t, min_size, 256, "smallest request, bytes");
+ABSL_FLAG(std::size_t, max_size, std::size_t{16} << 20, "largest request, bytes");
+ABSL_FLAG(int, max_live, 48, "live allocations per thread at most (bounds lifetimes)");
+ABSL_FLAG(double, cross_thread_free, 0.1, "fraction of frees done by another thread");
+ABSL_FLAG(double, cross_stream_free, 0.05, "fraction of frees on another stream");
+ABSL_FLAG(double, device_switch, 0.2, "how often threads switch device (0..1)");
+ABSL_FLAG(double, fault_rate, 0.001, "probability of an injected fault per backend call");
+ABSL_FLAG(std::string, cross_stream_reuse, "follow", "none, opportunistic or follow");
+ABSL_FLAG(std::uint64_t, seed, 1, "seed of the workload and the faults");
+ABSL_FLAG(std::string, report_json, "", "write the JSON report to this file");
+ABSL_FLAG(bool, inject_bug, false, "plant an allocator bug (proves the checks catch it)");
+
+namespace {
+
+using gpualloc::CrossStreamReuse;
+using gpualloc::harness::StressConfig;
+
+[[noreturn]] void BadFlags(const std::string& message) {
+  std::fprintf(stderr, "stress: %s\nRun with --help for the flags.\n", message.c_str());
+  std::exit(2);
+}
+
+// Abseil exits with status 1 on a value it cannot parse; we promise 2, so
+// every --name=value is checked here first.
+void PrecheckFlags(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    absl::string_view arg = argv[i];
+    if (arg == "--") break;
+    if (!absl::ConsumePrefix(&arg, "--") && !absl::ConsumePrefix(&arg, "-")) continue;
+    const std::size_t eq = arg.find('=');
+    const absl::string_view name = arg.substr(0, eq);
+    if (name == "help" || name == "helpfull" || name == "helpshort" || name == "version" ||
+        absl::StartsWith(name, "helpon") || name == "helpmatch" || name == "helppackage" ||
+        name == "only_check_args") {
+      continue;
+    }
+    absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+    if (flag == nullptr && eq == absl::string_view::npos && absl::StartsWith(name, "no")) {
+      flag = absl::FindCommandLineFlag(name.substr(2));  // --nofoo for a bool
+      if (flag != nullptr && flag->IsOfType<bool>()) continue;
+      flag = nullptr;
+    }
+    if (flag == nullptr) BadFlags(absl::StrFormat("unknown flag --%s", name));
+    if (eq == absl::string_view::npos) {
+      if (!flag->IsOfType<bool>()) BadFlags(absl::StrFormat("--%s needs a value", name));
+      continue;
+    }
+    std::string error;
+    if (!flag->ParseFrom(arg.substr(eq + 1), &error)) {
+      BadFlags(absl::StrFormat("bad value for --%s: %s", name, error));
+    }
+  }
+}
+
+StressConfig ConfigFromFlags() {
+  StressConfig c;
+  c.backend = absl::GetFlag(FLAGS_backend);
+  c.devices = absl::GetFlag(FLAGS_devices);
+  c.device_capacity_mb = absl::GetFlag(FLAGS_device_capacity_mb);
+  c.threads = absl::GetFlag(FLAGS_threads);
+  c.streams_per_device = absl::GetFlag(FLAGS_streams);
+  c.duration_s = absl::GetFlag(FLAGS_duration);
+  c.ops = absl::GetFlag(FLAGS_ops);
+  if (!gpualloc::harness::ParseSizeDistribution(absl::GetFlag(FLAGS_sizes), &c.sizes)) {
+    BadFlags(absl::StrFormat("--sizes: '%s' is not one of uniform, loguniform, training",
+                             absl::GetFlag(FLAGS_sizes)));
+  }
+  c.min_size = absl::GetFlag(FLAGS_min_size);
+  c.max_size = absl::GetFlag(FLAGS_max_size);
+  c.max_live_per_thread = absl::GetFlag(FLAGS_max_live);
+  c.cross_thread_free_fraction = absl::GetFlag(FLAGS_cross_thread_free);
+  c.cross_stream_free_fraction = absl::GetFlag(FLAGS_cross_stream_free);
+  c.device_switch_fraction = absl::GetFlag(FLAGS_device_switch);
+  c.fault_rate = absl::GetFlag(FLAGS_fault_rate);
+  const std::string reuse = absl::GetFlag(FLAGS_cross_stream_reuse);
+  if (reuse == "none") {
+    c.cross_stream = CrossStreamReuse::kNone;
+  } else if (reuse == "opportunistic") {
+    c.cross_stream = CrossStreamReuse::kOpportunistic;
+  } else if (reuse == "follow") {
+    c.cross_stream = CrossStreamReuse::kFollowEvents;
+  } else {
+    BadFlags(absl::StrFormat("--cross_stream_reuse: '%s' is not one of none, opportunistic, follow",
+                             reuse));
+  }
+  c.seed = absl::GetFlag(FLAGS_seed);
+  c.inject_bug = absl::GetFlag(FLAGS_inject_bug);
+  if (absl::Status st = c.Validate(); !st.ok()) BadFlags(std::string(st.message()));
+  return c;
+}
+
+std::string Mib(std::int64_t b) { return absl::StrFormat("%.0f MiB", b / 1048576.0); }
+
+// `bazel run` starts us in the runfiles tree; relative paths mean the user's
+// working directory.
+std::string UserPath(const std::string& path) {
+  const char* cwd = std::getenv("BUILD_WORKING_DIRECTORY");
+  if (path.empty() || path[0] == '/' || cwd == nullptr) return path;
+  return std::string(cwd) + "/" + path;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "Stress campaign against the caching GPU allocator.\n"
+      "  bazel run //harness:stress -- [--threads=4 --duration=60 --fault_rate=0.001 ...]\n"
+      "Exit status: 0 every invariant held, 1 an invariant broke (the report says how to\n"
+      "reproduce it), 2 bad flags or no such device.");
+  PrecheckFlags(argc, argv);
+  absl::ParseCommandLine(argc, argv);
+  const StressConfig config = ConfigFromFlags();
+
+  const bool tty = isatty(fileno(stderr));
+  double last_line = -1e9;
+  auto progress = [&](const gpualloc::harness::Progress& p) {
+    const std::string remaining =
+        p.planned_s > 0 ? absl::StrFormat("%.0fs left", std::max(0.0, p.planned_s - p.elapsed_s))
+                        : std::string("ops-bounded");
+    const std::string line = absl::StrFormat(
+        "[%5.1fs] %d ops (%.0f/s)  allocated %s  reserved %s  peak %s  faults %d  violations %d  %s",
+        p.elapsed_s, p.ops, p.elapsed_s > 0 ? p.ops / p.elapsed_s : 0.0, Mib(p.allocated),
+        Mib(p.reserved), Mib(p.peak_reserved), p.faults, p.violations, remaining);
+    if (tty) {
+      std::fprintf(stderr, "\r%-130s", line.c_str());
+    } else if (p.elapsed_s - last_line >= 5) {  // plain periodic lines in logs
+      last_line = p.elapsed_s;
+      std::fprintf(stderr, "%s\n", line.c_str());
+    }
+    std::fflush(stderr);
+  };
+  std::fprintf(stderr, "stress: %s\n", config.ToFlags().c_str());
+  absl::StatusOr<gpualloc::harness::StressReport> report =
+      gpualloc::harness::RunStress(config, progress, tty ? 0.2 : 1.0);
+  if (tty) std::fprintf(stderr, "\n");
+  if (!report.ok()) {
+    std::fprintf(stderr, "stress: cannot run: %s\n", std::string(report.status().message()).c_str());
+    return 2;
+  }
+  std::printf("%s", gpualloc::harness::ReportText(*report).c_str());
+  const std::string json_path = absl::GetFlag(FLAGS_report_json);
+  if (!json_path.empty()) {
+    std::ofstream out(UserPath(json_path));
+    out << gpualloc::harness::ReportJson(*report) << "\n";
+    if (!out) {
+      std::fprintf(stderr, "stress: could not write %s\n", json_path.c_str());
+      return 2;
+    }
+    std::printf("JSON report written to %s\n", json_path.c_str());
+  }
+  if (!report->ok()) {
+    std::printf("\nFirst violation: %s\nSeed: %llu\nReproduce with:\n  ./bazelw run //harness:stress -- %s\n",
+                report->violations.front().c_str(), static_cast<unsigned long long>(config.seed),
+                config.ToFlags().c_str());
+    return 1;
+  }
+  return 0;
+}

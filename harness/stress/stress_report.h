@@ -1,0 +1,19 @@
+// The stress report in the forms people and machines read: a text summary,
+// JSON (--report_json).
+#ifndef GPUALLOC_HARNESS_STRESS_STRESS_REPORT_H_
+#define GPUALLOC_HARNESS_STRESS_STRESS_REPORT_H_
+
+#include <string>
+
+#include "harness/stress/stress_runner.h"
+
+namespace gpualloc::harness {
+
+// The human-readable summary printed at the end of a run.
+std::string ReportText(const StressReport& report);
+// Everything in the report, for dashboards and comparisons.
+std::string ReportJson(const StressReport& report);
+
+}  // namespace gpualloc::harness
+
+#endif  // GPUALLOC_HARNESS_STRESS_STRESS_REPORT_H_

@@ -1,0 +1,430 @@
+#include "harness/stress/stress_runner.h"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include "absl/strings/str_format.h"
+#include "absl/strings/match.h"
+#include "allocator/backend/cuda/cuda_backend.h"
+#include "allocator/backend/failpoints/failpoint_backend.h"
+#include "allocator/backend/hip/hip_backend.h"
+#include "allocator/backend/sim/sim_backend.h"
+#include "allocator/caching/caching_allocator.h"
+#include "allocator/common/status_macros.h"
+#include "allocator/context/context.h"
+#include "harness/invariants/invariants.h"
+
+namespace gpualloc::harness {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr std::size_t kCookieBytes = 64;
+
+std::uint64_t Nanos(Clock::duration d) {
+  return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count());
+}
+
+struct Live {
+  Allocation allocation;
+  std::uint64_t cookie;
+};
+
+// Cookies at both ends of an allocation: an overlap from either side shows.
+absl::Status WriteCookies(Backend& backend, const Live& l) {
+  const std::size_t n = std::min(kCookieBytes, l.allocation.bytes);
+  GPUALLOC_RETURN_IF_ERROR(WriteCookie(backend, l.allocation, l.cookie, n));
+  Allocation tail = l.allocation;
+  tail.ptr = static_cast<char*>(tail.ptr) + (tail.bytes - n);
+  return WriteCookie(backend, tail, ~l.cookie, n);
+}
+
+absl::Status VerifyCookies(Backend& backend, const Live& l) {
+  const std::size_t n = std::min(kCookieBytes, l.allocation.bytes);
+  GPUALLOC_RETURN_IF_ERROR(VerifyCookie(backend, l.allocation, l.cookie, n));
+  Allocation tail = l.allocation;
+  tail.ptr = static_cast<char*>(tail.ptr) + (tail.bytes - n);
+  return VerifyCookie(backend, tail, ~l.cookie, n);
+}
+
+bool IsInjected(const absl::Status& st) {
+  return absl::StrContains(st.message(), "injected") || absl::StrContains(st.message(), "threw");
+}
+
+// Everything one campaign shares between its threads.
+class Campaign {
+ public:
+  explicit Campaign(const StressConfig& config) : config_(config) {}
+
+  absl::Status SetUp();
+  void Worker(int thread_index);
+  void Monitor(const std::function<void(const Progress&)>& progress, double interval_s);
+  absl::StatusOr<StressReport> Finish();
+
+  void Stop() {
+    stop_flag_.store(true, std::memory_order_relaxed);
+    std::lock_guard<std::mutex> lock(stop_mu_);
+    stop_ = true;
+    stop_cv_.notify_all();
+  }
+
+ private:
+  void Violation(std::string what) {
+    {
+      std::lock_guard<std::mutex> lock(report_mu_);
+      report_.violations.push_back(std::move(what));
+    }
+    violations_.fetch_add(1);
+    Stop();
+  }
+  bool Stopping() const { return stop_flag_.load(std::memory_order_relaxed); }
+  void Sample(double t_s);
+  void FreeLive(const Live& l, Stream stream, LatencyHistogram& hist);
+
+  const StressConfig& config_;
+  std::shared_ptr<Backend> raw_;            // cookies go straight here, never faulted
+  std::shared_ptr<SimBackend> sim_;         // when the backend is the sim
+  std::shared_ptr<FailpointBackend> faulty_;
+  std::unique_ptr<Context> context_;
+  DeviceType device_type_ = DeviceType::kSim;
+  std::vector<std::unique_ptr<CachingAllocator>> allocators_;
+  std::vector<std::vector<Stream>> streams_;
+  std::vector<std::mutex> handoff_mu_;
+  std::vector<std::deque<Live>> handoff_;  // freed by a thread other than the allocating one
+
+  Clock::time_point start_;
+  std::atomic<std::uint64_t> ops_{0};
+  std::atomic<std::uint64_t> violations_{0};
+  std::atomic<bool> stop_flag_{false};
+  std::mutex stop_mu_;
+  std::condition_variable stop_cv_;
+  bool stop_ = false;
+
+  std::mutex report_mu_;
+  StressReport report_;
+};
+
+absl::Status Campaign::SetUp() {
+  if (config_.backend == "sim") {
+    sim_ = std::make_shared<SimBackend>(
+        SimOptions::WithDevices(config_.devices, config_.device_capacity_mb << 20));
+    raw_ = sim_;
+  } else if (config_.backend == "cuda") {
+    raw_ = MakeCudaBackend();
+    device_type_ = DeviceType::kCuda;
+  } else {
+    raw_ = MakeHipBackend();
+    device_type_ = DeviceType::kHip;
+  }
+  GPUALLOC_ASSIGN_OR_RETURN(int count, raw_->DeviceCount());
+  if (count < config_.devices) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "--devices=%d but the %s backend has %d", config_.devices, config_.backend, count));
+  }
+  faulty_ = std::make_shared<FailpointBackend>(raw_, config_.seed);
+  if (config_.fault_rate > 0) {
+    // Error returns and throws on the calls that allocate, release and order
+    // memory; each must be survived with no leak and no corruption.
+    const double r = config_.fault_rate;
+    for (BackendOp op : {BackendOp::kMalloc, BackendOp::kEventRecord, BackendOp::kStreamWaitEvent,
+                         BackendOp::kEventCreate, BackendOp::kFree,
+                         BackendOp::kDeviceProperties}) {
+      faulty_->AddRule(FaultRule::WithProbability(op, r, FaultAction::kReturnError));
+    }
+    faulty_->AddRule(FaultRule::WithProbability(BackendOp::kMalloc, r / 2, FaultAction::kThrowBadAlloc));
+    faulty_->AddRule(FaultRule::WithProbability(BackendOp::kMalloc, r / 4, FaultAction::kThrowForeign));
+    faulty_->AddRule(FaultRule::WithProbability(BackendOp::kEventQuery, r, FaultAction::kThrowRuntimeError));
+  }
+  ContextOptions options;
+  options.backends[static_cast<int>(device_type_)] =
+      [b = faulty_]() -> absl::StatusOr<std::shared_ptr<Backend>> { return b; };
+  options.default_device = Device{device_type_, 0};
+  context_ = std::make_unique<Context>(std::move(options));
+
+  CachingOptions caching;
+  caching.cross_stream = config_.cross_stream;
+  handoff_mu_ = std::vector<std::mutex>(config_.devices);
+  handoff_.resize(config_.devices);
+  for (int d = 0; d < config_.devices; ++d) {
+    GPUALLOC_ASSIGN_OR_RETURN(std::unique_ptr<CachingAllocator> a,
+                              CachingAllocator::Create(faulty_, d, caching));
+    allocators_.push_back(std::move(a));
+    streams_.emplace_back();
+    streams_.back().push_back(Stream::Default(d));
+    for (int s = 1; s < config_.streams_per_device; ++s) {
+      GPUALLOC_ASSIGN_OR_RETURN(Stream stream, raw_->CreateStream(d));
+      streams_.back().push_back(stream);
+    }
+  }
+  if (config_.inject_bug) allocators_[0]->CorruptNextFreeForTesting();
+  report_.config = config_;
+  start_ = Clock::now();
+  return absl::OkStatus();
+}
+
+void Campaign::FreeLive(const Live& l, Stream stream, LatencyHistogram& hist) {
+  if (absl::Status st = VerifyCookies(*raw_, l); !st.ok()) {
+    Violation(absl::StrFormat("device %d: %s", l.allocation.device(), st.message()));
+    return;
+  }
+  CachingAllocator& alloc = *allocators_[l.allocation.device()];
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    const auto t0 = Clock::now();
+    absl::Status st = alloc.Deallocate(l.allocation, stream);
+    hist.Record(Nanos(Clock::now() - t0));
+    if (st.ok()) return;
+    if (!IsInjected(st)) {
+      Violation(absl::StrFormat("free of %p on device %d failed unexpectedly: %s",
+                                l.allocation.ptr, l.allocation.device(), st.message()));
+      return;
+    }
+    std::lock_guard<std::mutex> lock(report_mu_);
+    ++report_.fault_errors;  // the block stays allocated: try again
+  }
+  Violation(absl::StrFormat("free of %p failed 100 times in a row", l.allocation.ptr));
+}
+
+void Campaign::Worker(int t) {
+  std::mt19937_64 rng(config_.seed * 1000003 + static_cast<std::uint64_t>(t));
+  std::uniform_real_distribution<double> coin(0, 1);
+  SizeSampler sizes(config_);
+  std::vector<Live> live;
+  LatencyHistogram alloc_hist, free_hist;
+  std::uint64_t allocations = 0, frees = 0, oom = 0, faults = 0, xthread = 0, xstream = 0,
+                switches = 0, flushes = 0, checks = 0;
+  if (!context_->SetDevice(Device{device_type_, t % config_.devices}).ok()) ++faults;
+  const auto deadline = start_ + std::chrono::duration_cast<Clock::duration>(
+                                     std::chrono::duration<double>(config_.duration_s));
+  for (std::uint64_t local = 0; !Stopping(); ++local) {
+    const std::uint64_t n = ops_.fetch_add(1, std::memory_order_relaxed);
+    if (config_.ops != 0 && n >= config_.ops) break;
+    if (config_.ops == 0 && (local & 63) == 0 && Clock::now() >= deadline) break;
+    if (coin(rng) < config_.device_switch_fraction / 16) {
+      const Device to{device_type_, static_cast<DeviceIndex>(rng() % config_.devices)};
+      absl::Status st = context_->SetDevice(to);
+      if (st.ok()) {
+        ++switches;
+      } else if (IsInjected(st)) {
+        ++faults;
+      } else {
+        Violation(absl::StrFormat("switching to %s failed: %s", to.ToString(), st.message()));
+      }
+    }
+    const DeviceIndex device = context_->CurrentDevice().index;
+    const std::vector<Stream>& streams = streams_[device];
+    CachingAllocator& alloc = *allocators_[device];
+
+    if (live.size() < static_cast<std::size_t>(config_.max_live_per_thread) &&
+        (live.empty() || coin(rng) < 0.5)) {
+      const std::size_t bytes = sizes.Next(rng);
+      const Stream stream = streams[rng() % streams.size()];
+      const auto t0 = Clock::now();
+      absl::StatusOr<Allocation> a = alloc.Allocate(bytes, stream);
+      alloc_hist.Record(Nanos(Clock::now() - t0));
+      if (a.ok()) {
+        Live l{*a, rng()};
+        if (absl::Status st = WriteCookies(*raw_, l); !st.ok()) {
+          Violation(absl::StrFormat("writing into a fresh allocation failed: %s", st.message()));
+        }
+        live.push_back(l);
+        ++allocations;
+      } else if (IsInjected(a.status())) {
+        ++faults;
+      } else if (a.status().code() == absl::StatusCode::kResourceExhausted) {
+        ++oom;
+      } else {
+        Violation(absl::StrFormat("allocating %d bytes on device %d failed unexpectedly: %s",
+                                  bytes, device, a.status().message()));
+      }
+    } else if (!live.empty()) {
+      const std::size_t i = rng() % live.size();
+      Live l = live[i];
+      live[i] = live.back();
+      live.pop_back();
+      const DeviceIndex owner = l.allocation.device();
+      if (coin(rng) < config_.cross_thread_free_fraction) {
+        std::lock_guard<std::mutex> lock(handoff_mu_[owner]);
+        handoff_[owner].push_back(l);
+        ++xthread;
+      } else {
+        Stream on = l.allocation.stream;
+        if (coin(rng) < config_.cross_stream_free_fraction) {
+          on = streams_[owner][rng() % streams_[owner].size()];
+          if (on != l.allocation.stream) ++xstream;
+        }
+        FreeLive(l, on, free_hist);
+        ++frees;
+      }
+    }
+    // Frees handed over by other threads.
+    if ((local & 7) == 0) {
+      std::vector<Live> mine;
+      {
+        std::lock_guard<std::mutex> lock(handoff_mu_[device]);
+        while (!handoff_[device].empty() && mine.size() < 4) {
+          mine.push_back(handoff_[device].front());
+          handoff_[device].pop_front();
+        }
+      }
+      for (const Live& l : mine) {
+        FreeLive(l, l.allocation.stream, free_hist);
+        ++frees;
+      }
+    }
+    if ((local & 255) == 0) {
+      ++checks;
+      if (absl::Status st = CheckSnapshot(alloc.Snapshot()); !st.ok()) {
+        Violation(absl::StrFormat("device %d: %s", device, st.message()));
+      }
+    }
+    if (coin(rng) < 0.0005) {
+      if (alloc.EmptyCache(config_.max_size).ok()) ++flushes;
+    }
+  }
+  for (const Live& l : live) {
+    FreeLive(l, l.allocation.stream, free_hist);
+    ++frees;
+  }
+  std::lock_guard<std::mutex> lock(report_mu_);
+  report_.allocate_ns.Merge(alloc_hist);
+  report_.free_ns.Merge(free_hist);
+  report_.allocations += allocations;
+  report_.frees += frees;
+  report_.out_of_memory += oom;
+  report_.fault_errors += faults;
+  report_.cross_thread_frees += xthread;
+  report_.cross_stream_frees += xstream;
+  report_.device_switches += switches;
+  report_.cache_flushes += flushes;
+  report_.invariant_checks += checks;
+}
+
+void Campaign::Sample(double t_s) {
+  TimelineSample s;
+  s.t_s = t_s;
+  std::uint64_t free_bytes = 0, largest = 0;
+  std::vector<MemorySnapshot> snaps;
+  for (const auto& a : allocators_) {
+    MemoryStats st = a->stats();
+    s.allocated += st.allocated_bytes.current;
+    s.reserved += st.reserved_bytes.current;
+    free_bytes += st.free_bytes;
+    largest = std::max<std::uint64_t>(largest, st.largest_free_block);
+  }
+  s.largest_free_over_free = free_bytes ? static_cast<double>(largest) / free_bytes : 1.0;
+  std::lock_guard<std::mutex> lock(report_mu_);
+  const bool new_peak = s.reserved > report_.peak_reserved;
+  report_.peak_reserved = std::max(report_.peak_reserved, s.reserved);
+  report_.timeline.push_back(s);
+  if (new_peak) {
+    report_.peak_snapshot.clear();
+    for (const auto& a : allocators_) report_.peak_snapshot.push_back(a->Snapshot());
+  }
+}
+
+void Campaign::Monitor(const std::function<void(const Progress&)>& progress, double interval_s) {
+  auto next_progress = Clock::now();
+  std::unique_lock<std::mutex> lock(stop_mu_);
+  while (!stop_) {
+    stop_cv_.wait_for(lock, std::chrono::milliseconds(100));
+    lock.unlock();
+    const double t = std::chrono::duration<double>(Clock::now() - start_).count();
+    Sample(t);
+    if (progress && Clock::now() >= next_progress) {
+      next_progress = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                         std::chrono::duration<double>(interval_s));
+      Progress p;
+      p.elapsed_s = t;
+      p.planned_s = config_.ops ? 0 : config_.duration_s;
+      p.ops = ops_.load();
+      {
+        std::lock_guard<std::mutex> r(report_mu_);
+        if (!report_.timeline.empty()) {
+          p.allocated = report_.timeline.back().allocated;
+          p.reserved = report_.timeline.back().reserved;
+        }
+        p.peak_reserved = report_.peak_reserved;
+      }
+      p.faults = faulty_->faults_fired();
+      p.violations = violations_.load();
+      progress(p);
+    }
+    lock.lock();
+  }
+}
+
+absl::StatusOr<StressReport> Campaign::Finish() {
+  report_.elapsed_s = std::chrono::duration<double>(Clock::now() - start_).count();
+  report_.ops = std::min<std::uint64_t>(ops_.load(), config_.ops ? config_.ops : ops_.load());
+  // Leftover hand-overs, then a clean, fault-free teardown.
+  for (int d = 0; d < config_.devices; ++d) {
+    for (const Live& l : handoff_[d]) {
+      LatencyHistogram ignored;
+      FreeLive(l, l.allocation.stream, ignored);
+      ++report_.frees;
+    }
+    handoff_[d].clear();
+  }
+  report_.faults_injected = faulty_->faults_fired();
+  faulty_->ClearRules();
+  faulty_->ClearStickyError();
+  for (const auto& a : allocators_) {
+    const MemoryStats s = a->stats();
+    report_.peak_allocated += s.allocated_bytes.peak;
+    report_.cache_hits += s.cache_hits;
+    report_.cache_misses += s.cache_misses;
+    report_.upstream_allocs += s.upstream_allocs;
+    report_.upstream_frees += s.upstream_frees;
+    report_.cross_stream_reuses += s.cross_stream_reuses;
+    if (s.allocated_bytes.current != 0) {
+      report_.violations.push_back(absl::StrFormat(
+          "device %d: %d bytes still allocated after every allocation was freed", a->device(),
+          s.allocated_bytes.current));
+    }
+    if (absl::Status st = CheckSnapshot(a->Snapshot()); !st.ok()) {
+      report_.violations.push_back(absl::StrFormat("device %d at the end: %s", a->device(), st.message()));
+    }
+    if (absl::Status st = a->EmptyCache(); !st.ok()) {
+      report_.violations.push_back(absl::StrFormat("device %d: EmptyCache failed: %s", a->device(), st.message()));
+    }
+  }
+  allocators_.clear();
+  for (auto& per_device : streams_) {
+    for (Stream s : per_device) {
+      if (!s.is_default()) raw_->DestroyStream(s).IgnoreError();
+    }
+  }
+  if (sim_ != nullptr) {
+    const SimAccounting acc = sim_->Accounting();
+    if (!acc.AllReleased() || acc.guard_violations != 0) {
+      report_.violations.push_back("leak or overrun at teardown (the sim's accounting): " +
+                                   acc.Describe());
+    }
+  }
+  return std::move(report_);
+}
+
+}  // namespace
+
+absl::StatusOr<StressReport> RunStress(const StressConfig& config,
+                                       const std::function<void(const Progress&)>& progress,
+                                       double progress_interval_s) {
+  GPUALLOC_RETURN_IF_ERROR(config.Validate());
+  Campaign campaign(config);
+  GPUALLOC_RETURN_IF_ERROR(campaign.SetUp());
+  std::thread monitor([&] { campaign.Monitor(progress, progress_interval_s); });
+  std::vector<std::thread> workers;
+  for (int t = 0; t < config.threads; ++t) workers.emplace_back([&, t] { campaign.Worker(t); });
+  for (auto& w : workers) w.join();
+  campaign.Stop();
+  monitor.join();
+  return campaign.Finish();
+}
+
+}  // namespace gpualloc::harness

@@ -1,0 +1,76 @@
+// RunStress: one stress campaign against the caching allocator stack on the
+// chosen backend, with invariants checked all along and a leak check at the
+// end. The engine behind `//harness:stress`.
+#ifndef GPUALLOC_HARNESS_STRESS_STRESS_RUNNER_H_
+#define GPUALLOC_HARNESS_STRESS_STRESS_RUNNER_H_
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "allocator/stats/memory_snapshot.h"
+#include "harness/stress/latency_histogram.h"
+#include "harness/stress/stress_config.h"
+
+namespace gpualloc::harness {
+
+struct TimelineSample {
+  double t_s = 0;
+  std::int64_t allocated = 0;  // summed over devices
+  std::int64_t reserved = 0;
+  double largest_free_over_free = 1;  // 1: one hole; near 0: slivers
+};
+
+struct Progress {
+  double elapsed_s = 0;
+  double planned_s = 0;
+  std::uint64_t ops = 0;
+  std::int64_t allocated = 0;
+  std::int64_t reserved = 0;
+  std::int64_t peak_reserved = 0;
+  std::uint64_t faults = 0;
+  std::uint64_t violations = 0;
+};
+
+struct StressReport {
+  StressConfig config;
+  double elapsed_s = 0;
+  std::uint64_t ops = 0;
+  std::uint64_t allocations = 0;
+  std::uint64_t frees = 0;
+  std::uint64_t out_of_memory = 0;        // allocations refused for lack of memory
+  std::uint64_t fault_errors = 0;         // calls that failed because of injected faults
+  std::uint64_t cross_thread_frees = 0;
+  std::uint64_t cross_stream_frees = 0;
+  std::uint64_t device_switches = 0;
+  std::uint64_t cache_flushes = 0;        // EmptyCache calls racing the workload
+  std::uint64_t invariant_checks = 0;
+  LatencyHistogram allocate_ns;
+  LatencyHistogram free_ns;
+  std::int64_t peak_allocated = 0;        // sum over devices of each device's peak
+  std::int64_t peak_reserved = 0;
+  std::uint64_t cache_hits = 0;
+  std::uint64_t cache_misses = 0;
+  std::uint64_t upstream_allocs = 0;
+  std::uint64_t upstream_frees = 0;
+  std::uint64_t cross_stream_reuses = 0;
+  std::uint64_t faults_injected = 0;
+  std::vector<TimelineSample> timeline;
+  std::vector<MemorySnapshot> peak_snapshot;  // one per device, at peak reserved
+  std::vector<std::string> violations;        // empty when every invariant held
+
+  bool ok() const { return violations.empty(); }
+};
+
+// Progress is reported about every `progress_interval_s` from a monitor
+// thread. Errors: a config that fails Validate(), or a backend with no
+// device. Invariant violations are not errors: they are in the report.
+absl::StatusOr<StressReport> RunStress(const StressConfig& config,
+                                       const std::function<void(const Progress&)>& progress,
+                                       double progress_interval_s = 1.0);
+
+}  // namespace gpualloc::harness
+
+#endif  // GPUALLOC_HARNESS_STRESS_STRESS_RUNNER_H_
