@@ -453,7 +453,15 @@ absl::Status CachingAllocator::DoDeallocate(const Allocation& allocation, Stream
   } else {
     ReturnToPool(block);
   }
+  EnforceLimitLocked();
   return absl::OkStatus();
+}
+
+void CachingAllocator::EnforceLimitLocked() {
+  // Over the limit (it was lowered below what live blocks held): cached
+  // memory above it goes back as soon as it is free.
+  const auto reserved = static_cast<std::size_t>(stats_.reserved_bytes.current);
+  if (reserved > EffectiveLimit()) ReleaseFreeSegments(reserved - EffectiveLimit());
 }
 
 void CachingAllocator::ReturnToPool(Block* block) {
@@ -532,6 +540,7 @@ void CachingAllocator::ProcessPendingEvents() {
     }
     b = next;
   }
+  EnforceLimitLocked();
 }
 
 absl::Status CachingAllocator::WaitForAllPending() {
@@ -621,6 +630,7 @@ absl::Status CachingAllocator::EmptyCache(std::size_t keep_bytes) {
     std::size_t cached = 0;
     for (Segment* s : FullyFreeSegmentsLruFirst()) cached += s->size;
     if (cached > keep_bytes) ReleaseFreeSegments(cached - keep_bytes);
+    EnforceLimitLocked();  // keep_bytes never keeps memory above the limit
     return absl::OkStatus();
   });
 }
@@ -628,8 +638,7 @@ absl::Status CachingAllocator::EmptyCache(std::size_t keep_bytes) {
 absl::Status CachingAllocator::SetReservedLimit(std::size_t bytes) {
   std::lock_guard<std::mutex> lock(mu_);
   limit_ = bytes;
-  const auto reserved = static_cast<std::size_t>(stats_.reserved_bytes.current);
-  if (reserved > EffectiveLimit()) ReleaseFreeSegments(reserved - EffectiveLimit());
+  EnforceLimitLocked();
   return absl::OkStatus();
 }
 

@@ -86,7 +86,9 @@ class CachingAllocator final : public MemoryResource {
   absl::Status EmptyCache(std::size_t keep_bytes = 0);
 
   // Caps reserved bytes (0: the device's capacity). Lowering it below what
-  // is reserved releases free segments; it never frees live allocations.
+  // is reserved releases free segments; it never frees live allocations, but
+  // while they hold the allocator over the limit, each segment they free is
+  // released at once instead of cached.
   absl::Status SetReservedLimit(std::size_t bytes);
   std::size_t reserved_limit() const;
 
@@ -153,6 +155,8 @@ class CachingAllocator final : public MemoryResource {
   std::size_t ReleaseFreeSegments(std::size_t enough);
   bool ReleaseSegment(Segment* segment);
   std::size_t EffectiveLimit() const { return limit_ ? limit_ : capacity_; }
+  // Releases free segments while reserved is above the limit.
+  void EnforceLimitLocked();
   absl::StatusOr<Event> AcquireEvent();
   void RecycleEvent(Event event);
   absl::Status OutOfMemoryError(std::size_t requested, std::size_t rounded, Stream stream) const;

@@ -275,9 +275,14 @@ void SimBackend::DrainDevice(DeviceIndex device) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     for (auto& [handle, worker] : streams_) {
-      if (worker->device() == device) workers.push_back(worker);
+      if (device == kAllDevices || worker->device() == device) workers.push_back(worker);
     }
-    if (devices_[device]->default_stream) workers.push_back(devices_[device]->default_stream);
+    for (std::size_t d = 0; d < devices_.size(); ++d) {
+      if ((device == kAllDevices || static_cast<DeviceIndex>(d) == device) &&
+          devices_[d]->default_stream) {
+        workers.push_back(devices_[d]->default_stream);
+      }
+    }
   }
   for (auto& worker : workers) worker->Drain();
 }
@@ -417,8 +422,9 @@ absl::Status SimBackend::Free(DeviceIndex device, void* ptr) {
   SimulateLatency(options_.cost.free_ns);
   GPUALLOC_RETURN_IF_ERROR(CheckDevice(device));
   if (ptr == nullptr) return absl::OkStatus();  // like cudaFree(nullptr)
-  // cudaFree waits for the device: work still reading the memory finishes.
-  DrainDevice(device);
+  // cudaFree synchronises: work still using the memory finishes first, on
+  // any device's stream (a peer copy may touch it from another device).
+  DrainDevice(kAllDevices);
   std::lock_guard<std::mutex> lock(mu_);
   auto it = allocations_.find(reinterpret_cast<std::uintptr_t>(ptr));
   if (it == allocations_.end()) {
@@ -502,6 +508,7 @@ absl::Status SimBackend::HostFree(DeviceIndex device, void* ptr) {
   SimulateLatency(options_.cost.host_free_ns);
   GPUALLOC_RETURN_IF_ERROR(CheckDevice(device));
   if (ptr == nullptr) return absl::OkStatus();
+  DrainDevice(kAllDevices);  // cudaFreeHost synchronises, like cudaFree
   std::lock_guard<std::mutex> lock(mu_);
   auto it = allocations_.find(reinterpret_cast<std::uintptr_t>(ptr));
   if (it == allocations_.end() || it->second.kind != MemoryKind::kPinned) {

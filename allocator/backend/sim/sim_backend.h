@@ -134,7 +134,9 @@ class SimBackend final : public Backend {
 
   absl::Status CheckDevice(DeviceIndex device) const;
   absl::StatusOr<std::shared_ptr<SimStreamWorker>> WorkerFor(Stream stream);
-  // Waits for every stream of `device`, without holding mu_ while waiting.
+  // Waits for every stream of `device` (or of every device, kAllDevices),
+  // without holding mu_ while waiting.
+  static constexpr DeviceIndex kAllDevices = -2;
   void DrainDevice(DeviceIndex device);
   // Where `event` was recorded: its stream (null if never recorded) and seq.
   absl::Status RecordedPosition(Event event, std::shared_ptr<SimStreamWorker>* worker,

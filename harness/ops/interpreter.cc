@@ -1,0 +1,200 @@
+#include "harness/ops/interpreter.h"
+
+#include <algorithm>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_format.h"
+#include "allocator/common/status_macros.h"
+
+namespace gpualloc::harness {
+namespace {
+
+constexpr std::size_t kCookieBytes = 32;
+
+bool ExpectedFailure(const absl::Status& st) {
+  return st.code() == absl::StatusCode::kResourceExhausted ||
+         absl::StrContains(st.message(), "injected") || absl::StrContains(st.message(), "threw");
+}
+
+}  // namespace
+
+OpInterpreter::OpInterpreter(InterpreterOptions options)
+    : options_(options), next_cookie_(options.seed * 7919) {
+  sim_ = std::make_shared<SimBackend>(SimOptions::WithDevices(1, options_.device_capacity));
+  faulty_ = std::make_shared<FailpointBackend>(sim_, options_.seed);
+  cache_ = CachingAllocator::Create(faulty_, 0, options_.caching).value();
+  streams_.push_back(Stream::Default(0));
+  for (int i = 1; i < options_.streams; ++i) streams_.push_back(sim_->CreateStream(0).value());
+}
+
+OpInterpreter::~OpInterpreter() {
+  if (!finished_) Finish().IgnoreError();
+}
+
+absl::Status OpInterpreter::Violation(const absl::Status& st) const {
+  return absl::FailedPreconditionError(absl::StrFormat(
+      "%s\n  after %d ops: %s", st.message(), history_.size(), OpsToString(history_)));
+}
+
+absl::Status OpInterpreter::Check() {
+  const MemorySnapshot snap = cache_->Snapshot();
+  GPUALLOC_RETURN_IF_ERROR(CheckSnapshot(snap));
+  GPUALLOC_RETURN_IF_ERROR(shadow_.CheckAgainst(snap));
+  // The model: the live set's bytes and count are what the allocator reports.
+  if (snap.stats.requested_bytes.current != static_cast<std::int64_t>(shadow_.bytes()) ||
+      snap.stats.active_blocks.current != static_cast<std::int64_t>(shadow_.size())) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "model disagrees: %d live allocations of %d bytes, the allocator reports %d of %d",
+        shadow_.size(), shadow_.bytes(), snap.stats.active_blocks.current,
+        snap.stats.requested_bytes.current));
+  }
+  // Over the limit is allowed only while live allocations hold it there: no
+  // wholly free segment may stay cached then. (A release the backend refused
+  // under an injected fault suspends this until the next fault-free
+  // EmptyCache or SetLimit, which must succeed at it.)
+  if (!limit_check_suspended_ &&
+      snap.stats.reserved_bytes.current > static_cast<std::int64_t>(cache_->reserved_limit())) {
+    for (const SegmentSnapshot& s : snap.segments) {
+      if (s.blocks.size() == 1 && s.blocks[0].state == BlockState::kFree) {
+        return absl::FailedPreconditionError(absl::StrFormat(
+            "reserved %d bytes is over the limit %d while segment %#x is wholly free",
+            snap.stats.reserved_bytes.current, cache_->reserved_limit(), s.address));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status OpInterpreter::Apply(const Op& op) {
+  history_.push_back(op);
+  auto take_live = [&](std::uint64_t i) -> std::optional<Live> {
+    if (live_.empty()) return std::nullopt;
+    const std::size_t k = i % live_.size();
+    Live l = live_[k];
+    live_[k] = live_.back();
+    live_.pop_back();
+    return l;
+  };
+  auto free_live = [&](const Live& l, Stream on) -> absl::Status {
+    GPUALLOC_RETURN_IF_ERROR(VerifyCookie(*sim_, l.allocation, l.cookie,
+                                          std::min(kCookieBytes, l.allocation.bytes)));
+    absl::Status st = cache_->Deallocate(l.allocation, on);
+    if (st.ok()) return shadow_.Remove(l.allocation);
+    if (!ExpectedFailure(st)) return st;
+    live_.push_back(l);  // still allocated: freed later
+    return absl::OkStatus();
+  };
+
+  absl::Status result = absl::OkStatus();
+  switch (op.kind) {
+    case OpKind::kAllocate: {
+      const std::size_t bytes = std::max<std::uint64_t>(1, op.a);
+      absl::StatusOr<Allocation> a = cache_->Allocate(bytes, StreamAt(op.b));
+      if (a.ok()) {
+        Live l{*a, next_cookie_++};
+        result = shadow_.Add(*a, cache_->alignment());
+        if (result.ok()) {
+          result = WriteCookie(*sim_, *a, l.cookie, std::min(kCookieBytes, a->bytes));
+        }
+        live_.push_back(l);
+      } else if (!ExpectedFailure(a.status())) {
+        result = a.status();
+      }
+      break;
+    }
+    case OpKind::kFree:
+      if (auto l = take_live(op.a)) result = free_live(*l, l->allocation.stream);
+      break;
+    case OpKind::kFreeOnOtherStream:
+      if (auto l = take_live(op.a)) result = free_live(*l, StreamAt(op.b));
+      break;
+    case OpKind::kRecordUse:
+      if (!live_.empty()) {
+        absl::Status st = cache_->RecordStream(live_[op.a % live_.size()].allocation, StreamAt(op.b));
+        if (!st.ok() && !ExpectedFailure(st)) result = st;
+      }
+      break;
+    case OpKind::kSyncStream:
+      result = sim_->SynchronizeStream(StreamAt(op.b));
+      break;
+    case OpKind::kEmptyCache: {
+      absl::Status st = cache_->EmptyCache(op.a << 16);
+      if (!st.ok() && !ExpectedFailure(st)) result = st;
+      break;
+    }
+    case OpKind::kSetLimit:
+      result = cache_->SetReservedLimit(op.a == 0 ? 0 : std::max<std::uint64_t>(op.a << 16, 1 << 20));
+      break;
+    case OpKind::kInjectFault: {
+      static constexpr BackendOp kTargets[] = {BackendOp::kMalloc, BackendOp::kFree,
+                                               BackendOp::kEventRecord,
+                                               BackendOp::kStreamWaitEvent};
+      static constexpr FaultAction kActions[] = {FaultAction::kReturnError,
+                                                 FaultAction::kThrowBadAlloc,
+                                                 FaultAction::kThrowRuntimeError,
+                                                 FaultAction::kThrowForeign};
+      const BackendOp target = kTargets[op.a % 4];
+      faulty_->AddRule(FaultRule::NthCall(target, faulty_->calls(target) + 1, kActions[(op.a / 4) % 4]));
+      break;
+    }
+    case OpKind::kBadFree: {
+      const MemoryStats before = cache_->stats();
+      absl::Status st;
+      int on_stack = 0;
+      if (op.a % 3 == 0 || live_.empty()) {
+        st = cache_->Deallocate(Allocation{&on_stack, 4, Stream::Default(0)});
+      } else if (op.a % 3 == 1) {
+        const Allocation& a = live_[op.b % live_.size()].allocation;
+        st = cache_->Deallocate(Allocation{a.ptr, a.bytes + 1, a.stream});
+      } else {
+        const Allocation& a = live_[op.b % live_.size()].allocation;
+        st = cache_->Deallocate(Allocation{static_cast<char*>(a.ptr) + 1, a.bytes, a.stream});
+      }
+      if (st.code() != absl::StatusCode::kInvalidArgument) {
+        result = absl::FailedPreconditionError(absl::StrFormat(
+            "a bad free was not rejected as InvalidArgument: %s", st.ToString()));
+      } else if (cache_->stats().allocated_bytes.current != before.allocated_bytes.current) {
+        result = absl::FailedPreconditionError("a rejected bad free changed the allocator");
+      }
+      break;
+    }
+    case OpKind::kCount:
+      break;
+  }
+  const std::uint64_t faults = faulty_->faults_fired();
+  if (faults != faults_seen_) {
+    faults_seen_ = faults;
+    limit_check_suspended_ = true;
+  } else if (op.kind == OpKind::kEmptyCache || op.kind == OpKind::kSetLimit) {
+    limit_check_suspended_ = false;
+  }
+  if (result.ok()) result = Check();
+  return result.ok() ? result : Violation(result);
+}
+
+absl::Status OpInterpreter::Finish() {
+  if (finished_) return absl::OkStatus();
+  finished_ = true;
+  faulty_->ClearRules();
+  absl::Status result = absl::OkStatus();
+  for (const Live& l : live_) {
+    absl::Status st = VerifyCookie(*sim_, l.allocation, l.cookie, std::min(kCookieBytes, l.allocation.bytes));
+    if (st.ok()) st = cache_->Deallocate(l.allocation);
+    if (st.ok()) st = shadow_.Remove(l.allocation);
+    if (!st.ok() && result.ok()) result = st;
+  }
+  live_.clear();
+  if (result.ok()) result = Check();
+  if (absl::Status st = cache_->EmptyCache(); !st.ok() && result.ok()) result = st;
+  cache_.reset();
+  for (Stream s : streams_) {
+    if (!s.is_default()) sim_->DestroyStream(s).IgnoreError();
+  }
+  const SimAccounting acc = sim_->Accounting();
+  if (result.ok() && (!acc.AllReleased() || acc.guard_violations != 0)) {
+    result = absl::FailedPreconditionError("leak at teardown: " + acc.Describe());
+  }
+  return result.ok() ? result : Violation(result);
+}
+
+}  // namespace gpualloc::harness

@@ -1,0 +1,72 @@
+// OpInterpreter: runs Ops against a CachingAllocator over a FailpointBackend
+// over a SimBackend, and after every op checks the allocator against a simple
+// reference model (the live allocations and their bytes), the shared
+// invariants (harness/invariants) and the content cookies. At Finish() every
+// allocation is freed, the cache emptied, and the sim's own accounting must
+// say nothing is outstanding.
+//
+// Expected failures (out of memory, an injected fault surfacing, a limit
+// refusing) are not violations: the model simply records no change, and the
+// allocator must show none either (strong guarantee).
+#ifndef GPUALLOC_HARNESS_OPS_INTERPRETER_H_
+#define GPUALLOC_HARNESS_OPS_INTERPRETER_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "allocator/backend/failpoints/failpoint_backend.h"
+#include "allocator/backend/sim/sim_backend.h"
+#include "allocator/caching/caching_allocator.h"
+#include "harness/invariants/invariants.h"
+#include "harness/ops/ops.h"
+
+namespace gpualloc::harness {
+
+struct InterpreterOptions {
+  std::size_t device_capacity = std::size_t{96} << 20;
+  int streams = 3;  // including the default stream
+  CachingOptions caching;
+  std::uint64_t seed = 1;
+};
+
+class OpInterpreter {
+ public:
+  explicit OpInterpreter(InterpreterOptions options = {});
+  ~OpInterpreter();
+
+  // FailedPrecondition describing the broken invariant, with the ops so far.
+  absl::Status Apply(const Op& op);
+  absl::Status Finish();
+
+  std::size_t live_count() const { return live_.size(); }
+  CachingAllocator& allocator() { return *cache_; }
+  SimBackend& sim() { return *sim_; }
+
+ private:
+  struct Live {
+    Allocation allocation;
+    std::uint64_t cookie;
+  };
+  absl::Status Check();
+  absl::Status Violation(const absl::Status& st) const;
+  Stream StreamAt(std::uint64_t i) const { return streams_[i % streams_.size()]; }
+
+  InterpreterOptions options_;
+  std::shared_ptr<SimBackend> sim_;
+  std::shared_ptr<FailpointBackend> faulty_;
+  std::unique_ptr<CachingAllocator> cache_;
+  std::vector<Stream> streams_;
+  std::vector<Live> live_;
+  LiveSet shadow_;
+  std::vector<Op> history_;
+  std::uint64_t next_cookie_;
+  std::uint64_t faults_seen_ = 0;
+  bool limit_check_suspended_ = false;
+  bool finished_ = false;
+};
+
+}  // namespace gpualloc::harness
+
+#endif  // GPUALLOC_HARNESS_OPS_INTERPRETER_H_

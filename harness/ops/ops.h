@@ -1,0 +1,43 @@
+// One operation grammar for every randomized suite: RapidCheck generates and
+// shrinks sequences of Op, libFuzzer decodes them from bytes, and one
+// interpreter runs them against the real caching allocator on the sim while a
+// reference model checks the result after every step.
+#ifndef GPUALLOC_HARNESS_OPS_OPS_H_
+#define GPUALLOC_HARNESS_OPS_OPS_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace gpualloc::harness {
+
+enum class OpKind : std::uint8_t {
+  kAllocate,           // a: size, b: stream index
+  kFree,               // a: live index
+  kFreeOnOtherStream,  // a: live index, b: stream index
+  kRecordUse,          // a: live index, b: stream index
+  kSyncStream,         // b: stream index
+  kEmptyCache,         // a: bytes to keep
+  kSetLimit,           // a: limit in bytes (0: the device's capacity)
+  kInjectFault,        // a: which fault, armed for the next matching backend call
+  kBadFree,            // a: which bad free (foreign, double, wrong size)
+  kCount,
+};
+
+struct Op {
+  OpKind kind = OpKind::kAllocate;
+  std::uint64_t a = 0;
+  std::uint64_t b = 0;
+  std::string ToString() const;
+};
+
+std::string OpsToString(const std::vector<Op>& ops);
+
+// Reads ops from fuzz bytes: each op takes up to 9 bytes (kind, then a and b
+// in a compact varint-like form); a short tail is ignored. Never fails.
+std::vector<Op> DecodeOps(const std::uint8_t* data, std::size_t size, std::size_t max_ops = 256);
+
+}  // namespace gpualloc::harness
+
+#endif  // GPUALLOC_HARNESS_OPS_OPS_H_
