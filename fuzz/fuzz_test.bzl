@@ -22,7 +22,7 @@ def gpualloc_fuzz_test(name, srcs, deps = [], dict = None, **kwargs):
         data.append(dict)
     native.cc_test(
         name = name,
-        size = kwargs.pop("size", "medium"),
+        size = kwargs.pop("size", "small"),
         data = data,
         args = ["fuzz/corpus/" + name, "fuzz/crashes/" + name],
         tags = ["fuzz-test"] + kwargs.pop("tags", []),
