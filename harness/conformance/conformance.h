@@ -1,0 +1,65 @@
+// The MemoryResource conformance suite: the contract every allocator we ship
+// must honour, as one parameterized GoogleTest suite (RMM's mr_tests are the
+// model). To run it against your own allocator, write a factory and one line:
+//
+//   gpualloc::harness::ResourceUnderTest MakeMine() {
+//     auto sim = std::make_shared<gpualloc::SimBackend>(
+//         gpualloc::SimOptions::WithDevices(1, 256 << 20));
+//     return {std::make_shared<MyResource>(sim, 0), sim};
+//   }
+//   GPUALLOC_INSTANTIATE_CONFORMANCE(Mine, MakeMine);
+//
+// and link the target against //harness/conformance (see
+// harness/conformance/example/). The suite checks: alignment; zero and absurd
+// sizes; no two live allocations overlap; data written reads back intact;
+// frees on other streams and from other threads; stats consistency; OOM
+// reported, never a crash; bad frees rejected without changing anything; and
+// that the simulated device's accounting is back to zero at the end.
+#ifndef GPUALLOC_HARNESS_CONFORMANCE_CONFORMANCE_H_
+#define GPUALLOC_HARNESS_CONFORMANCE_CONFORMANCE_H_
+
+#include <functional>
+#include <memory>
+#include <ostream>
+#include <string>
+
+#include "allocator/backend/sim/sim_backend.h"
+#include "allocator/resource/memory_resource.h"
+#include "gtest/gtest.h"
+
+namespace gpualloc::harness {
+
+struct ResourceUnderTest {
+  std::shared_ptr<MemoryResource> resource;
+  // The simulated device under it: data checks and leak accounting use it.
+  std::shared_ptr<SimBackend> sim;
+  // Returns cached memory to the device before the leak check (e.g. a
+  // caching allocator's EmptyCache); may be empty.
+  std::function<absl::Status()> release_cache;
+};
+
+struct ResourceFactory {
+  std::string name;
+  std::function<ResourceUnderTest()> make;
+};
+inline void PrintTo(const ResourceFactory& f, std::ostream* os) { *os << f.name; }
+
+class ResourceConformance : public ::testing::TestWithParam<ResourceFactory> {
+ protected:
+  void SetUp() override;
+  void TearDown() override;
+  ResourceUnderTest under_test_;
+  MemoryResource& resource() { return *under_test_.resource; }
+};
+
+}  // namespace gpualloc::harness
+
+// Instantiates the whole conformance suite for `factory` (a function returning
+// ResourceUnderTest), under the name `name`.
+// Use it at namespace scope, in any namespace.
+#define GPUALLOC_INSTANTIATE_CONFORMANCE(name, factory)         \
+  using ::gpualloc::harness::ResourceConformance;                \
+  INSTANTIATE_TEST_SUITE_P(name, ResourceConformance,            \
+                           ::testing::Values(::gpualloc::harness::ResourceFactory{#name, factory}))
+
+#endif  // GPUALLOC_HARNESS_CONFORMANCE_CONFORMANCE_H_
