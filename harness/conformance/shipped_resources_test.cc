@@ -1,6 +1,8 @@
 // Every memory resource we ship, through the conformance suite. A new
 // resource is covered by adding one factory and one line here.
 #include "allocator/caching/caching_allocator.h"
+#include "allocator/policy/limiting_adaptor.h"
+#include "allocator/policy/pressure_adaptor.h"
 #include "allocator/resource/backend_resource.h"
 #include "harness/conformance/conformance.h"
 
@@ -24,7 +26,37 @@ ResourceUnderTest MakeCaching(CrossStreamReuse policy) {
   return {cache, sim, [cache] { return cache->EmptyCache(); }};
 }
 
+// Adaptor stacks read like sentences: pressure(limiting(caching(sim))).
+ResourceUnderTest MakeLimitedCache() {
+  ResourceUnderTest cache = MakeCaching(CrossStreamReuse::kFollowEvents);
+  cache.resource = std::make_shared<LimitingAdaptor>(
+      cache.resource, std::vector<LimitRule>{{LimitScope::kResource, 96 << 20, LimitMode::kHard},
+                                             {LimitScope::kTag, 64 << 20, LimitMode::kSoft}});
+  return cache;
+}
+
+ResourceUnderTest MakePressureOverLimitedCache() {
+  ResourceUnderTest limited = MakeLimitedCache();
+  PressureOptions o;
+  o.capacity_bytes = 128 << 20;
+  o.shrink = limited.release_cache ? [release = limited.release_cache](std::size_t) {
+    return release();
+  } : std::function<absl::Status(std::size_t)>();
+  limited.resource = PressureAdaptor::Create(limited.resource, o).value();
+  return limited;
+}
+
+ResourceUnderTest MakeLimitedBackend() {
+  ResourceUnderTest raw = MakeBackendResource();
+  raw.resource = std::make_shared<LimitingAdaptor>(
+      raw.resource, std::vector<LimitRule>{{LimitScope::kThread, 100 << 20, LimitMode::kHard}});
+  return raw;
+}
+
 GPUALLOC_INSTANTIATE_CONFORMANCE(Backend, MakeBackendResource);
+GPUALLOC_INSTANTIATE_CONFORMANCE(LimitingOverCaching, MakeLimitedCache);
+GPUALLOC_INSTANTIATE_CONFORMANCE(PressureOverLimitingOverCaching, MakePressureOverLimitedCache);
+GPUALLOC_INSTANTIATE_CONFORMANCE(LimitingOverBackend, MakeLimitedBackend);
 GPUALLOC_INSTANTIATE_CONFORMANCE(CachingFollowEvents,
                                  [] { return MakeCaching(CrossStreamReuse::kFollowEvents); });
 GPUALLOC_INSTANTIATE_CONFORMANCE(CachingOpportunistic,

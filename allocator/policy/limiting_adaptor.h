@@ -1,0 +1,90 @@
+// LimitingAdaptor: caps the bytes an upstream resource may hand out, per
+// resource, per thread or per allocation tag (tenant), hard or soft.
+//
+//   auto limited = std::make_shared<LimitingAdaptor>(cache, std::vector<LimitRule>{
+//       {LimitScope::kResource, 8ull << 30, LimitMode::kHard},
+//       {LimitScope::kTag, 2ull << 30, LimitMode::kSoft}});   // each tag
+//
+//  - kHard: a request that would pass the limit is refused with
+//    ResourceExhausted naming the rule, the use and the request; nothing
+//    changes and the upstream is not called.
+//  - kSoft: the request goes ahead; `on_soft_limit` runs (outside every lock)
+//    so the caller can reclaim — shrink a cache, evict — before it is hard.
+// Usage is reserved before the upstream call (one lock, no race between two
+// requests that each fit alone) and given back if the upstream fails. A free
+// is charged to the thread and tag that allocated, whichever thread frees.
+// Thread-safe: one mutex around the counters; the upstream runs outside it.
+#ifndef GPUALLOC_ALLOCATOR_POLICY_LIMITING_ADAPTOR_H_
+#define GPUALLOC_ALLOCATOR_POLICY_LIMITING_ADAPTOR_H_
+
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "allocator/resource/memory_resource.h"
+
+namespace gpualloc {
+
+enum class LimitScope {
+  kResource,  // everything this adaptor hands out
+  kThread,    // each allocating thread separately
+  kTag,       // each allocation tag separately (CurrentAllocationTag())
+};
+enum class LimitMode { kHard, kSoft };
+
+struct LimitRule {
+  LimitRule(LimitScope scope, std::size_t bytes, LimitMode mode = LimitMode::kHard,
+            std::string only_tag = "")
+      : scope(scope), bytes(bytes), mode(mode), only_tag(std::move(only_tag)) {}
+
+  LimitScope scope;
+  std::size_t bytes;
+  LimitMode mode;
+  // kTag only: the rule applies to this tag alone; empty = to every tag.
+  std::string only_tag;
+};
+
+// Passed to the soft-limit callback.
+struct SoftLimitEvent {
+  const LimitRule* rule;
+  std::string key;             // "resource", the thread id, or the tag
+  std::size_t in_use = 0;      // bytes charged to the key, this request included
+  std::size_t requested = 0;
+};
+
+class LimitingAdaptor final : public MemoryResource {
+ public:
+  LimitingAdaptor(std::shared_ptr<MemoryResource> upstream, std::vector<LimitRule> rules,
+                  std::function<void(const SoftLimitEvent&)> on_soft_limit = {});
+
+  absl::string_view name() const override { return "limiting"; }
+  DeviceIndex device() const override { return upstream_->device(); }
+  std::size_t alignment() const override { return upstream_->alignment(); }
+  MemoryStats stats() const override;
+
+  // Bytes charged to a key of a rule right now (for tests and dashboards).
+  std::size_t InUse(std::size_t rule_index, const std::string& key) const;
+
+ private:
+  absl::StatusOr<Allocation> DoAllocate(std::size_t bytes, Stream stream) override;
+  absl::Status DoDeallocate(const Allocation& allocation, Stream stream) override;
+  std::string KeyFor(const LimitRule& rule) const;
+
+  const std::shared_ptr<MemoryResource> upstream_;
+  const std::vector<LimitRule> rules_;
+  const std::function<void(const SoftLimitEvent&)> on_soft_limit_;
+  mutable std::mutex mu_;
+  // Per rule: key -> bytes in use.
+  std::vector<absl::flat_hash_map<std::string, std::size_t>> usage_;
+  // Live allocation -> the key it was charged to under each rule.
+  absl::flat_hash_map<void*, std::vector<std::string>> charged_to_;
+  std::uint64_t refusals_ = 0;
+};
+
+}  // namespace gpualloc
+
+#endif  // GPUALLOC_ALLOCATOR_POLICY_LIMITING_ADAPTOR_H_
