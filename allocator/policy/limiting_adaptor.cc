@@ -121,7 +121,9 @@ absl::StatusOr<Allocation> LimitingAdaptor::DoAllocate(std::size_t bytes, Stream
 }
 
 absl::Status LimitingAdaptor::DoDeallocate(const Allocation& allocation, Stream stream) {
-  std::vector<std::string> keys;
+  // Taken out before the upstream free: once the upstream has the memory back
+  // another thread may receive the same pointer and must find no entry.
+  ChargeMap::node_type charged;
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = charged_to_.find(allocation.ptr);
@@ -129,12 +131,15 @@ absl::Status LimitingAdaptor::DoDeallocate(const Allocation& allocation, Stream 
       return absl::InvalidArgumentError(absl::StrFormat(
           "limiting adaptor: %p was not allocated through it or was already freed", allocation.ptr));
     }
-    keys = it->second;
+    charged = charged_to_.extract(it);
   }
   absl::Status st = upstream_->Deallocate(allocation, stream);
-  if (!st.ok()) return st;  // still charged: the allocation is still live
   std::lock_guard<std::mutex> lock(mu_);
-  charged_to_.erase(allocation.ptr);
+  if (!st.ok()) {
+    charged_to_.insert(std::move(charged));  // still live and still charged
+    return st;
+  }
+  const std::vector<std::string>& keys = charged.mapped();
   for (std::size_t i = 0; i < rules_.size(); ++i) {
     auto it = usage_[i].find(keys[i]);
     if (it != usage_[i].end()) it->second -= allocation.bytes;

@@ -81,7 +81,8 @@ class LimitingAdaptor final : public MemoryResource {
   // Per rule: key -> bytes in use.
   std::vector<absl::flat_hash_map<std::string, std::size_t>> usage_;
   // Live allocation -> the key it was charged to under each rule.
-  absl::flat_hash_map<void*, std::vector<std::string>> charged_to_;
+  using ChargeMap = absl::flat_hash_map<void*, std::vector<std::string>>;
+  ChargeMap charged_to_;
   std::uint64_t refusals_ = 0;
 };
 

@@ -21,7 +21,7 @@ absl::StatusOr<Allocation> BackendResource::DoAllocate(std::size_t bytes, Stream
     return ptr.status();
   }
   try {
-    live_.emplace(*ptr, Entry{bytes, false});
+    live_.emplace(*ptr, bytes);
   } catch (...) {
     // Host metadata failed after the device allocation: give it back.
     backend_->Free(device_, *ptr).IgnoreError();
@@ -39,30 +39,29 @@ absl::StatusOr<Allocation> BackendResource::DoAllocate(std::size_t bytes, Stream
 }
 
 absl::Status BackendResource::DoDeallocate(const Allocation& allocation, Stream) {
-  std::size_t bytes = 0;
+  // Taken out before the backend free: once the backend has the memory back,
+  // another thread may receive the same pointer and must find no entry. A
+  // second free of the same pointer finds nothing and is rejected.
+  LiveMap::node_type entry;
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = live_.find(allocation.ptr);
-    if (it == live_.end() || it->second.freeing) {
+    if (it == live_.end()) {
       ++stats_.failed_frees;
       return absl::InvalidArgumentError(absl::StrFormat(
           "backend resource: %p was not allocated here (foreign pointer) or was already freed",
           allocation.ptr));
     }
-    // Marked, not erased: a concurrent second free is rejected, and a failed
-    // upstream free leaves the entry exactly as it was.
-    it->second.freeing = true;
-    bytes = it->second.bytes;
+    entry = live_.extract(it);
   }
   absl::Status st = backend_->Free(device_, allocation.ptr);
   std::lock_guard<std::mutex> lock(mu_);
   if (!st.ok()) {
-    live_[allocation.ptr].freeing = false;
+    live_.insert(std::move(entry));  // still ours: a retry can free it
     ++stats_.failed_frees;
     return st;
   }
-  live_.erase(allocation.ptr);
-  const auto n = static_cast<std::int64_t>(bytes);
+  const auto n = static_cast<std::int64_t>(entry.mapped());
   stats_.allocated_bytes.Sub(n);
   stats_.requested_bytes.Sub(n);
   stats_.reserved_bytes.Sub(n);

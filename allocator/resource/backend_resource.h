@@ -38,11 +38,8 @@ class BackendResource final : public MemoryResource {
   const DeviceIndex device_;
   const std::size_t alignment_;
   mutable std::mutex mu_;
-  struct Entry {
-    std::size_t bytes;
-    bool freeing;  // an upstream free is in flight
-  };
-  absl::flat_hash_map<void*, Entry> live_;
+  using LiveMap = absl::flat_hash_map<void*, std::size_t>;  // ptr -> bytes
+  LiveMap live_;
   MemoryStats stats_;
 };
 

@@ -1,6 +1,8 @@
 // Every memory resource we ship, through the conformance suite. A new
 // resource is covered by adding one factory and one line here.
+#include "allocator/caching/arena_resource.h"
 #include "allocator/caching/caching_allocator.h"
+#include "allocator/caching/size_class_pool.h"
 #include "allocator/policy/limiting_adaptor.h"
 #include "allocator/policy/pressure_adaptor.h"
 #include "allocator/resource/backend_resource.h"
@@ -53,7 +55,31 @@ ResourceUnderTest MakeLimitedBackend() {
   return raw;
 }
 
+ResourceUnderTest MakeSizeClassPoolOverCaching() {
+  ResourceUnderTest cache = MakeCaching(CrossStreamReuse::kFollowEvents);
+  std::shared_ptr<SizeClassPool> pool =
+      SizeClassPool::Create(cache.resource, cache.sim, SizeClassOptions{}).value();
+  auto release = cache.release_cache;
+  cache.release_cache = [pool, release] {
+    absl::Status st = pool->Trim();
+    return st.ok() ? release() : st;
+  };
+  cache.resource = pool;
+  return cache;
+}
+
+ResourceUnderTest MakeArenaOverBackend() {
+  ResourceUnderTest raw = MakeBackendResource();
+  ArenaOptions o;
+  o.pack_threshold = 1 << 20;
+  o.chunk_bytes = 16 << 20;
+  raw.resource = ArenaResource::Create(raw.resource, o).value();
+  return raw;
+}
+
 GPUALLOC_INSTANTIATE_CONFORMANCE(Backend, MakeBackendResource);
+GPUALLOC_INSTANTIATE_CONFORMANCE(SizeClassPoolOverCaching, MakeSizeClassPoolOverCaching);
+GPUALLOC_INSTANTIATE_CONFORMANCE(ArenaOverBackend, MakeArenaOverBackend);
 GPUALLOC_INSTANTIATE_CONFORMANCE(LimitingOverCaching, MakeLimitedCache);
 GPUALLOC_INSTANTIATE_CONFORMANCE(PressureOverLimitingOverCaching, MakePressureOverLimitedCache);
 GPUALLOC_INSTANTIATE_CONFORMANCE(LimitingOverBackend, MakeLimitedBackend);

@@ -1,0 +1,162 @@
+#include <vector>
+
+#include "allocator/backend/sim/sim_backend.h"
+#include "allocator/caching/arena_resource.h"
+#include "allocator/caching/size_class_pool.h"
+#include "allocator/resource/backend_resource.h"
+#include "gtest/gtest.h"
+
+namespace gpualloc {
+namespace {
+
+constexpr std::size_t kKiB = 1024;
+constexpr std::size_t kMiB = 1024 * 1024;
+
+struct Fixture {
+  std::shared_ptr<SimBackend> sim =
+      std::make_shared<SimBackend>(SimOptions::WithDevices(1, 64 * kMiB));
+  std::shared_ptr<BackendResource> raw = std::make_shared<BackendResource>(sim, 0);
+};
+
+SizeClassOptions SmallSlabs() {
+  SizeClassOptions o;
+  o.classes = {256, 1024, 4096};
+  o.slab_bytes = 64 * kKiB;
+  o.max_cached_empty_bytes = 64 * kKiB;
+  return o;
+}
+
+TEST(SizeClassPool, RoundsToTheClassAndReusesOnTheSameStream) {
+  Fixture f;
+  auto pool = SizeClassPool::Create(f.raw, f.sim, SmallSlabs()).value();
+  Allocation a = pool->Allocate(300).value();
+  ASSERT_TRUE(pool->Deallocate(a).ok());
+  Allocation b = pool->Allocate(900).value();  // same 1 KiB class
+  EXPECT_EQ(b.ptr, a.ptr);
+  const std::vector<SizeClassStats> s = pool->class_stats();
+  EXPECT_EQ(s[1].class_bytes, 1024u);
+  EXPECT_EQ(s[1].hits, 1u);
+  EXPECT_EQ(s[1].misses, 1u);
+  EXPECT_EQ(s[1].slabs, 1u);
+  ASSERT_TRUE(pool->Deallocate(b).ok());
+}
+
+TEST(SizeClassPool, BlocksFreedOnOneStreamAreNotHandedToAnother) {
+  Fixture f;
+  auto pool = SizeClassPool::Create(f.raw, f.sim, SmallSlabs()).value();
+  Stream t = f.sim->CreateStream(0).value();
+  Allocation a = pool->Allocate(256).value();
+  ASSERT_TRUE(pool->Deallocate(a).ok());
+  Allocation on_t = pool->Allocate(256, t).value();
+  EXPECT_NE(on_t.ptr, a.ptr);
+  ASSERT_TRUE(pool->Deallocate(on_t).ok());
+  ASSERT_TRUE(f.sim->DestroyStream(t).ok());
+}
+
+TEST(SizeClassPool, LargeRequestsPassThroughToTheUpstream) {
+  Fixture f;
+  auto pool = SizeClassPool::Create(f.raw, f.sim, SmallSlabs()).value();
+  const std::uint64_t before = f.raw->stats().upstream_allocs;
+  Allocation big = pool->Allocate(5000).value();
+  EXPECT_EQ(f.raw->stats().upstream_allocs, before + 1);
+  EXPECT_EQ(pool->stats().allocated_bytes.current, 5000);
+  ASSERT_TRUE(pool->Deallocate(big).ok());
+  EXPECT_FALSE(pool->Deallocate(big).ok()) << "double free of a pass-through";
+}
+
+TEST(SizeClassPool, EmptySlabsBeyondTheBudgetGoBackLeastRecentlyUsedFirst) {
+  Fixture f;
+  auto pool = SizeClassPool::Create(f.raw, f.sim, SmallSlabs()).value();
+  std::vector<Allocation> blocks;
+  for (int i = 0; i < 128; ++i) blocks.push_back(pool->Allocate(1024).value());  // two slabs
+  EXPECT_EQ(pool->class_stats()[1].slabs, 2u);
+  // Recency is by allocation: the slab of blocks[64..127] was used last.
+  const auto recent_slab = reinterpret_cast<std::uintptr_t>(blocks[64].ptr);
+  for (int i = 127; i >= 0; --i) ASSERT_TRUE(pool->Deallocate(blocks[i]).ok());
+  EXPECT_EQ(pool->class_stats()[1].returns, 1u) << "128 KiB empty > 64 KiB budget";
+  Allocation again = pool->Allocate(1024).value();
+  EXPECT_GE(reinterpret_cast<std::uintptr_t>(again.ptr), recent_slab);
+  EXPECT_LT(reinterpret_cast<std::uintptr_t>(again.ptr), recent_slab + 64 * kKiB)
+      << "the most recently used slab stayed";
+  ASSERT_TRUE(pool->Deallocate(again).ok());
+  ASSERT_TRUE(pool->Trim().ok());
+  EXPECT_EQ(pool->class_stats()[1].slabs, 0u);
+  EXPECT_EQ(f.sim->Accounting().devices[0].device_bytes, 0u);
+}
+
+TEST(SizeClassPool, RejectsBadOptionsAndBadFrees) {
+  Fixture f;
+  SizeClassOptions o = SmallSlabs();
+  o.classes = {1024, 256};
+  EXPECT_FALSE(SizeClassPool::Create(f.raw, f.sim, o).ok()) << "not ascending";
+  o.classes = {300};
+  EXPECT_FALSE(SizeClassPool::Create(f.raw, f.sim, o).ok()) << "not a multiple of 256";
+  auto pool = SizeClassPool::Create(f.raw, f.sim, SmallSlabs()).value();
+  Allocation a = pool->Allocate(100).value();
+  EXPECT_FALSE(pool->Deallocate(Allocation{a.ptr, 2000, a.stream}).ok()) << "wrong size";
+  ASSERT_TRUE(pool->Deallocate(a).ok());
+  EXPECT_FALSE(pool->Deallocate(a).ok()) << "double free";
+}
+
+ArenaOptions SmallArena() {
+  ArenaOptions o;
+  o.pack_threshold = 1 * kMiB;
+  o.chunk_bytes = 8 * kMiB;
+  return o;
+}
+
+TEST(ArenaResource, PacksSmallTensorsAtPageAlignment) {
+  Fixture f;
+  auto arena = ArenaResource::Create(f.raw, SmallArena()).value();
+  Allocation a = arena->Allocate(1000).value();
+  Allocation b = arena->Allocate(5000).value();
+  Allocation c = arena->Allocate(100).value();
+  for (const Allocation& x : {a, b, c}) {
+    EXPECT_EQ(reinterpret_cast<std::uintptr_t>(x.ptr) % 4096, 0u) << "page-aligned address";
+  }
+  EXPECT_EQ(static_cast<char*>(b.ptr) - static_cast<char*>(a.ptr), 4096);
+  EXPECT_EQ(static_cast<char*>(c.ptr) - static_cast<char*>(b.ptr), 8192);
+  const ArenaStats s = arena->arena_stats();
+  EXPECT_EQ(s.chunks, 1u);
+  EXPECT_EQ(s.packed_tensors, 3u);
+  EXPECT_EQ(f.raw->stats().upstream_allocs, 1u) << "one chunk for three tensors";
+  for (const Allocation& x : {a, b, c}) ASSERT_TRUE(arena->Deallocate(x).ok());
+  EXPECT_EQ(arena->arena_stats().chunks, 0u) << "the chunk went back with its last tensor";
+  EXPECT_EQ(f.sim->Accounting().devices[0].device_bytes, 0u);
+}
+
+TEST(ArenaResource, TensorsAboveTheThresholdGetTheirOwnSegment) {
+  Fixture f;
+  auto arena = ArenaResource::Create(f.raw, SmallArena()).value();
+  Allocation big = arena->Allocate(2 * kMiB).value();
+  EXPECT_EQ(arena->arena_stats().own_segment_tensors, 1u);
+  EXPECT_EQ(arena->arena_stats().chunks, 0u);
+  ASSERT_TRUE(arena->Deallocate(big).ok());
+  EXPECT_EQ(f.sim->Accounting().devices[0].device_bytes, 0u);
+}
+
+TEST(ArenaResource, FallsBackToASmallerChunkWhenTheDeviceCannotGiveAWholeOne) {
+  Fixture f;
+  ArenaOptions o = SmallArena();
+  o.chunk_bytes = 1ull << 30;  // the 64 MiB device cannot give 1 GiB
+  auto arena = ArenaResource::Create(f.raw, o).value();
+  absl::StatusOr<Allocation> a = arena->Allocate(1000);
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_LE(arena->stats().reserved_bytes.current, static_cast<std::int64_t>(64 * kMiB));
+  ASSERT_TRUE(arena->Deallocate(*a).ok());
+}
+
+TEST(ArenaResource, OverflowingSizesAndBadOptionsAreErrors) {
+  Fixture f;
+  auto arena = ArenaResource::Create(f.raw, SmallArena()).value();
+  EXPECT_FALSE(arena->Allocate(~std::size_t{0} - 10).ok());
+  ArenaOptions o = SmallArena();
+  o.alignment = 3000;
+  EXPECT_FALSE(ArenaResource::Create(f.raw, o).ok());
+  o = SmallArena();
+  o.pack_threshold = 16 * kMiB;  // larger than a chunk
+  EXPECT_FALSE(ArenaResource::Create(f.raw, o).ok());
+}
+
+}  // namespace
+}  // namespace gpualloc

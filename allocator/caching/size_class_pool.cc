@@ -1,0 +1,232 @@
+#include "allocator/caching/size_class_pool.h"
+
+#include <algorithm>
+#include <iterator>
+
+#include "absl/strings/str_format.h"
+
+namespace gpualloc {
+
+absl::StatusOr<std::unique_ptr<SizeClassPool>> SizeClassPool::Create(
+    std::shared_ptr<MemoryResource> upstream, std::shared_ptr<Backend> backend,
+    SizeClassOptions options) {
+  if (upstream == nullptr || backend == nullptr) {
+    return absl::InvalidArgumentError("size-class pool: needs an upstream and a backend");
+  }
+  std::size_t previous = 0;
+  for (std::size_t c : options.classes) {
+    if (c <= previous || c % upstream->alignment() != 0) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "size-class pool: classes must ascend and be multiples of %d; got %d after %d",
+          upstream->alignment(), c, previous));
+    }
+    previous = c;
+  }
+  if (options.classes.empty() || options.slab_bytes < previous) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "size-class pool: slab_bytes (%d) must hold the largest class (%d)", options.slab_bytes,
+        previous));
+  }
+  return std::unique_ptr<SizeClassPool>(
+      new SizeClassPool(std::move(upstream), std::move(backend), std::move(options)));
+}
+
+SizeClassPool::SizeClassPool(std::shared_ptr<MemoryResource> upstream,
+                             std::shared_ptr<Backend> backend, SizeClassOptions options)
+    : upstream_(std::move(upstream)), backend_(std::move(backend)), options_(std::move(options)) {
+  for (std::size_t bytes : options_.classes) {
+    classes_.push_back(std::make_unique<SizeClass>());
+    classes_.back()->bytes = bytes;
+    classes_.back()->stats.class_bytes = bytes;
+  }
+}
+
+SizeClassPool::~SizeClassPool() {
+  backend_->DeviceSynchronize(upstream_->device()).IgnoreError();
+  for (auto& c : classes_) {
+    for (auto& [base, slab] : c->slabs) upstream_->Deallocate(slab->allocation).IgnoreError();
+  }
+  for (auto& [ptr, bytes] : passthrough_) {
+    upstream_->Deallocate(Allocation{ptr, bytes, Stream::Default(upstream_->device())}).IgnoreError();
+  }
+}
+
+SizeClassPool::SizeClass* SizeClassPool::ClassFor(std::size_t bytes) {
+  for (auto& c : classes_) {
+    if (bytes <= c->bytes) return c.get();
+  }
+  return nullptr;
+}
+
+absl::StatusOr<Allocation> SizeClassPool::DoAllocate(std::size_t bytes, Stream stream) {
+  SizeClass* c = ClassFor(bytes);
+  if (c == nullptr) {  // too large for any class: straight through
+    absl::StatusOr<Allocation> a = upstream_->Allocate(bytes, stream);
+    if (!a.ok()) return a;
+    std::lock_guard<std::mutex> lock(passthrough_mu_);
+    passthrough_.emplace(a->ptr, bytes);
+    return a;
+  }
+  std::lock_guard<std::mutex> lock(c->mu);
+  c->requested.reserve(c->requested.size() + 1);  // fallible work first
+  std::uintptr_t block = 0;
+  auto free_list = c->free_by_stream.find(stream.handle);
+  if (free_list != c->free_by_stream.end() && !free_list->second.empty()) {
+    block = free_list->second.back();
+    free_list->second.pop_back();
+    ++c->stats.hits;
+  } else {
+    // A slab with never-used room, else a new one.
+    for (auto& [base, slab] : c->slabs) {
+      if (slab->next_unused + c->bytes <= slab->allocation.bytes) {
+        block = base + slab->next_unused;
+        slab->next_unused += c->bytes;
+        break;
+      }
+    }
+    if (block == 0) {
+      auto slab = std::make_unique<Slab>();  // before the upstream call: may throw
+      absl::StatusOr<Allocation> s =
+          upstream_->Allocate(options_.slab_bytes, Stream::Default(upstream_->device()));
+      if (!s.ok()) return s.status();
+      slab->allocation = *s;
+      slab->next_unused = c->bytes;
+      block = reinterpret_cast<std::uintptr_t>(s->ptr);
+      try {
+        c->slabs.emplace(block, std::move(slab));
+      } catch (...) {
+        upstream_->Deallocate(*s).IgnoreError();  // no slab may leak
+        throw;
+      }
+      ++c->stats.slabs;
+    }
+    ++c->stats.misses;
+  }
+  auto slab = std::prev(c->slabs.upper_bound(block));
+  ++slab->second->live;
+  slab->second->last_used = ++c->tick;
+  c->requested.emplace(block, bytes);
+  ++c->stats.live_blocks;
+  return Allocation{reinterpret_cast<void*>(block), bytes, stream};
+}
+
+absl::Status SizeClassPool::DoDeallocate(const Allocation& allocation, Stream stream) {
+  SizeClass* c = ClassFor(allocation.bytes);
+  if (c == nullptr) {
+    {
+      std::lock_guard<std::mutex> lock(passthrough_mu_);
+      auto it = passthrough_.find(allocation.ptr);
+      if (it == passthrough_.end() || it->second != allocation.bytes) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "size-class pool: %p (%d bytes) was not allocated here or was already freed",
+            allocation.ptr, allocation.bytes));
+      }
+      passthrough_.erase(it);
+    }
+    absl::Status st = upstream_->Deallocate(allocation, stream);
+    if (!st.ok()) {
+      std::lock_guard<std::mutex> lock(passthrough_mu_);
+      passthrough_.emplace(allocation.ptr, allocation.bytes);
+    }
+    return st;
+  }
+  std::lock_guard<std::mutex> lock(c->mu);
+  const auto p = reinterpret_cast<std::uintptr_t>(allocation.ptr);
+  auto it = c->requested.find(p);
+  if (it == c->requested.end() || it->second != allocation.bytes) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "size-class pool: %p (%d bytes) was not allocated here, was already freed, or is the "
+        "wrong size",
+        allocation.ptr, allocation.bytes));
+  }
+  std::vector<std::uintptr_t>& list = c->free_by_stream[stream.handle];
+  list.push_back(p);  // may throw: nothing changed yet except the (valid) push
+  c->requested.erase(it);
+  --c->stats.live_blocks;
+  auto slab = std::prev(c->slabs.upper_bound(p));
+  if (--slab->second->live == 0) {
+    std::size_t empty = 0;
+    for (auto& [base, s] : c->slabs) {
+      if (s->live == 0) empty += s->allocation.bytes;
+    }
+    if (empty > options_.max_cached_empty_bytes) ReleaseEmptySlabs(*c, options_.max_cached_empty_bytes);
+  }
+  return absl::OkStatus();
+}
+
+void SizeClassPool::ReleaseEmptySlabs(SizeClass& c, std::size_t keep) {
+  std::vector<Slab*> empty;
+  std::size_t empty_bytes = 0;
+  for (auto& [base, s] : c.slabs) {
+    if (s->live == 0) {
+      empty.push_back(s.get());
+      empty_bytes += s->allocation.bytes;
+    }
+  }
+  if (empty_bytes <= keep) return;
+  std::sort(empty.begin(), empty.end(),
+            [](const Slab* a, const Slab* b) { return a->last_used < b->last_used; });
+  // Its blocks may have been used on any stream: wait for the device first.
+  if (!backend_->DeviceSynchronize(upstream_->device()).ok()) return;
+  for (Slab* s : empty) {
+    if (empty_bytes <= keep) break;
+    const auto lo = reinterpret_cast<std::uintptr_t>(s->allocation.ptr);
+    const std::uintptr_t hi = lo + s->allocation.bytes;
+    if (!upstream_->Deallocate(s->allocation).ok()) continue;
+    for (auto& [stream, list] : c.free_by_stream) {
+      list.erase(std::remove_if(list.begin(), list.end(),
+                                [&](std::uintptr_t b) { return b >= lo && b < hi; }),
+                 list.end());
+    }
+    empty_bytes -= s->allocation.bytes;
+    ++c.stats.returns;
+    --c.stats.slabs;
+    c.slabs.erase(lo);
+  }
+}
+
+absl::Status SizeClassPool::Trim() {
+  for (auto& c : classes_) {
+    std::lock_guard<std::mutex> lock(c->mu);
+    ReleaseEmptySlabs(*c, 0);
+  }
+  return absl::OkStatus();
+}
+
+MemoryStats SizeClassPool::stats() const {
+  MemoryStats s;
+  for (const auto& c : classes_) {
+    std::lock_guard<std::mutex> lock(c->mu);
+    for (const auto& [p, bytes] : c->requested) {
+      s.allocated_bytes.Add(static_cast<std::int64_t>(c->bytes));
+      s.requested_bytes.Add(static_cast<std::int64_t>(bytes));
+      s.active_blocks.Add(1);
+    }
+    s.reserved_bytes.Add(static_cast<std::int64_t>(c->slabs.size() * options_.slab_bytes));
+    s.segments.Add(static_cast<std::int64_t>(c->slabs.size()));
+    s.cache_hits += c->stats.hits;
+    s.cache_misses += c->stats.misses;
+    s.upstream_allocs += c->stats.slabs + c->stats.returns;
+    s.upstream_frees += c->stats.returns;
+  }
+  // Pass-through allocations are the upstream's: count them as reserved and allocated.
+  std::lock_guard<std::mutex> lock(passthrough_mu_);
+  for (const auto& [p, bytes] : passthrough_) {
+    s.allocated_bytes.Add(static_cast<std::int64_t>(bytes));
+    s.requested_bytes.Add(static_cast<std::int64_t>(bytes));
+    s.reserved_bytes.Add(static_cast<std::int64_t>(bytes));
+    s.active_blocks.Add(1);
+  }
+  return s;
+}
+
+std::vector<SizeClassStats> SizeClassPool::class_stats() const {
+  std::vector<SizeClassStats> out;
+  for (const auto& c : classes_) {
+    std::lock_guard<std::mutex> lock(c->mu);
+    out.push_back(c->stats);
+  }
+  return out;
+}
+
+}  // namespace gpualloc

@@ -1,0 +1,98 @@
+// SizeClassPool: small allocations served from per-size-class free lists.
+//
+// Requests up to the largest class are rounded up to a class (default 256 B,
+// 1 KiB, 4 KiB, 16 KiB, 64 KiB) and carved from slabs (default 2 MiB) that
+// the pool obtains from its upstream resource; larger requests pass straight
+// through. Each class has its own mutex, so threads allocating different
+// sizes do not contend. A block freed on stream S is reused on S only.
+// Empty slabs stay cached up to `max_cached_empty_bytes` per class; beyond
+// that the least recently used empty slab goes back upstream (after the
+// device is synchronised, since its blocks may have been used on any stream).
+//
+// Per class it counts hits (served from a free list), misses (a new slab),
+// and returns (slabs given back). Thread-safe.
+#ifndef GPUALLOC_ALLOCATOR_CACHING_SIZE_CLASS_POOL_H_
+#define GPUALLOC_ALLOCATOR_CACHING_SIZE_CLASS_POOL_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "allocator/backend/backend.h"
+#include "allocator/resource/memory_resource.h"
+
+namespace gpualloc {
+
+struct SizeClassOptions {
+  // Ascending; each a multiple of the upstream's alignment.
+  std::vector<std::size_t> classes = {256, 1024, 4096, 16384, 65536};
+  std::size_t slab_bytes = std::size_t{2} << 20;
+  std::size_t max_cached_empty_bytes = std::size_t{8} << 20;
+};
+
+struct SizeClassStats {
+  std::size_t class_bytes = 0;
+  std::uint64_t hits = 0;
+  std::uint64_t misses = 0;
+  std::uint64_t returns = 0;
+  std::size_t live_blocks = 0;
+  std::size_t slabs = 0;
+};
+
+class SizeClassPool final : public MemoryResource {
+ public:
+  // `backend` synchronises the device before a slab is given back.
+  static absl::StatusOr<std::unique_ptr<SizeClassPool>> Create(
+      std::shared_ptr<MemoryResource> upstream, std::shared_ptr<Backend> backend,
+      SizeClassOptions options);
+  // Gives every slab back (live blocks in them are the caller's leak).
+  ~SizeClassPool() override;
+
+  absl::string_view name() const override { return "size-class pool"; }
+  DeviceIndex device() const override { return upstream_->device(); }
+  std::size_t alignment() const override { return upstream_->alignment(); }
+  MemoryStats stats() const override;
+  std::vector<SizeClassStats> class_stats() const;
+
+  // Gives every empty slab back upstream.
+  absl::Status Trim();
+
+ private:
+  struct Slab {
+    Allocation allocation;
+    std::size_t next_unused = 0;  // bump offset of never-used blocks
+    std::size_t live = 0;
+    std::uint64_t last_used = 0;
+  };
+  struct SizeClass {
+    std::size_t bytes = 0;
+    mutable std::mutex mu;
+    std::map<std::uintptr_t, std::unique_ptr<Slab>> slabs;  // by base address
+    absl::flat_hash_map<std::uintptr_t, std::vector<std::uintptr_t>> free_by_stream;
+    absl::flat_hash_map<std::uintptr_t, std::size_t> requested;  // live block -> bytes asked
+    std::uint64_t tick = 0;
+    SizeClassStats stats;
+  };
+
+  SizeClassPool(std::shared_ptr<MemoryResource> upstream, std::shared_ptr<Backend> backend,
+                SizeClassOptions options);
+  absl::StatusOr<Allocation> DoAllocate(std::size_t bytes, Stream stream) override;
+  absl::Status DoDeallocate(const Allocation& allocation, Stream stream) override;
+  SizeClass* ClassFor(std::size_t bytes);
+  // Gives empty slabs of `c` back, LRU first, until at most `keep` empty bytes remain.
+  void ReleaseEmptySlabs(SizeClass& c, std::size_t keep);
+
+  const std::shared_ptr<MemoryResource> upstream_;
+  const std::shared_ptr<Backend> backend_;
+  const SizeClassOptions options_;
+  std::vector<std::unique_ptr<SizeClass>> classes_;
+  mutable std::mutex passthrough_mu_;
+  absl::flat_hash_map<void*, std::size_t> passthrough_;
+};
+
+}  // namespace gpualloc
+
+#endif  // GPUALLOC_ALLOCATOR_CACHING_SIZE_CLASS_POOL_H_
