@@ -9,10 +9,12 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <set>
 #include <vector>
 
 #include "allocator/backend/types.h"
+#include "allocator/caching/expandable_range.h"
 #include "allocator/stats/memory_snapshot.h"
 
 namespace gpualloc::caching_detail {
@@ -56,8 +58,10 @@ inline bool BlockLess::operator()(const Block* a, const Block* b) const {
 
 struct Segment {
   std::uintptr_t address = 0;
-  std::size_t size = 0;
+  std::size_t size = 0;  // mapped bytes, for an expandable segment
   bool small_pool = false;
+  // Set for an expandable segment: its address range and mapped chunks.
+  std::unique_ptr<ExpandableRange> range;
   std::uint64_t last_used = 0;
   Block* head = nullptr;     // first block, in address order
   Segment* prev = nullptr;   // intrusive list of all segments

@@ -24,6 +24,11 @@ absl::StatusOr<std::unique_ptr<CachingAllocator>> CachingAllocator::Create(
       DeviceProperties props,
       CallAtBoundary("CachingAllocator: querying the device",
                      [&] { return backend->GetDeviceProperties(device); }));
+  if (options.expandable_segments && !props.supports_virtual_memory) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "expandable segments need a backend with virtual memory; device %d of '%s' has none",
+        device, backend->name()));
+  }
   if (props.alignment == 0 || options.min_block_bytes % props.alignment != 0) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "min_block_bytes (%d) must be a multiple of the device's alignment (%d)",
@@ -61,7 +66,12 @@ CachingAllocator::~CachingAllocator() {
   while (segments_ != nullptr) {
     Segment* s = segments_;
     segments_ = s->next;
-    absl::Status st = CallAtBoundary("free", [&] { return backend_->Free(device_, reinterpret_cast<void*>(s->address)); });
+    absl::Status st = absl::OkStatus();
+    if (s->range != nullptr) {
+      s->range.reset();  // unmaps and releases; reports its own failures
+    } else {
+      st = CallAtBoundary("free", [&] { return backend_->Free(device_, reinterpret_cast<void*>(s->address)); });
+    }
     if (!st.ok()) {
       std::fprintf(stderr, "CachingAllocator(device %d): releasing segment %#zx failed: %s\n",
                    device_, static_cast<std::size_t>(s->address), std::string(st.message()).c_str());
@@ -127,6 +137,9 @@ bool CachingAllocator::FitsSplitRules(const Block& block, std::size_t rounded) c
 bool CachingAllocator::ShouldSplit(const Block& block, std::size_t rounded) const {
   if (block.size >= options_.max_split_bytes) return false;
   const std::size_t remaining = block.size - rounded;
+  if (block.segment != nullptr && block.segment->range != nullptr) {
+    return remaining >= options_.min_block_bytes;  // the tail stays growable
+  }
   return block.segment != nullptr && block.segment->small_pool
              ? remaining >= options_.min_block_bytes
              : remaining > options_.small_request_max;
@@ -264,6 +277,7 @@ absl::StatusOr<Allocation> CachingAllocator::TryAllocateLocked(std::size_t round
 absl::StatusOr<Allocation> CachingAllocator::NewSegment(FreeSet& pool, Stream stream,
                                                         std::size_t rounded,
                                                         std::size_t requested, bool* oom) {
+  if (options_.expandable_segments) return GrowExpandable(pool, stream, rounded, requested, oom);
   std::size_t size = SegmentSizeFor(rounded);
   // Host metadata first: if any of it throws, nothing has happened yet.
   Hook();
@@ -335,6 +349,160 @@ absl::StatusOr<Allocation> CachingAllocator::NewSegment(FreeSet& pool, Stream st
   ++stats_.upstream_allocs;
   ++stats_.cache_misses;
   return Commit(block.release(), std::move(spare), rounded, requested, stream);
+}
+
+absl::StatusOr<Allocation> CachingAllocator::GrowExpandable(FreeSet& pool, Stream stream,
+                                                            std::size_t rounded,
+                                                            std::size_t requested, bool* oom) {
+  Segment*& slot = expandable_[IsSmall(pool) ? 0 : 1];
+  // Host metadata and the address reservation first: nothing changes if they fail.
+  std::unique_ptr<Segment> fresh;
+  Segment* segment = slot;
+  if (segment == nullptr) {
+    Hook();
+    fresh = std::make_unique<Segment>();
+    fresh->small_pool = IsSmall(pool);
+    absl::StatusOr<std::unique_ptr<ExpandableRange>> range =
+        ExpandableRange::Reserve(backend_, device_, capacity_);
+    if (!range.ok()) {
+      *oom = range.status().code() == absl::StatusCode::kResourceExhausted;
+      return range.status();
+    }
+    fresh->range = *std::move(range);
+    fresh->address = fresh->range->base();
+    segment = fresh.get();
+  }
+  Block* tail = segment->head;
+  while (tail != nullptr && tail->next != nullptr) tail = tail->next;
+  const bool extend_tail = tail != nullptr && tail->state == BlockState::kFree &&
+                           tail->stream.handle == stream.handle;
+  const std::size_t have = extend_tail ? tail->size : 0;
+  const std::size_t gran = segment->range->granularity();
+  const std::size_t grow = have >= rounded ? 0 : CheckedRoundUp(rounded - have, gran).value_or(0);
+  std::unique_ptr<Block> added = NewBlock();
+  std::unique_ptr<Block> spare = NewBlock();
+  Hook();
+  allocated_.reserve(allocated_.size() + 1);
+  if (grow > 0) {
+    const auto held = static_cast<std::size_t>(stats_.reserved_bytes.current);
+    if (held + grow > EffectiveLimit() &&
+        ReleaseFreeSegments(held + grow - EffectiveLimit(), segment) > 0) {
+      ++stats_.cache_flushes;
+    }
+    if (static_cast<std::size_t>(stats_.reserved_bytes.current) + grow > EffectiveLimit()) {
+      *oom = true;
+      return absl::ResourceExhaustedError("reserved limit reached");
+    }
+    absl::Status grown = segment->range->Grow(grow);  // all-or-nothing
+    if (grown.code() == absl::StatusCode::kResourceExhausted &&
+        ReleaseFreeSegments(grow, segment) > 0) {
+      ++stats_.cache_flushes;
+      grown = segment->range->Grow(grow);
+    }
+    if (!grown.ok()) {
+      *oom = grown.code() == absl::StatusCode::kResourceExhausted;
+      return grown;  // rolled back; a fresh segment's reservation goes with `fresh`
+    }
+  }
+
+  // Commit: nothing below allocates or fails.
+  if (fresh != nullptr) {
+    fresh->next = segments_;
+    if (segments_ != nullptr) segments_->prev = fresh.get();
+    segments_ = slot = fresh.release();
+    stats_.segments.Add(1);
+  }
+  if (grow > 0) {
+    // Re-file the tail around the link change, so split accounting stays exact.
+    const bool tail_free = tail != nullptr && tail->state == BlockState::kFree;
+    if (tail_free) EraseFree(tail);
+    Block* b = added.release();
+    b->address = segment->address + segment->size;
+    b->size = grow;
+    b->segment = segment;
+    b->stream = stream;
+    b->state = BlockState::kFree;
+    b->prev = tail;
+    if (tail != nullptr) {
+      tail->next = b;
+    } else {
+      segment->head = b;
+    }
+    if (tail_free) InsertFree(tail);
+    segment->size += grow;
+    stats_.reserved_bytes.Add(static_cast<std::int64_t>(grow));
+    stats_.upstream_allocs += grow / gran;
+    ++stats_.cache_misses;
+    ReturnToPool(b);  // merges with a free tail of this stream
+  } else {
+    ++stats_.cache_hits;
+  }
+  Block* take = segment->head;
+  while (take->next != nullptr) take = take->next;
+  EraseFree(take);
+  return Commit(take, ShouldSplit(*take, rounded) ? std::move(spare) : nullptr, rounded, requested,
+                stream);
+}
+
+std::size_t CachingAllocator::ShrinkExpandable(Segment* segment, std::size_t cut) {
+  Block* tail = segment->head;
+  while (tail->next != nullptr) tail = tail->next;
+  if (tail->state != BlockState::kFree || cut == 0 || cut > tail->size) return 0;
+  EraseFree(tail);
+  const std::size_t before = segment->range->mapped_bytes();
+  // A partial failure still releases some chunks: account for what went.
+  segment->range->Shrink(cut).IgnoreError();
+  const std::size_t released = before - segment->range->mapped_bytes();
+  tail->size -= released;
+  segment->size -= released;
+  stats_.reserved_bytes.Sub(static_cast<std::int64_t>(released));
+  stats_.upstream_frees += released / segment->range->granularity();
+  if (segment->size == 0) {
+    for (Segment*& slot : expandable_) {
+      if (slot == segment) slot = nullptr;
+    }
+    if (segment->prev != nullptr) segment->prev->next = segment->next;
+    if (segment->next != nullptr) segment->next->prev = segment->prev;
+    if (segments_ == segment) segments_ = segment->next;
+    stats_.segments.Sub(1);
+    delete tail;
+    delete segment;  // its range releases the address reservation
+    return released;
+  }
+  if (tail->size == 0) {
+    tail->prev->next = nullptr;
+    delete tail;
+  } else {
+    InsertFree(tail);
+  }
+  return released;
+}
+
+std::size_t CachingAllocator::TrimmableTailBytes() const {
+  std::size_t bytes = 0;
+  for (const Segment* segment : expandable_) {
+    if (segment == nullptr) continue;
+    const Block* tail = segment->head;
+    while (tail->next != nullptr) tail = tail->next;
+    if (tail->state == BlockState::kFree && tail != segment->head) {
+      const std::size_t gran = segment->range->granularity();
+      bytes += tail->size / gran * gran;
+    }
+  }
+  return bytes;
+}
+
+std::size_t CachingAllocator::TrimExpandableTails(const Segment* exclude) {
+  std::size_t released = 0;
+  for (Segment* segment : expandable_) {
+    if (segment == nullptr || segment == exclude) continue;
+    Block* tail = segment->head;
+    while (tail->next != nullptr) tail = tail->next;
+    if (tail->state != BlockState::kFree || tail == segment->head) continue;  // whole: released elsewhere
+    const std::size_t gran = segment->range->granularity();
+    released += ShrinkExpandable(segment, tail->size / gran * gran);
+  }
+  return released;
 }
 
 Allocation CachingAllocator::Commit(Block* block, std::unique_ptr<Block> spare,
@@ -587,11 +755,12 @@ std::vector<Segment*> CachingAllocator::FullyFreeSegmentsLruFirst() const {
   return out;
 }
 
-std::size_t CachingAllocator::ReleaseFreeSegments(std::size_t enough) {
-  std::size_t released = 0;
+std::size_t CachingAllocator::ReleaseFreeSegments(std::size_t enough, const Segment* exclude) {
+  std::size_t released = options_.expandable_segments ? TrimExpandableTails(exclude) : 0;
   try {
     for (Segment* s : FullyFreeSegmentsLruFirst()) {
       if (released >= enough) break;
+      if (s == exclude) continue;
       const std::size_t size = s->size;
       if (ReleaseSegment(s)) released += size;
     }
@@ -602,6 +771,10 @@ std::size_t CachingAllocator::ReleaseFreeSegments(std::size_t enough) {
 }
 
 bool CachingAllocator::ReleaseSegment(Segment* segment) {
+  if (segment->range != nullptr) {
+    const std::size_t size = segment->size;
+    return ShrinkExpandable(segment, size) == size;
+  }
   Block* block = segment->head;
   EraseFree(block);
   absl::Status st = CallAtBoundary("free", [&] {
@@ -627,7 +800,7 @@ absl::Status CachingAllocator::EmptyCache(std::size_t keep_bytes) {
     std::lock_guard<std::mutex> lock(mu_);
     GPUALLOC_RETURN_IF_ERROR(WaitForAllPending());
     GPUALLOC_RETURN_IF_ERROR(CoalesceAfterSync());
-    std::size_t cached = 0;
+    std::size_t cached = TrimmableTailBytes();
     for (Segment* s : FullyFreeSegmentsLruFirst()) cached += s->size;
     if (cached > keep_bytes) ReleaseFreeSegments(cached - keep_bytes);
     EnforceLimitLocked();  // keep_bytes never keeps memory above the limit

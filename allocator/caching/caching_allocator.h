@@ -134,6 +134,15 @@ class CachingAllocator final : public MemoryResource {
   Block* HarvestFromOtherStream(FreeSet& pool, Stream stream, std::size_t rounded);
   absl::StatusOr<Allocation> NewSegment(FreeSet& pool, Stream stream, std::size_t rounded,
                                         std::size_t requested, bool* oom);
+  // The expandable-segment path of NewSegment: grow the pool's segment.
+  absl::StatusOr<Allocation> GrowExpandable(FreeSet& pool, Stream stream, std::size_t rounded,
+                                            std::size_t requested, bool* oom);
+  // Unmaps up to `cut` bytes (granularity multiples) of an expandable
+  // segment's free tail; deletes the segment when nothing is left. Returns
+  // the bytes released.
+  std::size_t ShrinkExpandable(Segment* segment, std::size_t cut);
+  std::size_t TrimExpandableTails(const Segment* exclude);
+  std::size_t TrimmableTailBytes() const;
   // Takes `block` (already out of its free set) for a request, splitting off
   // the remainder into `spare` when worthwhile. No-throw.
   Allocation Commit(Block* block, std::unique_ptr<Block> spare, std::size_t rounded,
@@ -152,7 +161,8 @@ class CachingAllocator final : public MemoryResource {
   std::size_t LargestFreeBlockLocked() const;
   // Releases fully free segments, least recently used first, until `enough`
   // bytes were released (or none is left). Returns the bytes released.
-  std::size_t ReleaseFreeSegments(std::size_t enough);
+  // `exclude` (a segment being grown) is never touched.
+  std::size_t ReleaseFreeSegments(std::size_t enough, const Segment* exclude = nullptr);
   bool ReleaseSegment(Segment* segment);
   std::size_t EffectiveLimit() const { return limit_ ? limit_ : capacity_; }
   // Releases free segments while reserved is above the limit.
@@ -175,6 +185,7 @@ class CachingAllocator final : public MemoryResource {
   FreeSet large_;
   absl::flat_hash_map<std::uintptr_t, Block*> allocated_;
   Segment* segments_ = nullptr;        // intrusive list, owned
+  Segment* expandable_[2] = {nullptr, nullptr};  // small, large pool (options_.expandable_segments)
   Block* pending_ = nullptr;           // intrusive list of blocks awaiting events
   std::vector<Event> spare_events_;
   std::size_t limit_ = 0;

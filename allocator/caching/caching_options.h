@@ -50,6 +50,11 @@ struct CachingOptions {
   // segments while reserved would pass this fraction of the limit. 0: off.
   double gc_threshold = 0;
   CrossStreamReuse cross_stream = CrossStreamReuse::kFollowEvents;
+  // Grow one segment per pool in place (virtual memory: reserve the device's
+  // capacity of address space, map physical chunks at its end as needed,
+  // unmap free tails when memory is wanted back) instead of obtaining many
+  // separate segments. Needs a backend with virtual memory (CUDA VMM, sim).
+  bool expandable_segments = false;
 
   // OK, or InvalidArgument naming the first inconsistent field.
   absl::Status Validate() const;

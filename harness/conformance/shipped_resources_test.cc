@@ -20,10 +20,11 @@ ResourceUnderTest MakeBackendResource() {
   return {std::make_shared<BackendResource>(sim, 0), sim, nullptr};
 }
 
-ResourceUnderTest MakeCaching(CrossStreamReuse policy) {
+ResourceUnderTest MakeCaching(CrossStreamReuse policy, bool expandable = false) {
   auto sim = TwoDevices();
   CachingOptions o;
   o.cross_stream = policy;
+  o.expandable_segments = expandable;
   std::shared_ptr<CachingAllocator> cache = CachingAllocator::Create(sim, 0, o).value();
   return {cache, sim, [cache] { return cache->EmptyCache(); }};
 }
@@ -87,6 +88,9 @@ GPUALLOC_INSTANTIATE_CONFORMANCE(CachingFollowEvents,
                                  [] { return MakeCaching(CrossStreamReuse::kFollowEvents); });
 GPUALLOC_INSTANTIATE_CONFORMANCE(CachingOpportunistic,
                                  [] { return MakeCaching(CrossStreamReuse::kOpportunistic); });
+GPUALLOC_INSTANTIATE_CONFORMANCE(CachingExpandable, [] {
+  return MakeCaching(CrossStreamReuse::kFollowEvents, /*expandable=*/true);
+});
 GPUALLOC_INSTANTIATE_CONFORMANCE(CachingNoCrossStream,
                                  [] { return MakeCaching(CrossStreamReuse::kNone); });
 

@@ -1,0 +1,68 @@
+// ExpandableRange: one reserved virtual address range whose prefix is backed
+// by physical chunks, grown and shrunk at its end. The caching allocator uses
+// it for expandable segments: a workload of growing sizes extends one segment
+// in place instead of stranding memory in many.
+//
+// Grow is all-or-nothing: if creating, mapping or enabling access to any
+// chunk fails (or throws), everything this call did is undone and the range
+// is exactly as before. Not thread-safe: the allocator's lock guards it.
+#ifndef GPUALLOC_ALLOCATOR_CACHING_EXPANDABLE_RANGE_H_
+#define GPUALLOC_ALLOCATOR_CACHING_EXPANDABLE_RANGE_H_
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "allocator/backend/backend.h"
+
+namespace gpualloc {
+
+class ExpandableRange {
+ public:
+  // Reserves `max_bytes` (rounded up to the device's VM granularity).
+  // Unimplemented where the backend has no virtual-memory API.
+  static absl::StatusOr<std::unique_ptr<ExpandableRange>> Reserve(std::shared_ptr<Backend> backend,
+                                                                  DeviceIndex device,
+                                                                  std::size_t max_bytes);
+  // Unmaps and releases everything; failures are reported on stderr.
+  ~ExpandableRange();
+  ExpandableRange(const ExpandableRange&) = delete;
+  ExpandableRange& operator=(const ExpandableRange&) = delete;
+
+  std::uintptr_t base() const { return base_; }
+  std::size_t mapped_bytes() const { return chunks_.size() * granularity_; }
+  std::size_t reserved_bytes() const { return reserved_; }
+  std::size_t granularity() const { return granularity_; }
+
+  // Maps `bytes` (a multiple of the granularity) more at the end.
+  absl::Status Grow(std::size_t bytes);
+  // Unmaps and releases `bytes` (a multiple of the granularity) at the end.
+  // A chunk the backend would not release is kept and retried by every later
+  // Shrink and by the destructor, so none is ever lost.
+  absl::Status Shrink(std::size_t bytes);
+
+ private:
+  ExpandableRange(std::shared_ptr<Backend> backend, DeviceIndex device, std::uintptr_t base,
+                  std::size_t reserved, std::size_t granularity)
+      : backend_(std::move(backend)),
+        device_(device),
+        base_(base),
+        reserved_(reserved),
+        granularity_(granularity) {}
+
+  const std::shared_ptr<Backend> backend_;
+  const DeviceIndex device_;
+  const std::uintptr_t base_;
+  const std::size_t reserved_;
+  const std::size_t granularity_;
+  // Releases chunks already unmapped whose release failed before.
+  absl::Status ReleaseUnmapped();
+
+  std::vector<PhysicalChunk> chunks_;  // chunk i is mapped at base + i * granularity
+  std::vector<PhysicalChunk> unmapped_;  // unmapped, not yet released: retried
+};
+
+}  // namespace gpualloc
+
+#endif  // GPUALLOC_ALLOCATOR_CACHING_EXPANDABLE_RANGE_H_
