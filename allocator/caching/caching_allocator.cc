@@ -102,15 +102,19 @@ void CachingAllocator::InsertFree(Block* block) {
   FreeSet& pool = block->segment->small_pool ? small_ : large_;
   block->node.value() = block;
   pool.insert(std::move(block->node));
-  stats_.free_bytes += block->size;
-  if (block->is_split()) stats_.inactive_split_bytes.Add(static_cast<std::int64_t>(block->size));
+  Account(block->segment->small_pool, [&](MemoryStats& st) {
+    st.free_bytes += block->size;
+    if (block->is_split()) st.inactive_split_bytes.Add(static_cast<std::int64_t>(block->size));
+  });
 }
 
 void CachingAllocator::EraseFree(Block* block) {
   FreeSet& pool = block->segment->small_pool ? small_ : large_;
   block->node = pool.extract(block);
-  stats_.free_bytes -= block->size;
-  if (block->is_split()) stats_.inactive_split_bytes.Sub(static_cast<std::int64_t>(block->size));
+  Account(block->segment->small_pool, [&](MemoryStats& st) {
+    st.free_bytes -= block->size;
+    if (block->is_split()) st.inactive_split_bytes.Sub(static_cast<std::int64_t>(block->size));
+  });
 }
 
 std::size_t CachingAllocator::SegmentSizeFor(std::size_t rounded) const {
@@ -269,8 +273,10 @@ absl::StatusOr<Allocation> CachingAllocator::TryAllocateLocked(std::size_t round
   Hook();
   allocated_.reserve(allocated_.size() + 1);
   EraseFree(block);
-  ++stats_.cache_hits;
-  if (cross_stream) ++stats_.cross_stream_reuses;
+  Account(IsSmall(pool), [&](MemoryStats& st) {
+    ++st.cache_hits;
+    if (cross_stream) ++st.cross_stream_reuses;
+  });
   return Commit(block, std::move(spare), rounded, requested, stream);
 }
 
@@ -344,10 +350,12 @@ absl::StatusOr<Allocation> CachingAllocator::NewSegment(FreeSet& pool, Stream st
   segments_ = segment.release();
   block->address = segments_->address;
   block->stream = stream;
-  stats_.reserved_bytes.Add(static_cast<std::int64_t>(size));
-  stats_.segments.Add(1);
-  ++stats_.upstream_allocs;
-  ++stats_.cache_misses;
+  Account(IsSmall(pool), [&](MemoryStats& st) {
+    st.reserved_bytes.Add(static_cast<std::int64_t>(size));
+    st.segments.Add(1);
+    ++st.upstream_allocs;
+    ++st.cache_misses;
+  });
   return Commit(block.release(), std::move(spare), rounded, requested, stream);
 }
 
@@ -410,7 +418,7 @@ absl::StatusOr<Allocation> CachingAllocator::GrowExpandable(FreeSet& pool, Strea
     fresh->next = segments_;
     if (segments_ != nullptr) segments_->prev = fresh.get();
     segments_ = slot = fresh.release();
-    stats_.segments.Add(1);
+    Account(IsSmall(pool), [](MemoryStats& st) { st.segments.Add(1); });
   }
   if (grow > 0) {
     // Re-file the tail around the link change, so split accounting stays exact.
@@ -430,12 +438,14 @@ absl::StatusOr<Allocation> CachingAllocator::GrowExpandable(FreeSet& pool, Strea
     }
     if (tail_free) InsertFree(tail);
     segment->size += grow;
-    stats_.reserved_bytes.Add(static_cast<std::int64_t>(grow));
-    stats_.upstream_allocs += grow / gran;
-    ++stats_.cache_misses;
+    Account(IsSmall(pool), [&](MemoryStats& st) {
+      st.reserved_bytes.Add(static_cast<std::int64_t>(grow));
+      st.upstream_allocs += grow / gran;
+      ++st.cache_misses;
+    });
     ReturnToPool(b);  // merges with a free tail of this stream
   } else {
-    ++stats_.cache_hits;
+    Account(IsSmall(pool), [](MemoryStats& st) { ++st.cache_hits; });
   }
   Block* take = segment->head;
   while (take->next != nullptr) take = take->next;
@@ -455,8 +465,10 @@ std::size_t CachingAllocator::ShrinkExpandable(Segment* segment, std::size_t cut
   const std::size_t released = before - segment->range->mapped_bytes();
   tail->size -= released;
   segment->size -= released;
-  stats_.reserved_bytes.Sub(static_cast<std::int64_t>(released));
-  stats_.upstream_frees += released / segment->range->granularity();
+  Account(segment->small_pool, [&](MemoryStats& st) {
+    st.reserved_bytes.Sub(static_cast<std::int64_t>(released));
+    st.upstream_frees += released / segment->range->granularity();
+  });
   if (segment->size == 0) {
     for (Segment*& slot : expandable_) {
       if (slot == segment) slot = nullptr;
@@ -464,7 +476,7 @@ std::size_t CachingAllocator::ShrinkExpandable(Segment* segment, std::size_t cut
     if (segment->prev != nullptr) segment->prev->next = segment->next;
     if (segment->next != nullptr) segment->next->prev = segment->prev;
     if (segments_ == segment) segments_ = segment->next;
-    stats_.segments.Sub(1);
+    Account(segment->small_pool, [](MemoryStats& st) { st.segments.Sub(1); });
     delete tail;
     delete segment;  // its range releases the address reservation
     return released;
@@ -528,9 +540,11 @@ Allocation CachingAllocator::Commit(Block* block, std::unique_ptr<Block> spare,
   block->requested = requested;
   block->segment->last_used = ++tick_;
   allocated_.emplace(block->address, block);  // capacity reserved: cannot allocate
-  stats_.allocated_bytes.Add(static_cast<std::int64_t>(block->size));
-  stats_.requested_bytes.Add(static_cast<std::int64_t>(requested));
-  stats_.active_blocks.Add(1);
+  Account(block->segment->small_pool, [&](MemoryStats& st) {
+    st.allocated_bytes.Add(static_cast<std::int64_t>(block->size));
+    st.requested_bytes.Add(static_cast<std::int64_t>(requested));
+    st.active_blocks.Add(1);
+  });
   return Allocation{reinterpret_cast<void*>(block->address), requested, stream};
 }
 
@@ -600,9 +614,11 @@ absl::Status CachingAllocator::DoDeallocate(const Allocation& allocation, Stream
 
   // Commit: nothing below allocates or fails.
   allocated_.erase(it);
-  stats_.allocated_bytes.Sub(static_cast<std::int64_t>(block->size));
-  stats_.requested_bytes.Sub(static_cast<std::int64_t>(block->requested));
-  stats_.active_blocks.Sub(1);
+  Account(block->segment->small_pool, [&](MemoryStats& st) {
+    st.allocated_bytes.Sub(static_cast<std::int64_t>(block->size));
+    st.requested_bytes.Sub(static_cast<std::int64_t>(block->requested));
+    st.active_blocks.Sub(1);
+  });
   block->requested = 0;
   block->stream = stream;
   block->stream_uses.clear();
@@ -787,9 +803,11 @@ bool CachingAllocator::ReleaseSegment(Segment* segment) {
   if (segment->prev != nullptr) segment->prev->next = segment->next;
   if (segment->next != nullptr) segment->next->prev = segment->prev;
   if (segments_ == segment) segments_ = segment->next;
-  stats_.reserved_bytes.Sub(static_cast<std::int64_t>(segment->size));
-  stats_.segments.Sub(1);
-  ++stats_.upstream_frees;
+  Account(segment->small_pool, [&](MemoryStats& st) {
+    st.reserved_bytes.Sub(static_cast<std::int64_t>(segment->size));
+    st.segments.Sub(1);
+    ++st.upstream_frees;
+  });
   delete block;
   delete segment;
   return true;
@@ -854,6 +872,11 @@ std::size_t CachingAllocator::LargestFreeBlockLocked() const {
   return largest;
 }
 
+std::array<MemoryStats, 2> CachingAllocator::pool_stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return pool_stats_;
+}
+
 MemoryStats CachingAllocator::stats() const {
   std::lock_guard<std::mutex> lock(mu_);
   MemoryStats s = stats_;
@@ -863,9 +886,11 @@ MemoryStats CachingAllocator::stats() const {
 
 void CachingAllocator::ResetPeakStats() {
   std::lock_guard<std::mutex> lock(mu_);
-  for (StatCounter* c : {&stats_.allocated_bytes, &stats_.requested_bytes, &stats_.reserved_bytes,
-                         &stats_.active_blocks, &stats_.segments, &stats_.inactive_split_bytes}) {
-    c->ResetPeak();
+  for (MemoryStats* st : {&stats_, &pool_stats_[0], &pool_stats_[1]}) {
+    for (StatCounter* c : {&st->allocated_bytes, &st->requested_bytes, &st->reserved_bytes,
+                           &st->active_blocks, &st->segments, &st->inactive_split_bytes}) {
+      c->ResetPeak();
+    }
   }
 }
 

@@ -34,6 +34,7 @@
 #ifndef GPUALLOC_ALLOCATOR_CACHING_CACHING_ALLOCATOR_H_
 #define GPUALLOC_ALLOCATOR_CACHING_CACHING_ALLOCATOR_H_
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -75,6 +76,9 @@ class CachingAllocator final : public MemoryResource {
   DeviceIndex device() const override { return device_; }
   std::size_t alignment() const override { return alignment_; }
   MemoryStats stats() const override;
+  // The same counters for the small pool [0] and the large pool [1] (their
+  // sums are stats(); largest_free_block is only filled in stats()).
+  std::array<MemoryStats, 2> pool_stats() const;
 
   // Marks `allocation` as used by `stream` as well: when freed, it is not
   // reused until `stream`'s work enqueued before the free has completed.
@@ -170,6 +174,12 @@ class CachingAllocator final : public MemoryResource {
   absl::StatusOr<Event> AcquireEvent();
   void RecycleEvent(Event event);
   absl::Status OutOfMemoryError(std::size_t requested, std::size_t rounded, Stream stream) const;
+  // Applies a stats update to the totals and to the pool it happened in.
+  template <typename Fn>
+  void Account(bool small_pool, Fn fn) {
+    fn(stats_);
+    fn(pool_stats_[small_pool ? 0 : 1]);
+  }
   void Hook() const {
     if (metadata_hook_) metadata_hook_();
   }
@@ -191,6 +201,7 @@ class CachingAllocator final : public MemoryResource {
   std::size_t limit_ = 0;
   std::uint64_t tick_ = 0;
   MemoryStats stats_;
+  std::array<MemoryStats, 2> pool_stats_;  // small, large
   std::vector<OomCallback> oom_callbacks_;
   std::function<void()> metadata_hook_;
   bool corrupt_next_free_ = false;

@@ -460,6 +460,17 @@ TEST(CachingAllocator, StatsAreExactAfterEveryOperation) {
     ASSERT_TRUE(harness::CheckSnapshot(snap).ok()) << "step " << step;
     ASSERT_TRUE(shadow.CheckAgainst(snap).ok()) << "step " << step;
   }
+  // Per-pool counters add up to the totals.
+  const MemoryStats total = cache->stats();
+  const std::array<MemoryStats, 2> pools = cache->pool_stats();
+  EXPECT_EQ(pools[0].allocated_bytes.current + pools[1].allocated_bytes.current,
+            total.allocated_bytes.current);
+  EXPECT_EQ(pools[0].reserved_bytes.current + pools[1].reserved_bytes.current,
+            total.reserved_bytes.current);
+  EXPECT_EQ(pools[0].cache_hits + pools[1].cache_hits, total.cache_hits);
+  EXPECT_EQ(pools[0].segments.current + pools[1].segments.current, total.segments.current);
+  EXPECT_GT(pools[0].reserved_bytes.current, 0) << "small pool used";
+  EXPECT_GT(pools[1].reserved_bytes.peak, 0) << "large pool used";
   for (const Allocation& a : live) ASSERT_TRUE(cache->Deallocate(a).ok());
   ASSERT_TRUE(cache->EmptyCache().ok());
   EXPECT_TRUE(sim->Accounting().AllReleased()) << sim->Accounting().Describe();
