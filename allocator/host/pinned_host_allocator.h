@@ -1,0 +1,112 @@
+// PinnedHostAllocator: page-locked host memory, cached, for every device.
+//
+// Fixes the InfiniCore design the risk review condemns (an unsynchronised
+// `gc_queue_` that leaked whatever was queued for a device never made current
+// again, and one device switch per deferred free):
+//  - Freed blocks go back to a per-owner cache, from any thread, with no
+//    device switch: caching needs no runtime call.
+//  - Only releasing a block to the runtime needs its owner device current.
+//    Evicted blocks whose owner is not the calling thread's current device
+//    wait in that owner's pending queue (mutex-guarded). A queue is released
+//    in one batch under one device switch: when the owner is current in any
+//    thread that calls in (or is announced with OnDeviceCurrent), when the
+//    queue reaches `max_pending_per_owner`, on Flush(), and at destruction.
+//    Nothing queued is ever dropped, and no queue grows without bound.
+//  - The cache is bounded (`cache_limit_bytes`); beyond it the least recently
+//    cached blocks are evicted.
+//  - Rounding wastes at most 1/8 of a request: sizes round up to 8 steps per
+//    power of two (20 GiB stays 20 GiB, never 32).
+// Thread-safe. Counts (stats): hits, misses, releases, device switches made
+// for batches, the largest pending queue seen.
+#ifndef GPUALLOC_ALLOCATOR_HOST_PINNED_HOST_ALLOCATOR_H_
+#define GPUALLOC_ALLOCATOR_HOST_PINNED_HOST_ALLOCATOR_H_
+
+#include <cstdint>
+#include <list>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "allocator/backend/backend.h"
+
+namespace gpualloc {
+
+struct PinnedHostOptions {
+  std::size_t cache_limit_bytes = std::size_t{256} << 20;
+  std::size_t max_pending_per_owner = 64;
+};
+
+// A pinned block: host-accessible pointer, its size and the owner device.
+struct PinnedBlock {
+  void* ptr = nullptr;
+  std::size_t bytes = 0;
+  DeviceIndex owner = 0;
+};
+
+struct PinnedHostStats {
+  std::uint64_t hits = 0;
+  std::uint64_t misses = 0;
+  std::uint64_t releases = 0;           // blocks given back to the runtime
+  std::uint64_t batch_switches = 0;     // device switches made to release a batch
+  std::size_t cached_bytes = 0;
+  std::size_t live_bytes = 0;
+  std::size_t pending_blocks = 0;       // queued for an owner not current
+  std::size_t max_pending_seen = 0;
+  std::uint64_t failed_releases = 0;    // kept and retried
+};
+
+// Rounds up so that the waste is at most 1/8 of `bytes` (and 4 KiB minimum).
+std::size_t PinnedRoundUp(std::size_t bytes);
+
+class PinnedHostAllocator {
+ public:
+  PinnedHostAllocator(std::shared_ptr<Backend> backend, PinnedHostOptions options = {});
+  // Releases every cached and queued block (switching devices as needed).
+  // Blocks still live are the caller's leak and are reported on stderr.
+  ~PinnedHostAllocator();
+  PinnedHostAllocator(const PinnedHostAllocator&) = delete;
+  PinnedHostAllocator& operator=(const PinnedHostAllocator&) = delete;
+
+  // Pinned memory owned by `owner`. InvalidArgument for 0 bytes; the
+  // runtime's error (after releasing this owner's cache once) on exhaustion.
+  absl::StatusOr<PinnedBlock> Allocate(std::size_t bytes, DeviceIndex owner);
+  // Returns a block from any thread, whatever device is current. A foreign
+  // or double free is InvalidArgument and changes nothing.
+  absl::Status Deallocate(const PinnedBlock& block);
+
+  // Releases `owner`'s pending queue now: call it when `owner` becomes
+  // current (e.g. from a Context device listener).
+  void OnDeviceCurrent(DeviceIndex owner);
+  // Releases every pending queue and, with `release_cache`, the cache too.
+  absl::Status Flush(bool release_cache = false);
+
+  PinnedHostStats stats() const;
+
+ private:
+  struct Owner {
+    std::multimap<std::size_t, std::list<PinnedBlock>::iterator> by_size;  // cached
+    std::vector<PinnedBlock> pending;  // evicted, awaiting the owner current
+  };
+  // Releases `blocks` of `owner` in one batch, switching device once if the
+  // calling thread's device differs. Blocks that fail stay pending.
+  void ReleaseBatch(DeviceIndex owner, std::vector<PinnedBlock> blocks);
+  // Evicts LRU cached blocks beyond the limit; mu_ held. Returns batches to
+  // release after unlocking (owner -> blocks) for owners that are current.
+  void EvictLocked(std::vector<std::pair<DeviceIndex, std::vector<PinnedBlock>>>* now);
+  DeviceIndex CurrentDevice() const;
+
+  const std::shared_ptr<Backend> backend_;
+  const PinnedHostOptions options_;
+  mutable std::mutex mu_;
+  std::list<PinnedBlock> lru_;  // cached blocks, least recently cached first
+  absl::flat_hash_map<DeviceIndex, Owner> owners_;
+  absl::flat_hash_map<void*, PinnedBlock> live_;
+  PinnedHostStats stats_;
+};
+
+}  // namespace gpualloc
+
+#endif  // GPUALLOC_ALLOCATOR_HOST_PINNED_HOST_ALLOCATOR_H_

@@ -1,0 +1,148 @@
+#include "allocator/host/pinned_host_allocator.h"
+
+#include <atomic>
+#include <barrier>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "allocator/backend/failpoints/failpoint_backend.h"
+#include "allocator/backend/sim/sim_backend.h"
+#include "gtest/gtest.h"
+
+namespace gpualloc {
+namespace {
+
+std::shared_ptr<SimBackend> Sim() {
+  return std::make_shared<SimBackend>(SimOptions::WithDevices(2, 64 << 20));
+}
+
+TEST(PinnedRoundUp, WastesAtMostAnEighth) {
+  for (std::size_t n : {1ul, 4096ul, 4097ul, 5000ul, 65536ul, 100000ul, 3ul << 20, 20ul << 30,
+                        (20ul << 30) + 1}) {
+    const std::size_t r = PinnedRoundUp(n);
+    EXPECT_GE(r, n);
+    if (n > 4096) {
+      EXPECT_LE(r - n, n / 8) << n;
+    }
+  }
+  EXPECT_EQ(PinnedRoundUp(20ul << 30), 20ul << 30) << "20 GiB stays 20 GiB";
+}
+
+TEST(PinnedHostAllocator, ReusesCachedBlocksWithoutCallingTheRuntime) {
+  auto sim = Sim();
+  PinnedHostAllocator pinned(sim);
+  PinnedBlock a = pinned.Allocate(10000, 0).value();
+  std::memset(a.ptr, 7, 10000);  // host-accessible
+  ASSERT_TRUE(pinned.Deallocate(a).ok());
+  PinnedBlock b = pinned.Allocate(9000, 0).value();  // same rounded size
+  EXPECT_EQ(b.ptr, a.ptr);
+  EXPECT_EQ(sim->Accounting().calls_to(BackendOp::kHostAlloc), 1u);
+  EXPECT_EQ(pinned.stats().hits, 1u);
+  ASSERT_TRUE(pinned.Deallocate(b).ok());
+}
+
+TEST(PinnedHostAllocator, CacheIsBoundedLeastRecentlyCachedFirst) {
+  auto sim = Sim();
+  PinnedHostOptions o;
+  o.cache_limit_bytes = 160 << 10;  // holds the last two of 8 KiB .. 80 KiB
+  PinnedHostAllocator pinned(sim, o);
+  std::vector<PinnedBlock> blocks;
+  for (int i = 1; i <= 10; ++i) blocks.push_back(pinned.Allocate(i * 8192, 0).value());
+  for (const PinnedBlock& b : blocks) ASSERT_TRUE(pinned.Deallocate(b).ok());
+  EXPECT_LE(pinned.stats().cached_bytes, o.cache_limit_bytes);
+  EXPECT_GT(pinned.stats().releases, 0u);
+  // The most recently cached (the largest) survived.
+  PinnedBlock again = pinned.Allocate(10 * 8192, 0).value();
+  EXPECT_EQ(again.ptr, blocks.back().ptr);
+  ASSERT_TRUE(pinned.Deallocate(again).ok());
+}
+
+TEST(PinnedHostAllocator, CrossDeviceFreesFromManyThreadsAreReleasedExactlyOnceAndQueuesStayBounded) {
+  auto sim = Sim();
+  PinnedHostOptions o;
+  o.cache_limit_bytes = 0;        // every free is released (or queued) at once
+  o.max_pending_per_owner = 16;
+  auto pinned = std::make_unique<PinnedHostAllocator>(sim, o);
+  constexpr int kThreads = 4, kPerThread = 200;
+  std::vector<PinnedBlock> blocks;
+  for (int i = 0; i < kThreads * kPerThread; ++i) {
+    blocks.push_back(pinned->Allocate(4096 + (i % 7) * 1000, /*owner=*/0).value());
+  }
+  std::barrier start(kThreads);
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      if (!sim->SetDevice(1).ok()) ++failures;  // the owner is NOT current here
+      start.arrive_and_wait();
+      for (int i = 0; i < kPerThread; ++i) {
+        if (!pinned->Deallocate(blocks[t * kPerThread + i]).ok()) ++failures;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(failures.load(), 0);
+  const PinnedHostStats mid = pinned->stats();
+  EXPECT_LE(mid.max_pending_seen, o.max_pending_per_owner) << "the queue never grew unbounded";
+  EXPECT_GT(mid.batch_switches, 0u);
+  EXPECT_LT(mid.batch_switches, static_cast<std::uint64_t>(kThreads * kPerThread) / 8)
+      << "one device switch per batch, not per free";
+  pinned.reset();  // shutdown releases whatever is still queued
+  const SimAccounting acc = sim->Accounting();
+  EXPECT_EQ(acc.devices[0].pinned_bytes, 0u) << acc.Describe();
+  EXPECT_EQ(acc.calls_to(BackendOp::kHostFree), static_cast<std::uint64_t>(kThreads * kPerThread))
+      << "every block released exactly once";
+}
+
+TEST(PinnedHostAllocator, QueueIsReleasedWhenItsOwnerBecomesCurrent) {
+  auto sim = Sim();
+  PinnedHostOptions o;
+  o.cache_limit_bytes = 0;
+  o.max_pending_per_owner = 1000;
+  PinnedHostAllocator pinned(sim, o);
+  PinnedBlock a = pinned.Allocate(4096, 0).value();
+  PinnedBlock b = pinned.Allocate(4096, 0).value();
+  std::thread([&] {
+    ASSERT_TRUE(sim->SetDevice(1).ok());
+    ASSERT_TRUE(pinned.Deallocate(a).ok());
+    ASSERT_TRUE(pinned.Deallocate(b).ok());
+  }).join();
+  EXPECT_EQ(pinned.stats().pending_blocks, 2u);
+  const std::uint64_t switches = pinned.stats().batch_switches;
+  pinned.OnDeviceCurrent(0);  // this thread's device is 0: no switch needed
+  EXPECT_EQ(pinned.stats().pending_blocks, 0u);
+  EXPECT_EQ(pinned.stats().batch_switches, switches);
+  EXPECT_EQ(sim->Accounting().devices[0].pinned_bytes, 0u);
+}
+
+TEST(PinnedHostAllocator, AReleaseTheRuntimeRefusesIsKeptAndRetried) {
+  auto sim = Sim();
+  auto fp = std::make_shared<FailpointBackend>(sim, 1);
+  fp->AddRule(FaultRule::NthCall(BackendOp::kHostFree, 1, FaultAction::kThrowRuntimeError));
+  PinnedHostOptions o;
+  o.cache_limit_bytes = 0;
+  PinnedHostAllocator pinned(fp, o);
+  PinnedBlock a = pinned.Allocate(4096, 0).value();
+  ASSERT_TRUE(pinned.Deallocate(a).ok());
+  EXPECT_EQ(pinned.stats().failed_releases, 1u);
+  EXPECT_EQ(pinned.stats().pending_blocks, 1u) << "kept, not lost";
+  ASSERT_TRUE(pinned.Flush().ok());
+  EXPECT_EQ(sim->Accounting().devices[0].pinned_bytes, 0u);
+}
+
+TEST(PinnedHostAllocator, BadInputIsRejected) {
+  auto sim = Sim();
+  PinnedHostAllocator pinned(sim);
+  EXPECT_FALSE(pinned.Allocate(0, 0).ok());
+  EXPECT_FALSE(pinned.Allocate(4096, 7).ok()) << "no such device";
+  PinnedBlock a = pinned.Allocate(4096, 0).value();
+  EXPECT_FALSE(pinned.Deallocate(PinnedBlock{a.ptr, a.bytes, 1}).ok()) << "wrong owner";
+  int local = 0;
+  EXPECT_FALSE(pinned.Deallocate(PinnedBlock{&local, 4, 0}).ok()) << "foreign";
+  ASSERT_TRUE(pinned.Deallocate(a).ok());
+  EXPECT_FALSE(pinned.Deallocate(a).ok()) << "double free";
+}
+
+}  // namespace
+}  // namespace gpualloc
