@@ -52,7 +52,8 @@ CachingAllocator::CachingAllocator(std::shared_ptr<Backend> backend, DeviceIndex
 CachingAllocator::~CachingAllocator() {
   std::lock_guard<std::mutex> lock(mu_);
   WaitForAllPending().IgnoreError();
-  backend_->DeviceSynchronize(device_).IgnoreError();
+  CallAtBoundary("device synchronize", [&] { return backend_->DeviceSynchronize(device_); })
+      .IgnoreError();
   if (!allocated_.empty()) {
     std::fprintf(stderr,
                  "CachingAllocator(device %d): %zu allocations (%lld bytes) still live at "
@@ -61,7 +62,7 @@ CachingAllocator::~CachingAllocator() {
                  static_cast<long long>(stats_.allocated_bytes.current));
   }
   for (Block* b = pending_; b != nullptr; b = b->pending_next) {
-    for (Event e : b->pending_events) backend_->DestroyEvent(e).IgnoreError();
+    for (Event e : b->pending_events) DestroyEventQuietly(e);
   }
   while (segments_ != nullptr) {
     Segment* s = segments_;
@@ -83,7 +84,7 @@ CachingAllocator::~CachingAllocator() {
     }
     delete s;
   }
-  for (Event e : spare_events_) backend_->DestroyEvent(e).IgnoreError();
+  for (Event e : spare_events_) DestroyEventQuietly(e);
 }
 
 // --- small helpers ---------------------------------------------------------------
@@ -158,11 +159,15 @@ absl::StatusOr<Event> CachingAllocator::AcquireEvent() {
   return CallAtBoundary("event create", [&] { return backend_->CreateEvent(device_); });
 }
 
+void CachingAllocator::DestroyEventQuietly(Event event) noexcept {
+  CallAtBoundary("event destroy", [&] { return backend_->DestroyEvent(event); }).IgnoreError();
+}
+
 void CachingAllocator::RecycleEvent(Event event) {
   try {
     spare_events_.push_back(event);
   } catch (...) {
-    backend_->DestroyEvent(event).IgnoreError();
+    DestroyEventQuietly(event);
   }
 }
 

@@ -173,6 +173,7 @@ class CachingAllocator final : public MemoryResource {
   void EnforceLimitLocked();
   absl::StatusOr<Event> AcquireEvent();
   void RecycleEvent(Event event);
+  void DestroyEventQuietly(Event event) noexcept;  // teardown: errors and throws ignored
   absl::Status OutOfMemoryError(std::size_t requested, std::size_t rounded, Stream stream) const;
   // Applies a stats update to the totals and to the pool it happened in.
   template <typename Fn>

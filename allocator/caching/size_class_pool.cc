@@ -4,6 +4,7 @@
 #include <iterator>
 
 #include "absl/strings/str_format.h"
+#include "allocator/common/exception_boundary.h"
 
 namespace gpualloc {
 
@@ -42,7 +43,9 @@ SizeClassPool::SizeClassPool(std::shared_ptr<MemoryResource> upstream,
 }
 
 SizeClassPool::~SizeClassPool() {
-  backend_->DeviceSynchronize(upstream_->device()).IgnoreError();
+  CallAtBoundary("device synchronize", [&] {
+    return backend_->DeviceSynchronize(upstream_->device());
+  }).IgnoreError();
   for (auto& c : classes_) {
     for (auto& [base, slab] : c->slabs) upstream_->Deallocate(slab->allocation).IgnoreError();
   }
@@ -167,7 +170,11 @@ void SizeClassPool::ReleaseEmptySlabs(SizeClass& c, std::size_t keep) {
   std::sort(empty.begin(), empty.end(),
             [](const Slab* a, const Slab* b) { return a->last_used < b->last_used; });
   // Its blocks may have been used on any stream: wait for the device first.
-  if (!backend_->DeviceSynchronize(upstream_->device()).ok()) return;
+  if (!CallAtBoundary("device synchronize", [&] {
+         return backend_->DeviceSynchronize(upstream_->device());
+       }).ok()) {
+    return;
+  }
   for (Slab* s : empty) {
     if (empty_bytes <= keep) break;
     const auto lo = reinterpret_cast<std::uintptr_t>(s->allocation.ptr);

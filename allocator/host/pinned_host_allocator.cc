@@ -73,7 +73,7 @@ absl::StatusOr<PinnedBlock> PinnedHostAllocator::Allocate(std::size_t bytes, Dev
   try {
     live_.emplace(block.ptr, block);
   } catch (...) {
-    backend_->HostFree(owner, block.ptr).IgnoreError();
+    CallAtBoundary("host free", [&] { return backend_->HostFree(owner, block.ptr); }).IgnoreError();
     throw;
   }
   stats_.live_bytes += size;

@@ -1,6 +1,7 @@
 #include "allocator/resource/backend_resource.h"
 
 #include "absl/strings/str_format.h"
+#include "allocator/common/exception_boundary.h"
 
 namespace gpualloc {
 
@@ -14,7 +15,8 @@ MemoryStats BackendResource::stats() const {
 }
 
 absl::StatusOr<Allocation> BackendResource::DoAllocate(std::size_t bytes, Stream stream) {
-  absl::StatusOr<void*> ptr = backend_->Malloc(device_, bytes);
+  absl::StatusOr<void*> ptr =
+      CallAtBoundary("backend malloc", [&] { return backend_->Malloc(device_, bytes); });
   std::lock_guard<std::mutex> lock(mu_);
   if (!ptr.ok()) {
     if (ptr.status().code() == absl::StatusCode::kResourceExhausted) ++stats_.oom_events;
@@ -24,7 +26,7 @@ absl::StatusOr<Allocation> BackendResource::DoAllocate(std::size_t bytes, Stream
     live_.emplace(*ptr, bytes);
   } catch (...) {
     // Host metadata failed after the device allocation: give it back.
-    backend_->Free(device_, *ptr).IgnoreError();
+    CallAtBoundary("backend free", [&] { return backend_->Free(device_, *ptr); }).IgnoreError();
     throw;
   }
   const auto n = static_cast<std::int64_t>(bytes);
@@ -54,7 +56,9 @@ absl::Status BackendResource::DoDeallocate(const Allocation& allocation, Stream)
     }
     entry = live_.extract(it);
   }
-  absl::Status st = backend_->Free(device_, allocation.ptr);
+  // A throwing backend must not unwind past the entry taken out above.
+  absl::Status st =
+      CallAtBoundary("backend free", [&] { return backend_->Free(device_, allocation.ptr); });
   std::lock_guard<std::mutex> lock(mu_);
   if (!st.ok()) {
     live_.insert(std::move(entry));  // still ours: a retry can free it
