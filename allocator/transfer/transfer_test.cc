@@ -1,0 +1,140 @@
+#include <cstdio>
+#include <numeric>
+#include <vector>
+
+#include "allocator/backend/sim/sim_backend.h"
+#include "allocator/caching/caching_allocator.h"
+#include "allocator/transfer/staging_pipeline.h"
+#include "allocator/transfer/transfers.h"
+#include "gtest/gtest.h"
+
+namespace gpualloc {
+namespace {
+
+struct Env {
+  explicit Env(SimCostModel cost = {}) {
+    SimOptions o = SimOptions::WithDevices(2, 128 << 20);
+    o.cost = cost;
+    sim = std::make_shared<SimBackend>(o);
+    cache = CachingAllocator::Create(sim, 0, {}).value();
+    cache1 = CachingAllocator::Create(sim, 1, {}).value();
+  }
+  std::shared_ptr<SimBackend> sim;
+  std::shared_ptr<CachingAllocator> cache, cache1;
+};
+
+std::vector<unsigned char> Pattern(std::size_t n, int seed) {
+  std::vector<unsigned char> v(n);
+  for (std::size_t i = 0; i < n; ++i) v[i] = static_cast<unsigned char>(i * 13 + seed);
+  return v;
+}
+
+TEST(Transfers, CopiesAndFillsRoundTripByteForByte) {
+  Env env;
+  Transfers t(env.sim);
+  const Stream s = Stream::Default(0);
+  DeviceBuffer a = DeviceBuffer::Create(env.cache, 100000, s).value();
+  SharedMemory b = SharedMemory::Allocate(env.cache, 100000, s).value();
+  const std::vector<unsigned char> in = Pattern(100000, 5);
+  absl::Status up = t.ToDeviceSync(Span(a), 0, in.data(), in.size(), s);
+  ASSERT_TRUE(up.ok()) << up;
+  ASSERT_TRUE(t.DeviceToDevice(Span(b), 0, Span(a), 0, in.size(), s).value().Wait().ok());
+  ASSERT_TRUE(t.Fill(Span(b), 1000, 0xEE, 500, s).value().Wait().ok());
+  std::vector<unsigned char> out(100000);
+  ASSERT_TRUE(t.ToHostSync(out.data(), Span(b), 0, out.size(), s).ok());
+  std::vector<unsigned char> want = in;
+  std::fill(want.begin() + 1000, want.begin() + 1500, 0xEE);
+  EXPECT_EQ(out, want);
+  // Offsets into a view of shared memory.
+  SharedMemory view = b.View(50000, 100).value();
+  std::vector<unsigned char> part(100);
+  ASSERT_TRUE(t.ToHostSync(part.data(), Span(view), 0, 100, s).ok());
+  EXPECT_TRUE(std::equal(part.begin(), part.end(), in.begin() + 50000));
+}
+
+TEST(Transfers, AsynchronousWithNoHiddenSynchronisation) {
+  SimCostModel cost;
+  cost.copy_ns_per_kib = 20'000;  // 1 MiB ~ 20 ms
+  Env env(cost);
+  Transfers t(env.sim);
+  Stream s1 = env.sim->CreateStream(0).value();
+  Stream s2 = env.sim->CreateStream(0).value();
+  DeviceBuffer a = DeviceBuffer::Create(env.cache, 1 << 20, s1).value();
+  DeviceBuffer b = DeviceBuffer::Create(env.cache, 1 << 20, s2).value();
+  std::vector<unsigned char> in = Pattern(1 << 20, 9);
+  Completion c = t.ToDevice(Span(a), 0, in.data(), in.size(), s1).value();
+  EXPECT_FALSE(c.Done().value()) << "the call returned before the copy finished";
+  ASSERT_TRUE(c.Then(s2).ok());  // s2's copy waits for s1's, on the device
+  Completion d = t.DeviceToDevice(Span(b), 0, Span(a), 0, in.size(), s2).value();
+  ASSERT_TRUE(d.Wait().ok());
+  EXPECT_TRUE(c.Done().value());
+  std::vector<unsigned char> out(in.size());
+  ASSERT_TRUE(t.ToHostSync(out.data(), Span(b), 0, out.size(), s2).ok());
+  EXPECT_EQ(out, in);
+  a.set_stream(s2);  // now used on s2 too
+  a.Reset().IgnoreError();
+  b.Reset().IgnoreError();
+  ASSERT_TRUE(env.sim->DestroyStream(s1).ok());
+  ASSERT_TRUE(env.sim->DestroyStream(s2).ok());
+}
+
+TEST(Transfers, BadInputIsAnErrorNeverACorruption) {
+  Env env;
+  Transfers t(env.sim);
+  const Stream s0 = Stream::Default(0);
+  DeviceBuffer a = DeviceBuffer::Create(env.cache, 4096, s0).value();
+  DeviceBuffer other = DeviceBuffer::Create(env.cache1, 4096, Stream::Default(1)).value();
+  std::vector<unsigned char> host(8192);
+  EXPECT_EQ(t.ToDevice(Span(a), 0, host.data(), 4097, s0).status().code(),
+            absl::StatusCode::kInvalidArgument) << "past the end";
+  EXPECT_FALSE(t.ToDevice(Span(a), 4000, host.data(), 100, s0).ok()) << "offset + size past the end";
+  EXPECT_FALSE(t.ToHost(host.data(), Span(a), ~std::size_t{0} - 5, 10, s0).ok()) << "wraps";
+  EXPECT_FALSE(t.ToHost(host.data(), Span(a), 0, 16, Stream::Default(1)).ok()) << "wrong device";
+  EXPECT_FALSE(t.DeviceToDevice(Span(a), 0, Span(other), 0, 16, s0).ok()) << "across devices";
+  EXPECT_FALSE(t.ToHost(nullptr, Span(a), 0, 16, s0).ok());
+  DeviceBuffer freed = DeviceBuffer::Create(env.cache, 4096, s0).value();
+  ASSERT_TRUE(freed.Reset().ok());
+  absl::StatusOr<Completion> from_freed = t.ToHost(host.data(), Span(freed), 0, 16, s0);
+  ASSERT_FALSE(from_freed.ok());
+  EXPECT_NE(from_freed.status().message().find("freed"), absl::string_view::npos);
+}
+
+TEST(StagingPipeline, StreamsBatchesToTheHostWhileTheNextOnesCompute) {
+  SimCostModel cost;
+  cost.copy_ns_per_kib = 4'000;  // 256 KiB ~ 1 ms per copy
+  Env env(cost);
+  auto pinned = std::make_shared<PinnedHostAllocator>(env.sim);
+  constexpr std::size_t kBatch = 256 * 1024;
+  constexpr int kBatches = 6;
+  auto pipeline = StagingPipeline::Create(env.sim, pinned, 0, kBatch).value();
+  Transfers t(env.sim);
+  Stream compute = env.sim->CreateStream(0).value();
+  DeviceBuffer input = DeviceBuffer::Create(env.cache, kBatch, compute).value();
+  std::vector<DeviceBuffer> results;
+  std::vector<std::vector<unsigned char>> expected, outputs(kBatches, std::vector<unsigned char>(kBatch));
+  for (int k = 0; k < kBatches; ++k) {
+    expected.push_back(Pattern(kBatch, k));
+    ASSERT_TRUE(t.ToDeviceSync(Span(input), 0, expected.back().data(), kBatch, compute).ok());
+    results.push_back(DeviceBuffer::Create(env.cache, kBatch, compute).value());
+    // "Compute" batch k on the producer stream, then hand it to the pipeline.
+    ASSERT_TRUE(t.DeviceToDevice(Span(results.back()), 0, Span(input), 0, kBatch, compute).ok());
+    ASSERT_TRUE(pipeline->Submit(Span(results.back()), compute, outputs[k].data()).ok());
+  }
+  ASSERT_TRUE(pipeline->Finish().ok());
+  for (int k = 0; k < kBatches; ++k) EXPECT_EQ(outputs[k], expected[k]) << "batch " << k;
+  const PipelineStats& s = pipeline->stats();
+  EXPECT_EQ(s.batches, static_cast<std::uint64_t>(kBatches));
+  std::printf("staging pipeline: %llu batches, host waited %.2f ms, copied out %.2f ms\n",
+              static_cast<unsigned long long>(s.batches), s.host_wait_s * 1e3, s.host_copy_s * 1e3);
+  std::vector<unsigned char> too_big(kBatch * 2);
+  DeviceBuffer big = DeviceBuffer::Create(env.cache, kBatch * 2, compute).value();
+  EXPECT_FALSE(pipeline->Submit(Span(big), compute, too_big.data()).ok());
+  pipeline.reset();
+  results.clear();
+  input.Reset().IgnoreError();
+  big.Reset().IgnoreError();
+  ASSERT_TRUE(env.sim->DestroyStream(compute).ok());
+}
+
+}  // namespace
+}  // namespace gpualloc
