@@ -88,7 +88,8 @@ absl::StatusOr<Runtime*> Context::GetRuntime(Device device) {
         "device %s: the limit of %d runtimes in this context is reached", device.ToString(),
         options_.max_runtimes));
   }
-  absl::StatusOr<std::unique_ptr<Runtime>> created = Runtime::Create(device, std::move(backend));
+  absl::StatusOr<std::unique_ptr<Runtime>> created =
+      Runtime::Create(device, std::move(backend), options_.caching);
   if (!created.ok()) {
     runtime_count_.fetch_sub(1, std::memory_order_acq_rel);
     return created.status();  // no partial entry: the slot stays empty

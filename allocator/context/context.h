@@ -47,6 +47,8 @@ struct ContextOptions {
   // is refused with ResourceExhausted / InvalidArgument.
   int max_runtimes = 64;
   int max_device_index = 64;
+  // Options of every runtime's caching allocator.
+  CachingOptions caching;
 
   // A context whose sim devices are served by `sim`.
   static ContextOptions SimOnly(std::shared_ptr<Backend> sim);

@@ -7,7 +7,8 @@
 namespace gpualloc {
 
 absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Create(Device device,
-                                                         std::shared_ptr<Backend> backend) {
+                                                         std::shared_ptr<Backend> backend,
+                                                         CachingOptions caching) {
   const std::string op = absl::StrCat("creating the runtime for ", device.ToString());
   return CallAtBoundary(op, [&]() -> absl::StatusOr<std::unique_ptr<Runtime>> {
     if (backend == nullptr) return absl::FailedPreconditionError(absl::StrCat(op, ": no backend"));
@@ -16,8 +17,15 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Create(Device device,
       return absl::Status(props.status().code(),
                           absl::StrCat(op, ": ", props.status().message()));
     }
+    absl::StatusOr<std::unique_ptr<CachingAllocator>> allocator =
+        CachingAllocator::Create(backend, device.index, caching);
+    if (!allocator.ok()) {
+      return absl::Status(allocator.status().code(),
+                          absl::StrCat(op, ": ", allocator.status().message()));
+    }
     // No raw new escapes: the object is owned before anything else can fail.
-    return std::unique_ptr<Runtime>(new Runtime(device, std::move(backend), *std::move(props)));
+    return std::unique_ptr<Runtime>(new Runtime(device, std::move(backend), *std::move(props),
+                                                *std::move(allocator)));
   });
 }
 

@@ -1,7 +1,8 @@
 // Runtime: everything one device needs, created once per (type, index) by a
-// Context: the backend that drives it and the properties it reported.
+// Context: the backend that drives it, the properties it reported, and the
+// device's caching allocator (which takes no device memory until used).
 //
-// Thread-safe: immutable after creation.
+// Thread-safe: immutable after creation; the allocator is thread-safe.
 #ifndef GPUALLOC_ALLOCATOR_CONTEXT_RUNTIME_H_
 #define GPUALLOC_ALLOCATOR_CONTEXT_RUNTIME_H_
 
@@ -9,6 +10,7 @@
 
 #include "absl/status/statusor.h"
 #include "allocator/backend/backend.h"
+#include "allocator/caching/caching_allocator.h"
 #include "allocator/context/device.h"
 
 namespace gpualloc {
@@ -18,7 +20,8 @@ class Runtime {
   // Queries the device through `backend`; fails (and creates nothing) if the
   // device does not exist or the backend fails or throws.
   static absl::StatusOr<std::unique_ptr<Runtime>> Create(Device device,
-                                                         std::shared_ptr<Backend> backend);
+                                                         std::shared_ptr<Backend> backend,
+                                                         CachingOptions caching = {});
 
   Runtime(const Runtime&) = delete;
   Runtime& operator=(const Runtime&) = delete;
@@ -27,14 +30,21 @@ class Runtime {
   Backend& backend() const { return *backend_; }
   const std::shared_ptr<Backend>& shared_backend() const { return backend_; }
   const DeviceProperties& properties() const { return properties_; }
+  // The device's caching allocator.
+  const std::shared_ptr<CachingAllocator>& allocator() const { return allocator_; }
 
  private:
-  Runtime(Device device, std::shared_ptr<Backend> backend, DeviceProperties properties)
-      : device_(device), backend_(std::move(backend)), properties_(std::move(properties)) {}
+  Runtime(Device device, std::shared_ptr<Backend> backend, DeviceProperties properties,
+          std::shared_ptr<CachingAllocator> allocator)
+      : device_(device),
+        backend_(std::move(backend)),
+        properties_(std::move(properties)),
+        allocator_(std::move(allocator)) {}
 
   const Device device_;
   const std::shared_ptr<Backend> backend_;
   const DeviceProperties properties_;
+  const std::shared_ptr<CachingAllocator> allocator_;
 };
 
 }  // namespace gpualloc

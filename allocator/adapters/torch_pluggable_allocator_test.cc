@@ -1,0 +1,80 @@
+// Drives libgpualloc_torch.so exactly as PyTorch's CUDAPluggableAllocator
+// would: dlopen, dlsym, then calls through the C symbols (on the sim).
+#include <dlfcn.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace {
+
+struct TorchAbi {
+  void* (*malloc_fn)(size_t, int, void*);
+  void (*free_fn)(void*, size_t, int, void*);
+  int (*empty_cache)();
+  long long (*allocated)(int);
+  long long (*reserved)(int);
+  long long (*errors)();
+  size_t (*last_error)(char*, size_t);
+};
+
+TorchAbi Load() {
+  std::string path = "allocator/adapters/libgpualloc_torch.so";
+  if (const char* srcdir = std::getenv("TEST_SRCDIR")) {
+    path = std::string(srcdir) + "/" + std::getenv("TEST_WORKSPACE") + "/" + path;
+  }
+  void* lib = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+  EXPECT_NE(lib, nullptr) << dlerror();
+  TorchAbi abi{};
+  if (lib == nullptr) return abi;
+  abi.malloc_fn = reinterpret_cast<decltype(abi.malloc_fn)>(dlsym(lib, "gpualloc_torch_malloc"));
+  abi.free_fn = reinterpret_cast<decltype(abi.free_fn)>(dlsym(lib, "gpualloc_torch_free"));
+  abi.empty_cache = reinterpret_cast<decltype(abi.empty_cache)>(dlsym(lib, "gpualloc_torch_empty_cache"));
+  abi.allocated = reinterpret_cast<decltype(abi.allocated)>(dlsym(lib, "gpualloc_torch_allocated_bytes"));
+  abi.reserved = reinterpret_cast<decltype(abi.reserved)>(dlsym(lib, "gpualloc_torch_reserved_bytes"));
+  abi.errors = reinterpret_cast<decltype(abi.errors)>(dlsym(lib, "gpualloc_torch_error_count"));
+  abi.last_error = reinterpret_cast<decltype(abi.last_error)>(dlsym(lib, "gpualloc_torch_last_error"));
+  return abi;
+}
+
+TEST(TorchPluggableAllocator, LoadsWithDlopenAndServesAllocationsThroughItsCSymbols) {
+  const TorchAbi abi = Load();
+  ASSERT_NE(abi.malloc_fn, nullptr);
+  ASSERT_NE(abi.free_fn, nullptr);
+  ASSERT_NE(abi.last_error, nullptr);
+  std::vector<std::pair<void*, size_t>> live;
+  std::set<void*> distinct;
+  for (int device : {0, 1}) {
+    for (size_t size : {size_t{1}, size_t{4096}, size_t{3} << 20, size_t{100000}}) {
+      void* p = abi.malloc_fn(size, device, nullptr);
+      ASSERT_NE(p, nullptr) << "device " << device << " size " << size;
+      EXPECT_EQ(reinterpret_cast<std::uintptr_t>(p) % 256, 0u);
+      distinct.insert(p);
+      live.emplace_back(p, size);
+    }
+  }
+  EXPECT_EQ(distinct.size(), live.size());
+  EXPECT_GT(abi.allocated(0), 0);
+  EXPECT_GT(abi.allocated(1), 0);
+  for (size_t i = 0; i < live.size(); ++i) abi.free_fn(live[i].first, live[i].second, i < 4 ? 0 : 1, nullptr);
+  EXPECT_EQ(abi.allocated(0), 0);
+  EXPECT_EQ(abi.allocated(1), 0);
+  EXPECT_EQ(abi.errors(), 0);
+  // Bad input cannot return a Status here: counted, described, no crash.
+  abi.free_fn(live[0].first, live[0].second, 0, nullptr);  // double free
+  EXPECT_EQ(abi.errors(), 1);
+  EXPECT_EQ(abi.malloc_fn(1 << 20, 9, nullptr), nullptr) << "no such device";
+  EXPECT_EQ(abi.errors(), 2);
+  char message[256];
+  abi.last_error(message, sizeof message);
+  EXPECT_NE(std::string(message).find("device"), std::string::npos) << message;
+  ASSERT_EQ(abi.empty_cache(), 0);
+  EXPECT_EQ(abi.reserved(0), 0);
+  EXPECT_EQ(abi.reserved(1), 0);
+}
+
+}  // namespace
