@@ -10,11 +10,11 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
-#include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/strip.h"
+#include "harness/cli/flag_check.h"
 #include "harness/stress/stress_report.h"
 #include "harness/stress/stress_runner.h"
 
@@ -44,40 +44,7 @@ using gpualloc::CrossStreamReuse;
 using gpualloc::harness::StressConfig;
 
 [[noreturn]] void BadFlags(const std::string& message) {
-  std::fprintf(stderr, "stress: %s\nRun with --help for the flags.\n", message.c_str());
-  std::exit(2);
-}
-
-// Abseil exits with status 1 on a value it cannot parse; we promise 2, so
-// every --name=value is checked here first.
-void PrecheckFlags(int argc, char** argv) {
-  for (int i = 1; i < argc; ++i) {
-    absl::string_view arg = argv[i];
-    if (arg == "--") break;
-    if (!absl::ConsumePrefix(&arg, "--") && !absl::ConsumePrefix(&arg, "-")) continue;
-    const std::size_t eq = arg.find('=');
-    const absl::string_view name = arg.substr(0, eq);
-    if (name == "help" || name == "helpfull" || name == "helpshort" || name == "version" ||
-        absl::StartsWith(name, "helpon") || name == "helpmatch" || name == "helppackage" ||
-        name == "only_check_args") {
-      continue;
-    }
-    absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
-    if (flag == nullptr && eq == absl::string_view::npos && absl::StartsWith(name, "no")) {
-      flag = absl::FindCommandLineFlag(name.substr(2));  // --nofoo for a bool
-      if (flag != nullptr && flag->IsOfType<bool>()) continue;
-      flag = nullptr;
-    }
-    if (flag == nullptr) BadFlags(absl::StrFormat("unknown flag --%s", name));
-    if (eq == absl::string_view::npos) {
-      if (!flag->IsOfType<bool>()) BadFlags(absl::StrFormat("--%s needs a value", name));
-      continue;
-    }
-    std::string error;
-    if (!flag->ParseFrom(arg.substr(eq + 1), &error)) {
-      BadFlags(absl::StrFormat("bad value for --%s: %s", name, error));
-    }
-  }
+  gpualloc::harness::ExitWithBadFlag("stress", message);
 }
 
 StressConfig ConfigFromFlags() {
@@ -119,14 +86,6 @@ StressConfig ConfigFromFlags() {
 
 std::string Mib(std::int64_t b) { return absl::StrFormat("%.0f MiB", b / 1048576.0); }
 
-// `bazel run` starts us in the runfiles tree; relative paths mean the user's
-// working directory.
-std::string UserPath(const std::string& path) {
-  const char* cwd = std::getenv("BUILD_WORKING_DIRECTORY");
-  if (path.empty() || path[0] == '/' || cwd == nullptr) return path;
-  return std::string(cwd) + "/" + path;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -135,7 +94,7 @@ int main(int argc, char** argv) {
       "  bazel run //harness:stress -- [--threads=4 --duration=60 --fault_rate=0.001 ...]\n"
       "Exit status: 0 every invariant held, 1 an invariant broke (the report says how to\n"
       "reproduce it), 2 bad flags or no such device.");
-  PrecheckFlags(argc, argv);
+  gpualloc::harness::CheckFlagValuesOrExit("stress", argc, argv);
   absl::ParseCommandLine(argc, argv);
   const StressConfig config = ConfigFromFlags();
 
@@ -168,7 +127,7 @@ int main(int argc, char** argv) {
   std::printf("%s", gpualloc::harness::ReportText(*report).c_str());
   const std::string json_path = absl::GetFlag(FLAGS_report_json);
   if (!json_path.empty()) {
-    std::ofstream out(UserPath(json_path));
+    std::ofstream out(gpualloc::harness::UserPath(json_path));
     out << gpualloc::harness::ReportJson(*report) << "\n";
     if (!out) {
       std::fprintf(stderr, "stress: could not write %s\n", json_path.c_str());

@@ -1,0 +1,147 @@
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <thread>
+#include <vector>
+
+#include "allocator/backend/sim/sim_backend.h"
+#include "allocator/caching/caching_allocator.h"
+#include "allocator/observe/trace_format.h"
+#include "allocator/observe/trace_recorder.h"
+#include "allocator/observe/tracking_adaptor.h"
+#include "allocator/policy/allocation_tag.h"
+#include "gtest/gtest.h"
+
+namespace gpualloc {
+namespace {
+
+std::shared_ptr<CachingAllocator> Cache() {
+  auto sim = std::make_shared<SimBackend>(SimOptions::WithDevices(1, 128 << 20));
+  return CachingAllocator::Create(sim, 0, {}).value();
+}
+
+__attribute__((noinline)) Allocation LeakFromHere(TrackingAdaptor& t) {
+  return t.Allocate(3 << 20).value();
+}
+
+TEST(TrackingAdaptor, ReportsLeaksGroupedByTagAndSite) {
+  auto cache = Cache();
+  TrackingAdaptor tracked(cache, TrackingOptions{.capture_stacks = true});
+  EXPECT_EQ(tracked.Report(), "No leaks.\n");
+  std::vector<Allocation> keep;
+  {
+    ScopedAllocationTag tag("kv-cache");
+    for (int i = 0; i < 2; ++i) keep.push_back(tracked.Allocate(1 << 20).value());  // one site
+  }
+  keep.push_back(LeakFromHere(tracked));
+  Allocation freed = tracked.Allocate(4096).value();
+  ASSERT_TRUE(tracked.Deallocate(freed).ok());
+  const std::string report = tracked.Report();
+  EXPECT_NE(report.find("3 leaked allocations (5.0 MiB)"), std::string::npos) << report;
+  EXPECT_NE(report.find("tag \"kv-cache\": 2 allocations, 2.0 MiB"), std::string::npos) << report;
+  EXPECT_NE(report.find("LeakFromHere"), std::string::npos) << "symbolised call site\n" << report;
+  EXPECT_EQ(tracked.live_count(), 3u);
+  int local = 0;
+  EXPECT_FALSE(tracked.Deallocate(Allocation{&local, 4, Stream::Default(0)}).ok());
+  for (const Allocation& a : keep) ASSERT_TRUE(tracked.Deallocate(a).ok());
+  EXPECT_EQ(tracked.Report(), "No leaks.\n");
+}
+
+TEST(TrackingAdaptor, ConcurrentUseKeepsTheTableExact) {
+  auto cache = Cache();
+  TrackingAdaptor tracked(cache);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 300; ++i) {
+        Allocation a = tracked.Allocate(256 + i).value();
+        EXPECT_TRUE(tracked.Deallocate(a).ok());
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(tracked.live_count(), 0u);
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+TEST(TraceRecorder, RecordsEveryAllocateAndFreeForReplay) {
+  const std::string path = std::string(std::getenv("TEST_TMPDIR")) + "/t.trace";
+  auto cache = Cache();
+  {
+    auto recorder = TraceRecorder::Create(cache, path).value();
+    Allocation a = recorder->Allocate(1000).value();
+    Allocation b = recorder->Allocate(2000).value();
+    ASSERT_TRUE(recorder->Deallocate(a).ok());
+    EXPECT_FALSE(recorder->Deallocate(a).ok()) << "double free is rejected, not recorded";
+    ASSERT_TRUE(recorder->Deallocate(b).ok());
+    EXPECT_EQ(recorder->events_recorded(), 4u);
+  }
+  absl::StatusOr<std::vector<TraceEvent>> events = ParseTrace(ReadFile(path));
+  ASSERT_TRUE(events.ok()) << events.status();
+  ASSERT_EQ(events->size(), 4u);
+  EXPECT_EQ((*events)[0].action, TraceEvent::Action::kAllocate);
+  EXPECT_EQ((*events)[0].size, 1000u);
+  EXPECT_EQ((*events)[2].action, TraceEvent::Action::kFree);
+  EXPECT_EQ((*events)[2].id, (*events)[0].id);
+  EXPECT_LE((*events)[0].time_ns, (*events)[3].time_ns);
+  EXPECT_TRUE(ValidateTrace(*events).ok());
+  EXPECT_FALSE(TraceRecorder::Create(cache, "/nonexistent-dir/x.trace").ok());
+}
+
+TEST(TraceFormat, CorruptAndTruncatedFilesNameTheOffendingOffset) {
+  std::string trace = EncodeTraceHeader();
+  TraceEvent e;
+  e.size = 64;
+  AppendTraceRecord(e, &trace);
+  ASSERT_TRUE(DecodeTrace(trace).ok());
+  absl::Status truncated = DecodeTrace(trace.substr(0, trace.size() - 5)).status();
+  EXPECT_NE(truncated.message().find("offset 16: truncated record"), absl::string_view::npos) << truncated;
+  std::string bad_action = trace;
+  bad_action[16 + 12] = 7;
+  EXPECT_NE(DecodeTrace(bad_action).status().message().find("offset 16: action 7"), absl::string_view::npos);
+  std::string bad_version = trace;
+  bad_version[8] = 9;
+  EXPECT_NE(DecodeTrace(bad_version).status().message().find("offset 8"), absl::string_view::npos);
+  EXPECT_FALSE(DecodeTrace("GPUTRAC").ok());
+  std::string double_free = trace;
+  e.action = TraceEvent::Action::kFree;
+  AppendTraceRecord(e, &double_free);
+  AppendTraceRecord(e, &double_free);
+  absl::Status invalid = ValidateTrace(DecodeTrace(double_free).value());
+  EXPECT_NE(invalid.message().find("record 2: free of id 0, which is not live"), absl::string_view::npos) << invalid;
+}
+
+TEST(TraceFormat, ReadsRmmLoggingAdaptorCsv) {
+  const std::string csv =
+      "Thread,Time,Action,Pointer,Size,Stream\n"
+      "140211347207936,06:56:01:727098,allocate,0x7f8a3c000000,1024,0x0\n"
+      "140211347207936,06:56:01:727100,allocate failure,0x0,1099511627776,0x0\n"
+      "140211338815232,06:56:01:727110,allocate,0x7f8a3c000400,2048,0x55d0\n"
+      "140211347207936,06:56:01:727200,free,0x7f8a3c000000,1024,0x0\n";
+  absl::StatusOr<std::vector<TraceEvent>> events = ParseTrace(csv);
+  ASSERT_TRUE(events.ok()) << events.status();
+  ASSERT_EQ(events->size(), 3u);
+  EXPECT_EQ((*events)[1].thread, 1u);
+  EXPECT_EQ((*events)[1].stream, 0x55d0u);
+  EXPECT_EQ((*events)[2].action, TraceEvent::Action::kFree);
+  EXPECT_EQ((*events)[2].id, (*events)[0].id);
+  EXPECT_EQ((*events)[2].time_ns - (*events)[0].time_ns, 102'000u);
+  auto error_at = [](const std::string& text) { return std::string(ParseRmmCsv(text).status().message()); };
+  EXPECT_NE(error_at("Thread,Time\n").find("line 1: expected the header"), std::string::npos);
+  EXPECT_NE(error_at("Thread,Time,Action,Pointer,Size,Stream\nx,06:00:00:1,allocate,0x10,zz,0x0\n")
+                .find("line 2: size 'zz'"), std::string::npos);
+  EXPECT_NE(error_at("Thread,Time,Action,Pointer,Size,Stream\n1,06:00:00:1,free,0x10,4,0x0\n")
+                .find("line 2: free of 0x10, which is not live"), std::string::npos);
+  EXPECT_NE(error_at("Thread,Time,Action,Pointer,Size,Stream\n1,6am,allocate,0x10,4,0x0\n")
+                .find("line 2: time '6am'"), std::string::npos);
+  EXPECT_NE(error_at("").find("empty"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace gpualloc

@@ -1,0 +1,60 @@
+// TraceRecorder: an adaptor that writes every allocate and free passing
+// through it to a trace file (trace_format.h), for //harness:replay to run
+// against any allocator stack later.
+//
+// Records are buffered in memory and appended to the file when the buffer
+// passes 1 MiB, on Flush(), and at destruction. Thread-safe.
+#ifndef GPUALLOC_ALLOCATOR_OBSERVE_TRACE_RECORDER_H_
+#define GPUALLOC_ALLOCATOR_OBSERVE_TRACE_RECORDER_H_
+
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <thread>
+
+#include "absl/container/flat_hash_map.h"
+#include "allocator/observe/trace_format.h"
+#include "allocator/resource/memory_resource.h"
+
+namespace gpualloc {
+
+class TraceRecorder final : public MemoryResource {
+ public:
+  // Creates (truncates) `path` and writes the header; the file's error if not.
+  static absl::StatusOr<std::unique_ptr<TraceRecorder>> Create(
+      std::shared_ptr<MemoryResource> upstream, const std::string& path);
+  ~TraceRecorder() override;
+
+  absl::string_view name() const override { return "trace recorder"; }
+  DeviceIndex device() const override { return upstream_->device(); }
+  std::size_t alignment() const override { return upstream_->alignment(); }
+  MemoryStats stats() const override { return upstream_->stats(); }
+
+  absl::Status Flush();
+  std::uint64_t events_recorded() const;
+
+ private:
+  TraceRecorder(std::shared_ptr<MemoryResource> upstream, std::FILE* file)
+      : upstream_(std::move(upstream)), file_(file), start_(std::chrono::steady_clock::now()) {}
+  absl::StatusOr<Allocation> DoAllocate(std::size_t bytes, Stream stream) override;
+  absl::Status DoDeallocate(const Allocation& allocation, Stream stream) override;
+  void RecordLocked(TraceEvent::Action action, const Allocation& a, std::uint64_t id);
+  absl::Status FlushLocked();
+
+  const std::shared_ptr<MemoryResource> upstream_;
+  std::FILE* const file_;
+  const std::chrono::steady_clock::time_point start_;
+  mutable std::mutex mu_;
+  std::string buffer_;
+  absl::flat_hash_map<void*, std::uint64_t> ids_;  // live allocation -> id
+  absl::flat_hash_map<std::thread::id, std::uint32_t> threads_;
+  std::uint64_t next_id_ = 0;
+  std::uint64_t events_ = 0;
+};
+
+}  // namespace gpualloc
+
+#endif  // GPUALLOC_ALLOCATOR_OBSERVE_TRACE_RECORDER_H_
