@@ -15,6 +15,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/strip.h"
 #include "harness/cli/flag_check.h"
+#include "harness/stress/stress_html.h"
 #include "harness/stress/stress_report.h"
 #include "harness/stress/stress_runner.h"
 
@@ -36,6 +37,7 @@ ABSL_FLAG(double, fault_rate, 0.001, "probability of an injected fault per backe
 ABSL_FLAG(std::string, cross_stream_reuse, "follow", "none, opportunistic or follow");
 ABSL_FLAG(std::uint64_t, seed, 1, "seed of the workload and the faults");
 ABSL_FLAG(std::string, report_json, "", "write the JSON report to this file");
+ABSL_FLAG(std::string, report_html, "", "write the self-contained HTML report to this file");
 ABSL_FLAG(bool, inject_bug, false, "plant an allocator bug (proves the checks catch it)");
 
 namespace {
@@ -134,6 +136,16 @@ int main(int argc, char** argv) {
       return 2;
     }
     std::printf("JSON report written to %s\n", json_path.c_str());
+  }
+  const std::string html_path = absl::GetFlag(FLAGS_report_html);
+  if (!html_path.empty()) {
+    std::ofstream out(gpualloc::harness::UserPath(html_path));
+    out << gpualloc::harness::ReportHtml(*report);
+    if (!out) {
+      std::fprintf(stderr, "stress: could not write %s\n", html_path.c_str());
+      return 2;
+    }
+    std::printf("HTML report written to %s\n", html_path.c_str());
   }
   if (!report->ok()) {
     std::printf("\nFirst violation: %s\nSeed: %llu\nReproduce with:\n  ./bazelw run //harness:stress -- %s\n",
