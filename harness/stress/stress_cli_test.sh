@@ -23,4 +23,10 @@ check bad-number 2 "bad value for --threads" -- --threads=abc
 check bad-range 2 "--fault_rate" -- --fault_rate=3
 check unknown-flag 2 "unknown flag --frobnicate" -- --frobnicate=1
 check bad-enum 2 "--sizes" -- --sizes=cubic
+check bad-kind 2 "--fault_kinds" -- --fault_kinds=error,explode
+check sticky 2 "sticky is a lost device" -- --fault_kinds=sticky
+check trace-needed 2 "--trace" -- --sizes=trace
+check bad-trace 2 "--trace: cannot read" -- --sizes=trace --trace=/nonexistent
+check fifo-limit-kinds 0 "result +PASS" -- --ops=3000 --threads=2 --device_capacity_mb=256 \
+  --max_size=2097152 --lifetime=fifo --limit_mb=64 --fault_rate=0.05 --fault_kinds=error,delay
 exit $fail

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 
 namespace gpualloc::harness {
@@ -12,15 +13,35 @@ absl::string_view SizeDistributionName(SizeDistribution d) {
     case SizeDistribution::kUniform: return "uniform";
     case SizeDistribution::kLogUniform: return "loguniform";
     case SizeDistribution::kTraining: return "training";
+    case SizeDistribution::kTrace: return "trace";
   }
   return "unknown";
 }
 
 bool ParseSizeDistribution(absl::string_view name, SizeDistribution* d) {
-  for (SizeDistribution x :
-       {SizeDistribution::kUniform, SizeDistribution::kLogUniform, SizeDistribution::kTraining}) {
+  for (SizeDistribution x : {SizeDistribution::kUniform, SizeDistribution::kLogUniform,
+                             SizeDistribution::kTraining, SizeDistribution::kTrace}) {
     if (SizeDistributionName(x) == name) {
       *d = x;
+      return true;
+    }
+  }
+  return false;
+}
+
+absl::string_view LifetimeName(Lifetime l) {
+  switch (l) {
+    case Lifetime::kRandom: return "random";
+    case Lifetime::kFifo: return "fifo";
+    case Lifetime::kLifo: return "lifo";
+  }
+  return "unknown";
+}
+
+bool ParseLifetime(absl::string_view name, Lifetime* l) {
+  for (Lifetime x : {Lifetime::kRandom, Lifetime::kFifo, Lifetime::kLifo}) {
+    if (LifetimeName(x) == name) {
+      *l = x;
       return true;
     }
   }
@@ -66,12 +87,28 @@ absl::Status StressConfig::Validate() const {
   if (!IsFraction(fault_rate) || fault_rate > 0.5) {
     return Bad("fault_rate", "must be in [0, 0.5]");
   }
+  if (fault_rate > 0 && fault_kinds.empty()) return Bad("fault_kinds", "needs at least one kind");
+  for (FaultAction k : fault_kinds) {
+    if (k == FaultAction::kStickyError) {
+      return Bad("fault_kinds", "sticky is a lost device: it ends a campaign (unit tests cover it)");
+    }
+  }
+  if (limit_mb != 0 && limit_mb * (std::size_t{1} << 20) < max_size) {
+    return Bad("limit_mb", "must be 0 (no limit) or hold at least one --max_size request");
+  }
+  if (sizes == SizeDistribution::kTrace && trace_sizes.empty()) {
+    return Bad("trace", "--sizes=trace needs --trace with at least one allocation");
+  }
   return absl::OkStatus();
 }
 
 std::string StressConfig::ToFlags() const {
   static constexpr const char* kReuse[] = {"none", "opportunistic", "follow"};
-  return absl::StrFormat(
+  std::string kinds;
+  for (FaultAction k : fault_kinds) absl::StrAppend(&kinds, kinds.empty() ? "" : ",", FaultActionName(k));
+  return absl::StrFormat("--lifetime=%s --fault_kinds=%s --limit_mb=%d%s ", LifetimeName(lifetime),
+                         kinds, limit_mb, trace_path.empty() ? "" : " --trace=" + trace_path) +
+         absl::StrFormat(
       "--backend=%s --devices=%d --device_capacity_mb=%d --threads=%d --streams=%d "
       "--duration=%g --ops=%d --sizes=%s --min_size=%d --max_size=%d --max_live=%d "
       "--cross_thread_free=%g --cross_stream_free=%g --device_switch=%g --fault_rate=%g "
@@ -97,6 +134,9 @@ std::size_t SizeSampler::Next(std::mt19937_64& rng) const {
     case SizeDistribution::kLogUniform:
       size = log_uniform(lo, hi);
       break;
+    case SizeDistribution::kTrace:
+      return std::clamp(config_.trace_sizes[rng() % config_.trace_sizes.size()], config_.min_size,
+                        config_.max_size);
     case SizeDistribution::kTraining: {
       // 70% activations and gradients of a few KiB to 1 MiB, 25% mid-size
       // tensors, 5% the largest (weights, optimizer state).

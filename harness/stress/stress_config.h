@@ -7,9 +7,11 @@
 #include <cstdint>
 #include <random>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
+#include "allocator/backend/failpoints/fault_rule.h"
 #include "allocator/caching/caching_options.h"
 
 namespace gpualloc::harness {
@@ -18,7 +20,17 @@ enum class SizeDistribution {
   kUniform,     // uniform in [min_size, max_size]
   kLogUniform,  // log-uniform in [min_size, max_size] (RMM's random_allocations)
   kTraining,    // a training step's mix: many small activations, some large tensors
+  kTrace,       // the allocation sizes of a recorded trace (--trace), in random order
 };
+
+// Which live allocation a free picks.
+enum class Lifetime {
+  kRandom,  // any live allocation
+  kFifo,    // the oldest (long-lived buffers, queues)
+  kLifo,    // the newest (scoped temporaries, stack-like)
+};
+absl::string_view LifetimeName(Lifetime l);
+bool ParseLifetime(absl::string_view name, Lifetime* l);
 absl::string_view SizeDistributionName(SizeDistribution d);
 bool ParseSizeDistribution(absl::string_view name, SizeDistribution* d);
 
@@ -38,6 +50,16 @@ struct StressConfig {
   double cross_stream_free_fraction = 0.05;
   double device_switch_fraction = 0.2;
   double fault_rate = 0.001;   // probability per backend call
+  // What an injected fault does (each fault picks one at random).
+  std::vector<FaultAction> fault_kinds = {FaultAction::kReturnError, FaultAction::kThrowBadAlloc,
+                                          FaultAction::kThrowRuntimeError,
+                                          FaultAction::kThrowForeign};
+  Lifetime lifetime = Lifetime::kRandom;
+  // Reserved-bytes limit of each device's allocator (0: the device's capacity).
+  std::size_t limit_mb = 0;
+  // kTrace: the allocation sizes to draw from (read from --trace).
+  std::vector<std::size_t> trace_sizes;
+  std::string trace_path;
   std::uint64_t seed = 1;
   CrossStreamReuse cross_stream = CrossStreamReuse::kFollowEvents;
   // Test hook: make the allocator hand out one freed block twice, to prove

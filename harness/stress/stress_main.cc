@@ -6,12 +6,15 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <sstream>
 #include <string>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/match.h"
+#include "absl/strings/str_split.h"
+#include "allocator/observe/trace_format.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/strip.h"
 #include "harness/cli/flag_check.h"
@@ -26,7 +29,13 @@ ABSL_FLAG(int, threads, 4, "worker threads");
 ABSL_FLAG(int, streams, 2, "streams per device (the default stream counts as one)");
 ABSL_FLAG(double, duration, 60, "seconds to run (ignored when --ops is set)");
 ABSL_FLAG(std::uint64_t, ops, 0, "operations to run; 0 runs for --duration");
-ABSL_FLAG(std::string, sizes, "loguniform", "size distribution: uniform, loguniform, training");
+ABSL_FLAG(std::string, sizes, "loguniform",
+          "size distribution: uniform, loguniform, training, or trace (sizes of --trace)");
+ABSL_FLAG(std::string, trace, "", "a recorded trace (ours or RMM CSV) whose sizes --sizes=trace draws");
+ABSL_FLAG(std::string, lifetime, "random", "which live allocation a free picks: random, fifo, lifo");
+ABSL_FLAG(std::string, fault_kinds, "error,bad_alloc,runtime_error,foreign",
+          "what injected faults do: error, bad_alloc, runtime_error, foreign, delay");
+ABSL_FLAG(std::size_t, limit_mb, 0, "reserved-bytes limit of each device's allocator, MiB (0: none)");
 ABSL_FLAG(std::size_t, min_size, 256, "smallest request, bytes");
 ABSL_FLAG(std::size_t, max_size, std::size_t{16} << 20, "largest request, bytes");
 ABSL_FLAG(int, max_live, 48, "live allocations per thread at most (bounds lifetimes)");
@@ -59,7 +68,7 @@ StressConfig ConfigFromFlags() {
   c.duration_s = absl::GetFlag(FLAGS_duration);
   c.ops = absl::GetFlag(FLAGS_ops);
   if (!gpualloc::harness::ParseSizeDistribution(absl::GetFlag(FLAGS_sizes), &c.sizes)) {
-    BadFlags(absl::StrFormat("--sizes: '%s' is not one of uniform, loguniform, training",
+    BadFlags(absl::StrFormat("--sizes: '%s' is not one of uniform, loguniform, training, trace",
                              absl::GetFlag(FLAGS_sizes)));
   }
   c.min_size = absl::GetFlag(FLAGS_min_size);
@@ -79,6 +88,32 @@ StressConfig ConfigFromFlags() {
   } else {
     BadFlags(absl::StrFormat("--cross_stream_reuse: '%s' is not one of none, opportunistic, follow",
                              reuse));
+  }
+  if (!gpualloc::harness::ParseLifetime(absl::GetFlag(FLAGS_lifetime), &c.lifetime)) {
+    BadFlags(absl::StrFormat("--lifetime: '%s' is not one of random, fifo, lifo",
+                             absl::GetFlag(FLAGS_lifetime)));
+  }
+  c.fault_kinds.clear();
+  for (absl::string_view kind : absl::StrSplit(absl::GetFlag(FLAGS_fault_kinds), ',', absl::SkipEmpty())) {
+    gpualloc::FaultAction action;
+    if (!gpualloc::ParseFaultAction(kind, &action)) {
+      BadFlags(absl::StrFormat("--fault_kinds: '%s' is not one of error, bad_alloc, runtime_error, "
+                               "foreign, delay", kind));
+    }
+    c.fault_kinds.push_back(action);
+  }
+  c.limit_mb = absl::GetFlag(FLAGS_limit_mb);
+  c.trace_path = absl::GetFlag(FLAGS_trace);
+  if (!c.trace_path.empty()) {
+    std::ifstream in(gpualloc::harness::UserPath(c.trace_path), std::ios::binary);
+    std::stringstream bytes;
+    bytes << in.rdbuf();
+    if (!in) BadFlags(absl::StrFormat("--trace: cannot read %s", c.trace_path));
+    absl::StatusOr<std::vector<gpualloc::TraceEvent>> events = gpualloc::ParseTrace(bytes.str());
+    if (!events.ok()) BadFlags(absl::StrFormat("--trace: %s", events.status().message()));
+    for (const gpualloc::TraceEvent& e : *events) {
+      if (e.action == gpualloc::TraceEvent::Action::kAllocate) c.trace_sizes.push_back(e.size);
+    }
   }
   c.seed = absl::GetFlag(FLAGS_seed);
   c.inject_bug = absl::GetFlag(FLAGS_inject_bug);

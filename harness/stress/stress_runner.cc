@@ -131,15 +131,18 @@ absl::Status Campaign::SetUp() {
   if (config_.fault_rate > 0) {
     // Error returns and throws on the calls that allocate, release and order
     // memory; each must be survived with no leak and no corruption.
-    const double r = config_.fault_rate;
-    for (BackendOp op : {BackendOp::kMalloc, BackendOp::kEventRecord, BackendOp::kStreamWaitEvent,
-                         BackendOp::kEventCreate, BackendOp::kFree,
-                         BackendOp::kDeviceProperties}) {
-      faulty_->AddRule(FaultRule::WithProbability(op, r, FaultAction::kReturnError));
+    // Each kind asked for, spread over the calls that allocate, release and
+    // order memory: the rate is per call, shared among the kinds.
+    const double r = config_.fault_rate / config_.fault_kinds.size();
+    for (FaultAction kind : config_.fault_kinds) {
+      for (BackendOp op : {BackendOp::kMalloc, BackendOp::kFree, BackendOp::kEventRecord,
+                           BackendOp::kStreamWaitEvent, BackendOp::kEventCreate,
+                           BackendOp::kEventQuery, BackendOp::kDeviceProperties}) {
+        FaultRule rule = FaultRule::WithProbability(op, r, kind);
+        if (kind == FaultAction::kDelay) rule.delay = std::chrono::microseconds(200);
+        faulty_->AddRule(rule);
+      }
     }
-    faulty_->AddRule(FaultRule::WithProbability(BackendOp::kMalloc, r / 2, FaultAction::kThrowBadAlloc));
-    faulty_->AddRule(FaultRule::WithProbability(BackendOp::kMalloc, r / 4, FaultAction::kThrowForeign));
-    faulty_->AddRule(FaultRule::WithProbability(BackendOp::kEventQuery, r, FaultAction::kThrowRuntimeError));
   }
   ContextOptions options;
   options.backends[static_cast<int>(device_type_)] =
@@ -154,6 +157,7 @@ absl::Status Campaign::SetUp() {
   for (int d = 0; d < config_.devices; ++d) {
     GPUALLOC_ASSIGN_OR_RETURN(std::unique_ptr<CachingAllocator> a,
                               CachingAllocator::Create(faulty_, d, caching));
+    if (config_.limit_mb != 0) GPUALLOC_RETURN_IF_ERROR(a->SetReservedLimit(config_.limit_mb << 20));
     allocators_.push_back(std::move(a));
     streams_.emplace_back();
     streams_.back().push_back(Stream::Default(d));
@@ -243,10 +247,16 @@ void Campaign::Worker(int t) {
                                   bytes, device, a.status().message()));
       }
     } else if (!live.empty()) {
-      const std::size_t i = rng() % live.size();
+      const std::size_t i = config_.lifetime == Lifetime::kFifo   ? 0
+                            : config_.lifetime == Lifetime::kLifo ? live.size() - 1
+                                                                  : rng() % live.size();
       Live l = live[i];
-      live[i] = live.back();
-      live.pop_back();
+      if (config_.lifetime == Lifetime::kFifo) {
+        live.erase(live.begin());  // keeps allocation order
+      } else {
+        live[i] = live.back();
+        live.pop_back();
+      }
       const DeviceIndex owner = l.allocation.device();
       if (coin(rng) < config_.cross_thread_free_fraction) {
         std::lock_guard<std::mutex> lock(handoff_mu_[owner]);
