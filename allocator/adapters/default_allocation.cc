@@ -12,7 +12,7 @@ absl::StatusOr<Allocation> Allocate(std::size_t bytes, Context& context) {
 absl::StatusOr<Allocation> Allocate(std::size_t bytes, Stream stream, Context& context) {
   const Device device = context.CurrentDevice();
   GPUALLOC_ASSIGN_OR_RETURN(Runtime * runtime, context.GetRuntime(device));
-  return runtime->allocator()->Allocate(bytes, stream);
+  return runtime->resource().Allocate(bytes, stream);
 }
 
 absl::Status Deallocate(const Allocation& allocation, Context& context) {
@@ -20,7 +20,7 @@ absl::Status Deallocate(const Allocation& allocation, Context& context) {
   // runtime per process in practice); the index is the allocation's own.
   const Device owner{context.CurrentDevice().type, allocation.device()};
   GPUALLOC_ASSIGN_OR_RETURN(Runtime * runtime, context.GetRuntime(owner));
-  return runtime->allocator()->Deallocate(allocation);
+  return runtime->resource().Deallocate(allocation);
 }
 
 }  // namespace gpualloc

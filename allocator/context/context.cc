@@ -88,11 +88,15 @@ absl::StatusOr<Runtime*> Context::GetRuntime(Device device) {
         "device %s: the limit of %d runtimes in this context is reached", device.ToString(),
         options_.max_runtimes));
   }
-  absl::StatusOr<std::unique_ptr<Runtime>> created =
-      Runtime::Create(device, std::move(backend), options_.caching);
+  absl::StatusOr<std::unique_ptr<Runtime>> created = Runtime::Create(
+      device, std::move(backend), options_.caching,
+      options_.track_allocations || options_.leak_report_at_exit);
   if (!created.ok()) {
     runtime_count_.fetch_sub(1, std::memory_order_acq_rel);
     return created.status();  // no partial entry: the slot stays empty
+  }
+  if (options_.leak_report_at_exit && (*created)->tracker() != nullptr) {
+    PrintLeakReportAtExit((*created)->tracker());
   }
   slot->runtime = *std::move(created);
   slot->ready.store(slot->runtime.get(), std::memory_order_release);

@@ -49,6 +49,11 @@ struct ContextOptions {
   int max_device_index = 64;
   // Options of every runtime's caching allocator.
   CachingOptions caching;
+  // Allocations through Runtime::resource() (and gpualloc::Allocate) are
+  // tracked (allocator/observe/tracking_adaptor.h); with leak_report_at_exit
+  // whatever is still live when the process exits is reported on stderr.
+  bool track_allocations = false;
+  bool leak_report_at_exit = false;
 
   // A context whose sim devices are served by `sim`.
   static ContextOptions SimOnly(std::shared_ptr<Backend> sim);

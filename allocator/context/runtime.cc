@@ -8,7 +8,8 @@ namespace gpualloc {
 
 absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Create(Device device,
                                                          std::shared_ptr<Backend> backend,
-                                                         CachingOptions caching) {
+                                                         CachingOptions caching,
+                                                         bool track_allocations) {
   const std::string op = absl::StrCat("creating the runtime for ", device.ToString());
   return CallAtBoundary(op, [&]() -> absl::StatusOr<std::unique_ptr<Runtime>> {
     if (backend == nullptr) return absl::FailedPreconditionError(absl::StrCat(op, ": no backend"));
@@ -23,9 +24,12 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Create(Device device,
       return absl::Status(allocator.status().code(),
                           absl::StrCat(op, ": ", allocator.status().message()));
     }
+    std::shared_ptr<CachingAllocator> cache = *std::move(allocator);
+    std::shared_ptr<TrackingAdaptor> tracker =
+        track_allocations ? std::make_shared<TrackingAdaptor>(cache) : nullptr;
     // No raw new escapes: the object is owned before anything else can fail.
     return std::unique_ptr<Runtime>(new Runtime(device, std::move(backend), *std::move(props),
-                                                *std::move(allocator)));
+                                                std::move(cache), std::move(tracker)));
   });
 }
 

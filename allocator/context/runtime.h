@@ -11,6 +11,7 @@
 #include "absl/status/statusor.h"
 #include "allocator/backend/backend.h"
 #include "allocator/caching/caching_allocator.h"
+#include "allocator/observe/tracking_adaptor.h"
 #include "allocator/context/device.h"
 
 namespace gpualloc {
@@ -21,7 +22,8 @@ class Runtime {
   // device does not exist or the backend fails or throws.
   static absl::StatusOr<std::unique_ptr<Runtime>> Create(Device device,
                                                          std::shared_ptr<Backend> backend,
-                                                         CachingOptions caching = {});
+                                                         CachingOptions caching = {},
+                                                         bool track_allocations = false);
 
   Runtime(const Runtime&) = delete;
   Runtime& operator=(const Runtime&) = delete;
@@ -32,19 +34,28 @@ class Runtime {
   const DeviceProperties& properties() const { return properties_; }
   // The device's caching allocator.
   const std::shared_ptr<CachingAllocator>& allocator() const { return allocator_; }
+  // What allocations should go through: the tracking adaptor over the
+  // allocator when the context tracks allocations, else the allocator.
+  MemoryResource& resource() const {
+    return tracker_ ? static_cast<MemoryResource&>(*tracker_) : *allocator_;
+  }
+  // Null unless the context tracks allocations.
+  const std::shared_ptr<TrackingAdaptor>& tracker() const { return tracker_; }
 
  private:
   Runtime(Device device, std::shared_ptr<Backend> backend, DeviceProperties properties,
-          std::shared_ptr<CachingAllocator> allocator)
+          std::shared_ptr<CachingAllocator> allocator, std::shared_ptr<TrackingAdaptor> tracker)
       : device_(device),
         backend_(std::move(backend)),
         properties_(std::move(properties)),
-        allocator_(std::move(allocator)) {}
+        allocator_(std::move(allocator)),
+        tracker_(std::move(tracker)) {}
 
   const Device device_;
   const std::shared_ptr<Backend> backend_;
   const DeviceProperties properties_;
   const std::shared_ptr<CachingAllocator> allocator_;
+  const std::shared_ptr<TrackingAdaptor> tracker_;
 };
 
 }  // namespace gpualloc
