@@ -1,6 +1,9 @@
-// Fuzz target: the shared operation grammar driving the caching allocator on
-// the sim, with the shared invariant checker after every operation and a leak
-// check at the end. Any violation aborts with the op sequence that caused it.
+// Fuzz target: the shared operation grammar driving the allocator stacks on
+// the sim — the caching allocator (plain or with expandable segments), the
+// size-class pool or the weights arena over it, and the pinned host allocator
+// with device switching — with the shared invariant checker after every
+// operation and a leak check at the end. Any violation aborts with the op
+// sequence that caused it.
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -13,8 +16,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   using namespace gpualloc::harness;
   InterpreterOptions options;
   options.device_capacity = std::size_t{48} << 20;  // small: OOM paths are reachable
-  if (size > 0) {
+  if (size > 0) {  // the first byte picks the stack and the stream policy
     options.caching.cross_stream = static_cast<gpualloc::CrossStreamReuse>(data[0] % 3);
+    options.stack = static_cast<InterpreterStack>((data[0] / 3) % 3);
+    options.caching.expandable_segments = (data[0] / 9) % 2 == 1;
   }
   OpInterpreter interpreter(options);
   for (const Op& op : DecodeOps(data, size)) {

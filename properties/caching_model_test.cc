@@ -1,6 +1,7 @@
-// Stateful, model-based property tests of the caching allocator
-// (rapidcheck/state.h): random command sequences run against the real
-// allocator on the simulated device. The reference model — the live
+// Stateful, model-based property tests (rapidcheck/state.h) of the caching
+// allocator, the size-class pool and the weights arena over it, and the
+// pinned host allocator: random command sequences run against the real
+// allocators on the simulated device. The reference model — the live
 // allocations and their bytes — lives in harness::OpInterpreter, which checks
 // it, the shared invariants and the content cookies after every command, and
 // at the end that the sim's accounting returns to zero. A failure is shrunk
@@ -41,6 +42,10 @@ struct OpCommand : Command {
              {1, rc::gen::inRange<std::uint64_t>(4 << 20, 40 << 20)}});
         op.b = *rc::gen::inRange<std::uint64_t>(0, m.streams);
         break;
+      case OpKind::kPinnedAllocate:
+        op.a = *rc::gen::inRange<std::uint64_t>(1, 1 << 20);
+        op.b = *rc::gen::inRange<std::uint64_t>(0, 2);
+        break;
       case OpKind::kSetLimit:
         op.a = *rc::gen::weightedOneOf<std::uint64_t>(
             {{1, rc::gen::just<std::uint64_t>(0)},
@@ -59,10 +64,12 @@ struct OpCommand : Command {
   void show(std::ostream& os) const override { os << op.ToString(); }
 };
 
-void CheckRandomCommandSequences(CrossStreamReuse policy) {
+void CheckRandomCommandSequences(CrossStreamReuse policy,
+                                 InterpreterStack stack = InterpreterStack::kCaching) {
   InterpreterOptions options;
   options.device_capacity = std::size_t{96} << 20;
   options.caching.cross_stream = policy;
+  options.stack = stack;
   options.seed = *rc::gen::inRange<std::uint64_t>(1, 1 << 20);
   OpInterpreter sut(options);
   rc::state::check(Model{}, sut,
@@ -71,7 +78,9 @@ void CheckRandomCommandSequences(CrossStreamReuse policy) {
                        OpCommand<OpKind::kFree>, OpCommand<OpKind::kFreeOnOtherStream>,
                        OpCommand<OpKind::kRecordUse>, OpCommand<OpKind::kSyncStream>,
                        OpCommand<OpKind::kEmptyCache>, OpCommand<OpKind::kSetLimit>,
-                       OpCommand<OpKind::kInjectFault>, OpCommand<OpKind::kBadFree>>());
+                       OpCommand<OpKind::kInjectFault>, OpCommand<OpKind::kBadFree>,
+                       OpCommand<OpKind::kPinnedAllocate>, OpCommand<OpKind::kPinnedFree>,
+                       OpCommand<OpKind::kSwitchDevice>>());
   const absl::Status st = sut.Finish();
   if (!st.ok()) RC_FAIL(std::string(st.message()));
 }
@@ -86,6 +95,14 @@ RC_GTEST_PROP(CachingAllocatorModel, OpportunisticPolicyKeepsEveryInvariant, ())
 
 RC_GTEST_PROP(CachingAllocatorModel, NoCrossStreamPolicyKeepsEveryInvariant, ()) {
   CheckRandomCommandSequences(CrossStreamReuse::kNone);
+}
+
+RC_GTEST_PROP(SizeClassPoolModel, KeepsEveryInvariant, ()) {
+  CheckRandomCommandSequences(CrossStreamReuse::kFollowEvents, InterpreterStack::kSizeClassOverCaching);
+}
+
+RC_GTEST_PROP(ArenaModel, KeepsEveryInvariant, ()) {
+  CheckRandomCommandSequences(CrossStreamReuse::kFollowEvents, InterpreterStack::kArenaOverCaching);
 }
 
 }  // namespace

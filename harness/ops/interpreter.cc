@@ -1,9 +1,12 @@
 #include "harness/ops/interpreter.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_format.h"
+#include "allocator/caching/arena_resource.h"
+#include "allocator/caching/size_class_pool.h"
 #include "allocator/common/status_macros.h"
 
 namespace gpualloc::harness {
@@ -20,9 +23,28 @@ bool ExpectedFailure(const absl::Status& st) {
 
 OpInterpreter::OpInterpreter(InterpreterOptions options)
     : options_(options), next_cookie_(options.seed * 7919) {
-  sim_ = std::make_shared<SimBackend>(SimOptions::WithDevices(1, options_.device_capacity));
+  sim_ = std::make_shared<SimBackend>(SimOptions::WithDevices(2, options_.device_capacity));
   faulty_ = std::make_shared<FailpointBackend>(sim_, options_.seed);
   cache_ = CachingAllocator::Create(faulty_, 0, options_.caching).value();
+  switch (options_.stack) {
+    case InterpreterStack::kCaching:
+      top_ = cache_;
+      break;
+    case InterpreterStack::kSizeClassOverCaching:
+      top_ = SizeClassPool::Create(cache_, faulty_, SizeClassOptions{}).value();
+      break;
+    case InterpreterStack::kArenaOverCaching: {
+      ArenaOptions arena;
+      arena.pack_threshold = 1 << 20;
+      arena.chunk_bytes = 8 << 20;
+      top_ = ArenaResource::Create(cache_, arena).value();
+      break;
+    }
+  }
+  PinnedHostOptions pinned;
+  pinned.cache_limit_bytes = 2 << 20;
+  pinned.max_pending_per_owner = 4;
+  pinned_ = std::make_unique<PinnedHostAllocator>(faulty_, pinned);
   streams_.push_back(Stream::Default(0));
   for (int i = 1; i < options_.streams; ++i) streams_.push_back(sim_->CreateStream(0).value());
 }
@@ -39,14 +61,22 @@ absl::Status OpInterpreter::Violation(const absl::Status& st) const {
 absl::Status OpInterpreter::Check() {
   const MemorySnapshot snap = cache_->Snapshot();
   GPUALLOC_RETURN_IF_ERROR(CheckSnapshot(snap));
-  GPUALLOC_RETURN_IF_ERROR(shadow_.CheckAgainst(snap));
-  // The model: the live set's bytes and count are what the allocator reports.
-  if (snap.stats.requested_bytes.current != static_cast<std::int64_t>(shadow_.bytes()) ||
-      snap.stats.active_blocks.current != static_cast<std::int64_t>(shadow_.size())) {
+  if (top_ == cache_) GPUALLOC_RETURN_IF_ERROR(shadow_.CheckAgainst(snap));
+  // The model: the live set's bytes and count are what the top of the stack
+  // reports (for the plain cache, the snapshot's own stats).
+  const MemoryStats top = top_ == cache_ ? snap.stats : top_->stats();
+  if (top.requested_bytes.current != static_cast<std::int64_t>(shadow_.bytes()) ||
+      top.active_blocks.current != static_cast<std::int64_t>(shadow_.size())) {
     return absl::FailedPreconditionError(absl::StrFormat(
         "model disagrees: %d live allocations of %d bytes, the allocator reports %d of %d",
-        shadow_.size(), shadow_.bytes(), snap.stats.active_blocks.current,
-        snap.stats.requested_bytes.current));
+        shadow_.size(), shadow_.bytes(), top.active_blocks.current, top.requested_bytes.current));
+  }
+  std::size_t pinned_bytes = 0;
+  for (const PinnedBlock& b : pinned_live_) pinned_bytes += b.bytes;
+  if (pinned_->stats().live_bytes != pinned_bytes) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "pinned model disagrees: %d bytes live, the pinned allocator reports %d", pinned_bytes,
+        pinned_->stats().live_bytes));
   }
   // Over the limit is allowed only while live allocations hold it there: no
   // wholly free segment may stay cached then. (A release the backend refused
@@ -78,7 +108,7 @@ absl::Status OpInterpreter::Apply(const Op& op) {
   auto free_live = [&](const Live& l, Stream on) -> absl::Status {
     GPUALLOC_RETURN_IF_ERROR(VerifyCookie(*sim_, l.allocation, l.cookie,
                                           std::min(kCookieBytes, l.allocation.bytes)));
-    absl::Status st = cache_->Deallocate(l.allocation, on);
+    absl::Status st = top_->Deallocate(l.allocation, on);
     if (st.ok()) return shadow_.Remove(l.allocation);
     if (!ExpectedFailure(st)) return st;
     live_.push_back(l);  // still allocated: freed later
@@ -89,10 +119,10 @@ absl::Status OpInterpreter::Apply(const Op& op) {
   switch (op.kind) {
     case OpKind::kAllocate: {
       const std::size_t bytes = std::max<std::uint64_t>(1, op.a);
-      absl::StatusOr<Allocation> a = cache_->Allocate(bytes, StreamAt(op.b));
+      absl::StatusOr<Allocation> a = top_->Allocate(bytes, StreamAt(op.b));
       if (a.ok()) {
         Live l{*a, next_cookie_++};
-        result = shadow_.Add(*a, cache_->alignment());
+        result = shadow_.Add(*a, top_->alignment());
         if (result.ok()) {
           result = WriteCookie(*sim_, *a, l.cookie, std::min(kCookieBytes, a->bytes));
         }
@@ -109,7 +139,7 @@ absl::Status OpInterpreter::Apply(const Op& op) {
       if (auto l = take_live(op.a)) result = free_live(*l, StreamAt(op.b));
       break;
     case OpKind::kRecordUse:
-      if (!live_.empty()) {
+      if (!live_.empty() && top_ == cache_) {  // only the cache hands out its own blocks
         absl::Status st = cache_->RecordStream(live_[op.a % live_.size()].allocation, StreamAt(op.b));
         if (!st.ok() && !ExpectedFailure(st)) result = st;
       }
@@ -138,24 +168,51 @@ absl::Status OpInterpreter::Apply(const Op& op) {
       break;
     }
     case OpKind::kBadFree: {
-      const MemoryStats before = cache_->stats();
+      const MemoryStats before = top_->stats();
       absl::Status st;
       int on_stack = 0;
       if (op.a % 3 == 0 || live_.empty()) {
-        st = cache_->Deallocate(Allocation{&on_stack, 4, Stream::Default(0)});
+        st = top_->Deallocate(Allocation{&on_stack, 4, Stream::Default(0)});
       } else if (op.a % 3 == 1) {
         const Allocation& a = live_[op.b % live_.size()].allocation;
-        st = cache_->Deallocate(Allocation{a.ptr, a.bytes + 1, a.stream});
+        st = top_->Deallocate(Allocation{a.ptr, a.bytes + 1, a.stream});
       } else {
         const Allocation& a = live_[op.b % live_.size()].allocation;
-        st = cache_->Deallocate(Allocation{static_cast<char*>(a.ptr) + 1, a.bytes, a.stream});
+        st = top_->Deallocate(Allocation{static_cast<char*>(a.ptr) + 1, a.bytes, a.stream});
       }
       if (st.code() != absl::StatusCode::kInvalidArgument) {
         result = absl::FailedPreconditionError(absl::StrFormat(
             "a bad free was not rejected as InvalidArgument: %s", st.ToString()));
-      } else if (cache_->stats().allocated_bytes.current != before.allocated_bytes.current) {
+      } else if (top_->stats().allocated_bytes.current != before.allocated_bytes.current) {
         result = absl::FailedPreconditionError("a rejected bad free changed the allocator");
       }
+      break;
+    }
+    case OpKind::kPinnedAllocate: {
+      absl::StatusOr<PinnedBlock> b = pinned_->Allocate(std::max<std::uint64_t>(op.a, 1),
+                                                        static_cast<DeviceIndex>(op.b % 2));
+      if (b.ok()) {
+        std::memset(b->ptr, 0x5A, std::min<std::size_t>(b->bytes, 64));  // host-accessible
+        pinned_live_.push_back(*b);
+      } else if (!ExpectedFailure(b.status())) {
+        result = b.status();
+      }
+      break;
+    }
+    case OpKind::kPinnedFree:
+      if (!pinned_live_.empty()) {
+        const std::size_t k = op.a % pinned_live_.size();
+        result = pinned_->Deallocate(pinned_live_[k]);  // whatever device is current
+        if (result.ok()) {
+          pinned_live_[k] = pinned_live_.back();
+          pinned_live_.pop_back();
+        }
+      }
+      break;
+    case OpKind::kSwitchDevice: {
+      const DeviceIndex d = static_cast<DeviceIndex>(op.b % 2);
+      result = sim_->SetDevice(d);
+      if (result.ok()) pinned_->OnDeviceCurrent(d);
       break;
     }
     case OpKind::kCount:
@@ -179,12 +236,18 @@ absl::Status OpInterpreter::Finish() {
   absl::Status result = absl::OkStatus();
   for (const Live& l : live_) {
     absl::Status st = VerifyCookie(*sim_, l.allocation, l.cookie, std::min(kCookieBytes, l.allocation.bytes));
-    if (st.ok()) st = cache_->Deallocate(l.allocation);
+    if (st.ok()) st = top_->Deallocate(l.allocation);
     if (st.ok()) st = shadow_.Remove(l.allocation);
     if (!st.ok() && result.ok()) result = st;
   }
   live_.clear();
+  for (const PinnedBlock& b : pinned_live_) {
+    if (absl::Status st = pinned_->Deallocate(b); !st.ok() && result.ok()) result = st;
+  }
+  pinned_live_.clear();
   if (result.ok()) result = Check();
+  pinned_.reset();  // releases every queued and cached block
+  top_.reset();     // a pool or arena gives its slabs and chunks back to the cache
   if (absl::Status st = cache_->EmptyCache(); !st.ok() && result.ok()) result = st;
   cache_.reset();
   for (Stream s : streams_) {

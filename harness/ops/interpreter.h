@@ -19,15 +19,21 @@
 #include "allocator/backend/failpoints/failpoint_backend.h"
 #include "allocator/backend/sim/sim_backend.h"
 #include "allocator/caching/caching_allocator.h"
+#include "allocator/host/pinned_host_allocator.h"
 #include "harness/invariants/invariants.h"
 #include "harness/ops/ops.h"
 
 namespace gpualloc::harness {
 
+// Which allocator stack the ops run against; the caching allocator is always
+// at the bottom, and its structural invariants are checked whatever is on top.
+enum class InterpreterStack { kCaching, kSizeClassOverCaching, kArenaOverCaching };
+
 struct InterpreterOptions {
-  std::size_t device_capacity = std::size_t{96} << 20;
+  std::size_t device_capacity = std::size_t{96} << 20;  // of each of the two devices
   int streams = 3;  // including the default stream
   CachingOptions caching;
+  InterpreterStack stack = InterpreterStack::kCaching;
   std::uint64_t seed = 1;
 };
 
@@ -56,7 +62,10 @@ class OpInterpreter {
   InterpreterOptions options_;
   std::shared_ptr<SimBackend> sim_;
   std::shared_ptr<FailpointBackend> faulty_;
-  std::unique_ptr<CachingAllocator> cache_;
+  std::shared_ptr<CachingAllocator> cache_;
+  std::shared_ptr<MemoryResource> top_;  // what allocations go through
+  std::unique_ptr<PinnedHostAllocator> pinned_;
+  std::vector<PinnedBlock> pinned_live_;
   std::vector<Stream> streams_;
   std::vector<Live> live_;
   LiveSet shadow_;

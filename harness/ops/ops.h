@@ -22,6 +22,9 @@ enum class OpKind : std::uint8_t {
   kSetLimit,           // a: limit in bytes (0: the device's capacity)
   kInjectFault,        // a: which fault, armed for the next matching backend call
   kBadFree,            // a: which bad free (foreign, double, wrong size)
+  kPinnedAllocate,     // a: size, b: owner device
+  kPinnedFree,         // a: live pinned index (freed from this thread's current device)
+  kSwitchDevice,       // b: the device this thread makes current
   kCount,
 };
 

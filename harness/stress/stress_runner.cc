@@ -339,6 +339,7 @@ void Campaign::Sample(double t_s) {
 }
 
 void Campaign::Monitor(const std::function<void(const Progress&)>& progress, double interval_s) {
+  Sample(0);  // the timeline always starts at the start, however short the run
   auto next_progress = Clock::now();
   std::unique_lock<std::mutex> lock(stop_mu_);
   while (!stop_) {
@@ -371,6 +372,7 @@ void Campaign::Monitor(const std::function<void(const Progress&)>& progress, dou
 
 absl::StatusOr<StressReport> Campaign::Finish() {
   report_.elapsed_s = std::chrono::duration<double>(Clock::now() - start_).count();
+  Sample(report_.elapsed_s);  // ... and ends at the end
   report_.ops = std::min<std::uint64_t>(ops_.load(), config_.ops ? config_.ops : ops_.load());
   // Leftover hand-overs, then a clean, fault-free teardown.
   for (int d = 0; d < config_.devices; ++d) {

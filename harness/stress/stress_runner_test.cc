@@ -26,6 +26,7 @@ TEST(StressRunner, ShortCampaignWithFaultsHoldsEveryInvariant) {
   EXPECT_GT(r->faults_injected, 0u) << "faults were injected and survived";
   EXPECT_GT(r->cache_hits, r->cache_misses);
   EXPECT_GT(r->invariant_checks, 0u);
+  EXPECT_GE(r->timeline.size(), 2u) << "a timeline has its start and its end";
   const std::string json = ReportJson(*r);
   EXPECT_NE(json.find("\"ok\":true"), std::string::npos);
   EXPECT_NE(json.find("\"timeline\":["), std::string::npos);
