@@ -46,6 +46,19 @@ TEST(ExceptionBoundary, EveryExceptionKindBecomesAStatusNamingTheOperation) {
   EXPECT_EQ(CallAtBoundary("ok", []() -> absl::StatusOr<int> { return 7; }).value(), 7);
 }
 
+TEST(ExceptionBoundary, NamedVariantBuildsTheNameOnlyWhenSomethingIsThrown) {
+  int built = 0;
+  auto name = [&] {
+    ++built;
+    return std::string("lazy op");
+  };
+  EXPECT_TRUE(CallAtBoundaryNamed(name, [] { return absl::OkStatus(); }).ok());
+  EXPECT_EQ(built, 0);
+  absl::Status st = CallAtBoundaryNamed(name, []() -> absl::Status { throw std::runtime_error("x"); });
+  EXPECT_EQ(built, 1);
+  EXPECT_NE(st.message().find("lazy op"), absl::string_view::npos);
+}
+
 absl::StatusOr<int> Twice(absl::StatusOr<int> in) {
   GPUALLOC_ASSIGN_OR_RETURN(int v, in);
   GPUALLOC_RETURN_IF_ERROR(v < 0 ? absl::InvalidArgumentError("negative") : absl::OkStatus());

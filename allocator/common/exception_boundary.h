@@ -43,6 +43,17 @@ auto CallAtBoundary(absl::string_view operation, Fn&& fn) noexcept -> decltype(f
   }
 }
 
+// As CallAtBoundary, but the operation's name is built by `name()` only when
+// something was thrown: hot paths pay nothing for a descriptive message.
+template <typename NameFn, typename Fn>
+auto CallAtBoundaryNamed(NameFn&& name, Fn&& fn) noexcept -> decltype(fn()) {
+  try {
+    return std::forward<Fn>(fn)();
+  } catch (...) {
+    return StatusFromCurrentException(name());
+  }
+}
+
 }  // namespace gpualloc
 
 #endif  // GPUALLOC_ALLOCATOR_COMMON_EXCEPTION_BOUNDARY_H_

@@ -15,8 +15,8 @@ absl::StatusOr<Allocation> MemoryResource::Allocate(std::size_t bytes, Stream st
         "%s: allocation on a stream of device %d, but this resource serves device %d", name(),
         stream.device, device()));
   }
-  return CallAtBoundary(absl::StrFormat("%s: allocate %d bytes", name(), bytes),
-                        [&] { return DoAllocate(bytes, stream); });
+  return CallAtBoundaryNamed([&] { return absl::StrFormat("%s: allocate %d bytes", name(), bytes); },
+                             [&] { return DoAllocate(bytes, stream); });
 }
 
 absl::Status MemoryResource::Deallocate(const Allocation& allocation, Stream stream) noexcept {
@@ -29,8 +29,9 @@ absl::Status MemoryResource::Deallocate(const Allocation& allocation, Stream str
         "device %d",
         name(), allocation.ptr, allocation.device(), stream.device, device()));
   }
-  return CallAtBoundary(absl::StrFormat("%s: deallocate %p", name(), allocation.ptr),
-                        [&] { return DoDeallocate(allocation, stream); });
+  return CallAtBoundaryNamed(
+      [&] { return absl::StrFormat("%s: deallocate %p", name(), allocation.ptr); },
+      [&] { return DoDeallocate(allocation, stream); });
 }
 
 }  // namespace gpualloc
