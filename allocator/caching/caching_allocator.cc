@@ -10,6 +10,13 @@
 #include "allocator/common/exception_boundary.h"
 #include "allocator/common/status_macros.h"
 
+// ci/revert-check.sh defines GPUALLOC_REVERT_RISK=<row of docs/risk-matrix.md>
+// for this file alone, to put the reviewed fault back and show that the row's
+// test then fails. Never defined in a real build.
+#ifndef GPUALLOC_REVERT_RISK
+#define GPUALLOC_REVERT_RISK 0
+#endif
+
 namespace gpualloc {
 
 using caching_detail::Block;
@@ -232,13 +239,15 @@ absl::StatusOr<Allocation> CachingAllocator::DoAllocate(std::size_t bytes, Strea
   bool callbacks_ran = false;
   for (;;) {
     std::unique_lock<std::mutex> lock(mu_);
-    if (!rounded || *rounded > capacity_ || *rounded > EffectiveLimit()) {
+    if (GPUALLOC_REVERT_RISK != 16 &&  // reverted: absurd sizes go to the device
+        (!rounded || *rounded > capacity_ || *rounded > EffectiveLimit())) {
       // Fails fast and touches nothing: no cache flush can make this fit.
       return absl::ResourceExhaustedError(absl::StrFormat(
           "caching allocator (device %d): a request of %d bytes can never be satisfied: the "
           "device has %d bytes and the reserved limit is %d",
           device_, bytes, capacity_, EffectiveLimit()));
     }
+    if (!rounded) return absl::ResourceExhaustedError("caching allocator: size overflows");
     bool oom = false;
     absl::StatusOr<Allocation> result = TryAllocateLocked(*rounded, bytes, stream, &oom);
     if (result.ok() || !oom) return result;
@@ -346,6 +355,7 @@ absl::StatusOr<Allocation> CachingAllocator::NewSegment(FreeSet& pool, Stream st
     return ptr.status();
   }
 
+  if (GPUALLOC_REVERT_RISK == 5) Hook();  // reverted: host bookkeeping after the device allocation
   // Commit: nothing below allocates or fails.
   segment->address = reinterpret_cast<std::uintptr_t>(*ptr);
   segment->size = size;
@@ -643,6 +653,7 @@ absl::Status CachingAllocator::DoDeallocate(const Allocation& allocation, Stream
     ReturnToPool(block);
   }
   EnforceLimitLocked();
+  if (GPUALLOC_REVERT_RISK == 10) ReleaseFreeSegments(~std::size_t{0});  // reverted: no pooling
   return absl::OkStatus();
 }
 
@@ -883,7 +894,12 @@ std::array<MemoryStats, 2> CachingAllocator::pool_stats() const {
 }
 
 MemoryStats CachingAllocator::stats() const {
+#if GPUALLOC_REVERT_RISK == 17
+  std::mutex unused;  // reverted: stats read without the allocator's lock
+  std::lock_guard<std::mutex> lock(unused);
+#else
   std::lock_guard<std::mutex> lock(mu_);
+#endif
   MemoryStats s = stats_;
   s.largest_free_block = LargestFreeBlockLocked();
   return s;

@@ -542,17 +542,20 @@ TEST(CachingAllocator, FaultSweepEveryBackendCallFailedOrThrownLeavesNoLeak) {
 }
 
 TEST(CachingAllocator, AllocateHasTheStrongGuaranteeWhenMetadataAllocationThrows) {
-  for (int k = 1; k <= 6; ++k) {
+  // Every metadata allocation point of a cache hit (8 KiB) and of a new
+  // segment (3 MiB), in turn.
+  for (int k = 1; k <= 16; ++k) {
     auto sim = Sim();
     auto cache = Cache(sim);
     Allocation keep = cache->Allocate(4 * kKiB).value();  // a segment with a free remainder
     const MemoryStats before = cache->stats();
     const std::string snap_before = cache->Snapshot().ToJson();
     int count = 0;
+    const int nth = k <= 8 ? k : k - 8;
     cache->SetMetadataAllocationHookForTesting([&] {
-      if (++count == k) throw std::bad_alloc();
+      if (++count == nth) throw std::bad_alloc();
     });
-    absl::StatusOr<Allocation> a = cache->Allocate(k % 2 ? 8 * kKiB : 3 * kMiB);
+    absl::StatusOr<Allocation> a = cache->Allocate(k <= 8 ? 8 * kKiB : 3 * kMiB);
     cache->SetMetadataAllocationHookForTesting(nullptr);
     if (!a.ok()) {
       EXPECT_EQ(a.status().code(), absl::StatusCode::kResourceExhausted) << a.status();
