@@ -9,6 +9,14 @@ BackendResource::BackendResource(std::shared_ptr<Backend> backend, DeviceIndex d
                                  std::size_t alignment)
     : backend_(std::move(backend)), device_(device), alignment_(alignment) {}
 
+void BackendResource::CountLocked(std::int64_t bytes, int sign) {
+  // Every allocation is its own segment: allocated = requested = reserved.
+  for (StatCounter* c : {&stats_.allocated_bytes, &stats_.requested_bytes, &stats_.reserved_bytes}) {
+    sign > 0 ? c->Add(bytes) : c->Sub(bytes);
+  }
+  for (StatCounter* c : {&stats_.active_blocks, &stats_.segments}) sign > 0 ? c->Add(1) : c->Sub(1);
+}
+
 MemoryStats BackendResource::stats() const {
   std::lock_guard<std::mutex> lock(mu_);
   return stats_;
@@ -29,12 +37,7 @@ absl::StatusOr<Allocation> BackendResource::DoAllocate(std::size_t bytes, Stream
     CallAtBoundary("backend free", [&] { return backend_->Free(device_, *ptr); }).IgnoreError();
     throw;
   }
-  const auto n = static_cast<std::int64_t>(bytes);
-  stats_.allocated_bytes.Add(n);
-  stats_.requested_bytes.Add(n);
-  stats_.reserved_bytes.Add(n);
-  stats_.active_blocks.Add(1);
-  stats_.segments.Add(1);
+  CountLocked(static_cast<std::int64_t>(bytes), +1);
   ++stats_.upstream_allocs;
   ++stats_.cache_misses;
   return Allocation{*ptr, bytes, stream};
@@ -65,12 +68,7 @@ absl::Status BackendResource::DoDeallocate(const Allocation& allocation, Stream)
     ++stats_.failed_frees;
     return st;
   }
-  const auto n = static_cast<std::int64_t>(entry.mapped());
-  stats_.allocated_bytes.Sub(n);
-  stats_.requested_bytes.Sub(n);
-  stats_.reserved_bytes.Sub(n);
-  stats_.active_blocks.Sub(1);
-  stats_.segments.Sub(1);
+  CountLocked(static_cast<std::int64_t>(entry.mapped()), -1);
   ++stats_.upstream_frees;
   return absl::OkStatus();
 }

@@ -33,6 +33,8 @@ class BackendResource final : public MemoryResource {
  private:
   absl::StatusOr<Allocation> DoAllocate(std::size_t bytes, Stream stream) override;
   absl::Status DoDeallocate(const Allocation& allocation, Stream stream) override;
+  // Adds (sign > 0) or removes one allocation of `bytes` from the stats; mu_ held.
+  void CountLocked(std::int64_t bytes, int sign);
 
   const std::shared_ptr<Backend> backend_;
   const DeviceIndex device_;

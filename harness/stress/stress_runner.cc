@@ -37,20 +37,22 @@ struct Live {
 };
 
 // Cookies at both ends of an allocation: an overlap from either side shows.
-absl::Status WriteCookies(Backend& backend, const Live& l) {
+// `cookie_op` is WriteCookie or VerifyCookie.
+template <typename CookieOp>
+absl::Status AtBothEnds(Backend& backend, const Live& l, CookieOp cookie_op) {
   const std::size_t n = std::min(kCookieBytes, l.allocation.bytes);
-  GPUALLOC_RETURN_IF_ERROR(WriteCookie(backend, l.allocation, l.cookie, n));
+  GPUALLOC_RETURN_IF_ERROR(cookie_op(backend, l.allocation, l.cookie, n));
   Allocation tail = l.allocation;
   tail.ptr = static_cast<char*>(tail.ptr) + (tail.bytes - n);
-  return WriteCookie(backend, tail, ~l.cookie, n);
+  return cookie_op(backend, tail, ~l.cookie, n);
+}
+
+absl::Status WriteCookies(Backend& backend, const Live& l) {
+  return AtBothEnds(backend, l, WriteCookie);
 }
 
 absl::Status VerifyCookies(Backend& backend, const Live& l) {
-  const std::size_t n = std::min(kCookieBytes, l.allocation.bytes);
-  GPUALLOC_RETURN_IF_ERROR(VerifyCookie(backend, l.allocation, l.cookie, n));
-  Allocation tail = l.allocation;
-  tail.ptr = static_cast<char*>(tail.ptr) + (tail.bytes - n);
-  return VerifyCookie(backend, tail, ~l.cookie, n);
+  return AtBothEnds(backend, l, VerifyCookie);
 }
 
 bool IsInjected(const absl::Status& st) {
