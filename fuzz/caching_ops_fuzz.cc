@@ -1,7 +1,7 @@
 // Fuzz target: the shared operation grammar driving the allocator stacks on
 // the sim — the caching allocator (plain or with expandable segments), the
-// size-class pool or the weights arena over it, and the pinned host allocator
-// with device switching — with the shared invariant checker after every
+// size-class pool or the weights arena over it, the pinned host allocator
+// with device switching, SharedMemory views and device-to-device transfers — with the shared invariant checker after every
 // operation and a leak check at the end. Any violation aborts with the op
 // sequence that caused it.
 #include <cstdint>

@@ -42,6 +42,10 @@ struct OpCommand : Command {
              {1, rc::gen::inRange<std::uint64_t>(4 << 20, 40 << 20)}});
         op.b = *rc::gen::inRange<std::uint64_t>(0, m.streams);
         break;
+      case OpKind::kSharedView:
+        op.a = *rc::gen::inRange<std::uint64_t>(1, 1 << 20);
+        op.b = *rc::gen::inRange<std::uint64_t>(0, 1 << 21);
+        break;
       case OpKind::kPinnedAllocate:
         op.a = *rc::gen::inRange<std::uint64_t>(1, 1 << 20);
         op.b = *rc::gen::inRange<std::uint64_t>(0, 2);
@@ -80,7 +84,8 @@ void CheckRandomCommandSequences(CrossStreamReuse policy,
                        OpCommand<OpKind::kEmptyCache>, OpCommand<OpKind::kSetLimit>,
                        OpCommand<OpKind::kInjectFault>, OpCommand<OpKind::kBadFree>,
                        OpCommand<OpKind::kPinnedAllocate>, OpCommand<OpKind::kPinnedFree>,
-                       OpCommand<OpKind::kSwitchDevice>>());
+                       OpCommand<OpKind::kSwitchDevice>, OpCommand<OpKind::kCopy>,
+                       OpCommand<OpKind::kSharedView>>());
   const absl::Status st = sut.Finish();
   if (!st.ok()) RC_FAIL(std::string(st.message()));
 }

@@ -7,6 +7,8 @@
 #include "absl/strings/str_format.h"
 #include "allocator/caching/arena_resource.h"
 #include "allocator/caching/size_class_pool.h"
+#include "allocator/buffer/shared_memory.h"
+#include "allocator/transfer/transfers.h"
 #include "allocator/common/status_macros.h"
 
 namespace gpualloc::harness {
@@ -214,6 +216,46 @@ absl::Status OpInterpreter::Apply(const Op& op) {
       result = sim_->SetDevice(d);
       if (result.ok()) pinned_->OnDeviceCurrent(d);
       break;
+    }
+    case OpKind::kCopy: {
+      if (live_.size() < 2) break;
+      Live& src = live_[op.a % live_.size()];
+      Live& dst = live_[op.b % live_.size()];
+      if (&src == &dst) break;
+      const std::size_t n = std::min(kCookieBytes, dst.allocation.bytes);
+      Transfers transfers(sim_);
+      const DeviceSpan to{dst.allocation.ptr, dst.allocation.bytes, dst.allocation.device()};
+      const DeviceSpan from{src.allocation.ptr, src.allocation.bytes, src.allocation.device()};
+      // Past the end of the destination: refused before anything is enqueued.
+      absl::StatusOr<Completion> bad =
+          transfers.DeviceToDevice(to, 1, from, 0, dst.allocation.bytes, dst.allocation.stream);
+      if (bad.ok() || bad.status().code() != absl::StatusCode::kInvalidArgument) {
+        result = absl::FailedPreconditionError("a copy past the end was not refused");
+        break;
+      }
+      if (std::min(kCookieBytes, src.allocation.bytes) < n) break;  // would not cover the cookie
+      absl::StatusOr<Completion> copied =
+          transfers.DeviceToDevice(to, 0, from, 0, n, dst.allocation.stream);
+      result = copied.ok() ? copied->Wait() : copied.status();
+      if (result.ok()) dst.cookie = src.cookie;  // the model follows the bytes
+      break;
+    }
+    case OpKind::kSharedView: {
+      absl::StatusOr<SharedMemory> m = SharedMemory::Allocate(top_, op.a, Stream::Default(0));
+      if (!m.ok()) {
+        if (!ExpectedFailure(m.status())) result = m.status();
+        break;
+      }
+      const std::size_t offset = op.b % (op.a + 1);
+      const bool in_range = m->View(offset, op.a - offset).ok();
+      const bool wraps = m->View(~std::size_t{0} - op.b, 2 + op.b).ok();
+      const bool past = m->View(offset, op.a - offset + 1).ok();
+      if (!in_range || wraps || past) {
+        result = absl::FailedPreconditionError(absl::StrFormat(
+            "SharedMemory views of %d bytes at %d: in range %d, wrapping %d, past the end %d",
+            op.a, offset, in_range, wraps, past));
+      }
+      break;  // `m` and its views are freed here, exactly once
     }
     case OpKind::kCount:
       break;

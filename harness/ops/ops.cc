@@ -9,7 +9,8 @@ namespace {
 constexpr const char* kNames[] = {"allocate",   "free",        "free_on_other_stream",
                                   "record_use", "sync_stream", "empty_cache",
                                   "set_limit",  "inject_fault", "bad_free",
-                                  "pinned_allocate", "pinned_free", "switch_device"};
+                                  "pinned_allocate", "pinned_free", "switch_device",
+                                  "copy",       "shared_view"};
 
 class ByteReader {
  public:
@@ -53,6 +54,7 @@ std::vector<Op> DecodeOps(const std::uint8_t* data, std::size_t size, std::size_
     op.b = in.Byte();
     if (op.kind == OpKind::kAllocate) op.a = op.a * 61 + 1;  // spread sizes over 1 B .. ~64 MiB
     if (op.kind == OpKind::kPinnedAllocate) op.a = op.a % (4 << 20) + 1;
+    if (op.kind == OpKind::kSharedView) op.a = op.a % (1 << 20) + 1;
     ops.push_back(op);
   }
   return ops;

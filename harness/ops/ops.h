@@ -25,6 +25,8 @@ enum class OpKind : std::uint8_t {
   kPinnedAllocate,     // a: size, b: owner device
   kPinnedFree,         // a: live pinned index (freed from this thread's current device)
   kSwitchDevice,       // b: the device this thread makes current
+  kCopy,               // a: source live index, b: destination live index (Transfers)
+  kSharedView,         // a: size, b: view selector (SharedMemory and checked views)
   kCount,
 };
 

@@ -19,6 +19,8 @@ check pass 0 "result +PASS" -- --ops=3000 --threads=2 --device_capacity_mb=256 -
 grep -q '"ok":true' "$TEST_TMPDIR/r.json" || { echo "FAIL json: no ok:true"; fail=1; }
 check planted-bug 1 "Reproduce with:" -- --ops=20000 --devices=1 --threads=2 --fault_rate=0 \
   --device_capacity_mb=256 --max_size=2097152 --inject_bug
+check tracked 0 "result +PASS" -- --ops=3000 --threads=2 --device_capacity_mb=256 --max_size=2097152 \
+  --track_leaks
 check bad-number 2 "bad value for --threads" -- --threads=abc
 check bad-range 2 "--fault_rate" -- --fault_rate=3
 check unknown-flag 2 "unknown flag --frobnicate" -- --frobnicate=1

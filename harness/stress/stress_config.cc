@@ -116,7 +116,8 @@ std::string StressConfig::ToFlags() const {
       backend, devices, device_capacity_mb, threads, streams_per_device, duration_s, ops,
       SizeDistributionName(sizes), min_size, max_size, max_live_per_thread,
       cross_thread_free_fraction, cross_stream_free_fraction, device_switch_fraction, fault_rate,
-      kReuse[static_cast<int>(cross_stream)], seed, inject_bug ? " --inject_bug" : "");
+      kReuse[static_cast<int>(cross_stream)], seed,
+      std::string(inject_bug ? " --inject_bug" : "") + (track_leaks ? " --track_leaks" : ""));
 }
 
 std::size_t SizeSampler::Next(std::mt19937_64& rng) const {

@@ -62,6 +62,9 @@ struct StressConfig {
   std::string trace_path;
   std::uint64_t seed = 1;
   CrossStreamReuse cross_stream = CrossStreamReuse::kFollowEvents;
+  // Route every allocation through a TrackingAdaptor (leak tracking, stacks
+  // off); the report then also says nothing was left in its table.
+  bool track_leaks = false;
   // Test hook: make the allocator hand out one freed block twice, to prove
   // the campaign catches allocator bugs. Off in every real run.
   bool inject_bug = false;

@@ -47,6 +47,7 @@ ABSL_FLAG(std::string, cross_stream_reuse, "follow", "none, opportunistic or fol
 ABSL_FLAG(std::uint64_t, seed, 1, "seed of the workload and the faults");
 ABSL_FLAG(std::string, report_json, "", "write the JSON report to this file");
 ABSL_FLAG(std::string, report_html, "", "write the self-contained HTML report to this file");
+ABSL_FLAG(bool, track_leaks, false, "route allocations through a leak-tracking adaptor (measures its cost)");
 ABSL_FLAG(bool, inject_bug, false, "plant an allocator bug (proves the checks catch it)");
 
 namespace {
@@ -117,6 +118,7 @@ StressConfig ConfigFromFlags() {
   }
   c.seed = absl::GetFlag(FLAGS_seed);
   c.inject_bug = absl::GetFlag(FLAGS_inject_bug);
+  c.track_leaks = absl::GetFlag(FLAGS_track_leaks);
   if (absl::Status st = c.Validate(); !st.ok()) BadFlags(std::string(st.message()));
   return c;
 }

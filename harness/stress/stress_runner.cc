@@ -19,6 +19,7 @@
 #include "allocator/caching/caching_allocator.h"
 #include "allocator/common/status_macros.h"
 #include "allocator/context/context.h"
+#include "allocator/observe/tracking_adaptor.h"
 #include "harness/invariants/invariants.h"
 
 namespace gpualloc::harness {
@@ -95,7 +96,10 @@ class Campaign {
   std::shared_ptr<FailpointBackend> faulty_;
   std::unique_ptr<Context> context_;
   DeviceType device_type_ = DeviceType::kSim;
-  std::vector<std::unique_ptr<CachingAllocator>> allocators_;
+  std::vector<std::shared_ptr<CachingAllocator>> allocators_;
+  // What allocations go through: the allocator, or a tracker over it.
+  std::vector<std::shared_ptr<MemoryResource>> resources_;
+  std::vector<std::shared_ptr<TrackingAdaptor>> trackers_;
   std::vector<std::vector<Stream>> streams_;
   std::vector<std::mutex> handoff_mu_;
   std::vector<std::deque<Live>> handoff_;  // freed by a thread other than the allocating one
@@ -161,6 +165,12 @@ absl::Status Campaign::SetUp() {
                               CachingAllocator::Create(faulty_, d, caching));
     if (config_.limit_mb != 0) GPUALLOC_RETURN_IF_ERROR(a->SetReservedLimit(config_.limit_mb << 20));
     allocators_.push_back(std::move(a));
+    if (config_.track_leaks) {
+      trackers_.push_back(std::make_shared<TrackingAdaptor>(allocators_.back()));
+      resources_.push_back(trackers_.back());
+    } else {
+      resources_.push_back(allocators_.back());
+    }
     streams_.emplace_back();
     streams_.back().push_back(Stream::Default(d));
     for (int s = 1; s < config_.streams_per_device; ++s) {
@@ -179,7 +189,7 @@ void Campaign::FreeLive(const Live& l, Stream stream, LatencyHistogram& hist) {
     Violation(absl::StrFormat("device %d: %s", l.allocation.device(), st.message()));
     return;
   }
-  CachingAllocator& alloc = *allocators_[l.allocation.device()];
+  MemoryResource& alloc = *resources_[l.allocation.device()];
   for (int attempt = 0; attempt < 100; ++attempt) {
     const auto t0 = Clock::now();
     absl::Status st = alloc.Deallocate(l.allocation, stream);
@@ -224,7 +234,8 @@ void Campaign::Worker(int t) {
     }
     const DeviceIndex device = context_->CurrentDevice().index;
     const std::vector<Stream>& streams = streams_[device];
-    CachingAllocator& alloc = *allocators_[device];
+    CachingAllocator& cache = *allocators_[device];
+    MemoryResource& alloc = *resources_[device];
 
     if (live.size() < static_cast<std::size_t>(config_.max_live_per_thread) &&
         (live.empty() || coin(rng) < 0.5)) {
@@ -291,12 +302,12 @@ void Campaign::Worker(int t) {
     }
     if ((local & 255) == 0) {
       ++checks;
-      if (absl::Status st = CheckSnapshot(alloc.Snapshot()); !st.ok()) {
+      if (absl::Status st = CheckSnapshot(cache.Snapshot()); !st.ok()) {
         Violation(absl::StrFormat("device %d: %s", device, st.message()));
       }
     }
     if (coin(rng) < 0.0005) {
-      if (alloc.EmptyCache(config_.max_size).ok()) ++flushes;
+      if (cache.EmptyCache(config_.max_size).ok()) ++flushes;
     }
   }
   for (const Live& l : live) {
@@ -408,6 +419,13 @@ absl::StatusOr<StressReport> Campaign::Finish() {
       report_.violations.push_back(absl::StrFormat("device %d: EmptyCache failed: %s", a->device(), st.message()));
     }
   }
+  for (const auto& t : trackers_) {
+    if (t->live_count() != 0) {
+      report_.violations.push_back("the leak tracker still lists allocations: " + t->Report());
+    }
+  }
+  trackers_.clear();
+  resources_.clear();
   allocators_.clear();
   for (auto& per_device : streams_) {
     for (Stream s : per_device) {
