@@ -14,7 +14,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   auto take = [&](auto* out) {
     std::memset(out, 0, sizeof *out);
     const std::size_t n = std::min(size, sizeof *out);
-    std::memcpy(out, data, n);
+    if (n != 0) std::memcpy(out, data, n);  // data may be null when size is 0
     data += n;
     size -= n;
   };

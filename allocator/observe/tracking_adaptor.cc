@@ -7,6 +7,7 @@
 
 #include "absl/debugging/stacktrace.h"
 #include "absl/debugging/symbolize.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "allocator/policy/allocation_tag.h"
@@ -14,10 +15,33 @@
 namespace gpualloc {
 namespace {
 
+// Frames the allocator's own layers may add above the caller.
+constexpr int kLibraryFramesBudget = 8;
+
 std::string Frame(void* pc) {
   char name[512];
   if (absl::Symbolize(pc, name, sizeof name)) return name;
   return absl::StrFormat("%p", pc);
+}
+
+// The allocation's frames from the first one outside this library: the
+// tracking adaptor, the resource boundary and the stack walker itself.
+std::vector<std::string> CallerFrames(const std::vector<void*>& stack, int max_frames) {
+  std::vector<std::string> out;
+  bool in_library = true;
+  for (void* pc : stack) {
+    std::string name = Frame(pc);
+    if (in_library && (absl::StrContains(name, "gpualloc::TrackingAdaptor::") ||
+                       absl::StrContains(name, "gpualloc::MemoryResource::") ||
+                       absl::StrContains(name, "gpualloc::CallAtBoundary") ||
+                       absl::StrContains(name, "absl::") || absl::StrContains(name, "GetStackTrace"))) {
+      continue;
+    }
+    in_library = false;
+    out.push_back(std::move(name));
+    if (static_cast<int>(out.size()) == max_frames) break;
+  }
+  return out;
 }
 
 std::string Bytes(std::size_t b) {
@@ -35,8 +59,12 @@ absl::StatusOr<Allocation> TrackingAdaptor::DoAllocate(std::size_t bytes, Stream
   TrackedAllocation record;
   record.tag = std::string(CurrentAllocationTag());
   if (options_.capture_stacks) {
-    record.stack.resize(options_.max_frames);
-    const int n = absl::GetStackTrace(record.stack.data(), options_.max_frames, /*skip_count=*/2);
+    // How many frames the allocator's own layers take depends on inlining
+    // (optimisation level, sanitizers), so none is skipped here: the report
+    // drops the library's leading frames by name.
+    record.stack.resize(options_.max_frames + kLibraryFramesBudget);
+    const int n = absl::GetStackTrace(record.stack.data(), static_cast<int>(record.stack.size()),
+                                      /*skip_count=*/0);
     record.stack.resize(std::max(n, 0));
   }
   absl::StatusOr<Allocation> a = upstream_->Allocate(bytes, stream);
@@ -119,7 +147,9 @@ std::string TrackingAdaptor::Report() const {
     absl::StrAppendFormat(&out, "  tag \"%s\": %d allocations, %s, device %d, stream %d\n",
                           entry->first.first, g.count, Bytes(g.bytes), e.allocation.device(),
                           e.allocation.stream.handle);
-    for (void* pc : entry->first.second) absl::StrAppend(&out, "      at ", Frame(pc), "\n");
+    for (const std::string& frame : CallerFrames(entry->first.second, options_.max_frames)) {
+      absl::StrAppend(&out, "      at ", frame, "\n");
+    }
   }
   return out;
 }
