@@ -92,6 +92,7 @@ CachingAllocator::~CachingAllocator() {
     delete s;
   }
   for (Event e : spare_events_) DestroyEventQuietly(e);
+  RetryRetiredRanges();  // what still fails is reported by the ranges' destructors
 }
 
 // --- small helpers ---------------------------------------------------------------
@@ -492,8 +493,16 @@ std::size_t CachingAllocator::ShrinkExpandable(Segment* segment, std::size_t cut
     if (segment->next != nullptr) segment->next->prev = segment->prev;
     if (segments_ == segment) segments_ = segment->next;
     Account(segment->small_pool, [](MemoryStats& st) { st.segments.Sub(1); });
+    std::unique_ptr<ExpandableRange> range = std::move(segment->range);
     delete tail;
-    delete segment;  // its range releases the address reservation
+    delete segment;
+    if (!range->ReleaseEverything().ok()) {
+      try {
+        retired_ranges_.push_back(std::move(range));  // retried, not forgotten
+      } catch (...) {
+        // No room to remember it: its destructor retries once and reports.
+      }
+    }
     return released;
   }
   if (tail->size == 0) {
@@ -503,6 +512,12 @@ std::size_t CachingAllocator::ShrinkExpandable(Segment* segment, std::size_t cut
     InsertFree(tail);
   }
   return released;
+}
+
+void CachingAllocator::RetryRetiredRanges() {
+  for (auto it = retired_ranges_.begin(); it != retired_ranges_.end();) {
+    it = (*it)->ReleaseEverything().ok() ? retired_ranges_.erase(it) : std::next(it);
+  }
 }
 
 std::size_t CachingAllocator::TrimmableTailBytes() const {
@@ -788,6 +803,7 @@ std::vector<Segment*> CachingAllocator::FullyFreeSegmentsLruFirst() const {
 }
 
 std::size_t CachingAllocator::ReleaseFreeSegments(std::size_t enough, const Segment* exclude) {
+  if (!retired_ranges_.empty()) RetryRetiredRanges();
   std::size_t released = options_.expandable_segments ? TrimExpandableTails(exclude) : 0;
   try {
     for (Segment* s : FullyFreeSegmentsLruFirst()) {

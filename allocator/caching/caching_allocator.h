@@ -146,6 +146,7 @@ class CachingAllocator final : public MemoryResource {
   // the bytes released.
   std::size_t ShrinkExpandable(Segment* segment, std::size_t cut);
   std::size_t TrimExpandableTails(const Segment* exclude);
+  void RetryRetiredRanges();
   std::size_t TrimmableTailBytes() const;
   // Takes `block` (already out of its free set) for a request, splitting off
   // the remainder into `spare` when worthwhile. No-throw.
@@ -197,6 +198,9 @@ class CachingAllocator final : public MemoryResource {
   absl::flat_hash_map<std::uintptr_t, Block*> allocated_;
   Segment* segments_ = nullptr;        // intrusive list, owned
   Segment* expandable_[2] = {nullptr, nullptr};  // small, large pool (options_.expandable_segments)
+  // Emptied expandable ranges whose release the backend refused: retried on
+  // every release pass and at destruction, never forgotten.
+  std::vector<std::unique_ptr<ExpandableRange>> retired_ranges_;
   Block* pending_ = nullptr;           // intrusive list of blocks awaiting events
   std::vector<Event> spare_events_;
   std::size_t limit_ = 0;

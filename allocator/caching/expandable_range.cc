@@ -31,15 +31,22 @@ absl::StatusOr<std::unique_ptr<ExpandableRange>> ExpandableRange::Reserve(
 }
 
 ExpandableRange::~ExpandableRange() {
-  absl::Status st = Shrink(mapped_bytes());
-  if (!st.ok()) st = Shrink(mapped_bytes());  // one retry: faults may be transient
-  if (st.ok()) {
-    st = CallAtBoundary("vm release", [&] { return backend_->VmRelease(base_, reserved_); });
-  }
+  absl::Status st = ReleaseEverything();
+  if (!st.ok()) st = ReleaseEverything();  // one retry: faults may be transient
   if (!st.ok()) {
     std::fprintf(stderr, "ExpandableRange(device %d): release of %#zx failed: %s\n", device_,
                  static_cast<std::size_t>(base_), std::string(st.message()).c_str());
   }
+}
+
+absl::Status ExpandableRange::ReleaseEverything() {
+  if (released_) return absl::OkStatus();
+  GPUALLOC_RETURN_IF_ERROR(ReleaseStuck());
+  GPUALLOC_RETURN_IF_ERROR(Shrink(mapped_bytes()));
+  GPUALLOC_RETURN_IF_ERROR(
+      CallAtBoundary("vm release", [&] { return backend_->VmRelease(base_, reserved_); }));
+  released_ = true;
+  return absl::OkStatus();
 }
 
 absl::Status ExpandableRange::Grow(std::size_t bytes) {
@@ -48,18 +55,30 @@ absl::Status ExpandableRange::Grow(std::size_t bytes) {
         "expandable range: cannot grow by %d bytes (%d of %d mapped)", bytes, mapped_bytes(),
         reserved_));
   }
+  // Chunks a failed rollback left mapped past the end must go first: nothing
+  // may be mapped over them.
+  GPUALLOC_RETURN_IF_ERROR(ReleaseStuck());
   const std::size_t start = mapped_bytes();
+  const std::size_t n = bytes / granularity_;
   std::vector<PhysicalChunk> added;
-  added.reserve(bytes / granularity_);  // fallible work first, so the final
-  chunks_.reserve(chunks_.size() + bytes / granularity_);  // insert cannot throw
+  added.reserve(n);  // fallible work first, so nothing below allocates
+  chunks_.reserve(chunks_.size() + n);
+  stuck_.reserve(stuck_.size() + n);
+  unmapped_.reserve(unmapped_.size() + n + 1);
   auto undo = [&](absl::Status cause) {
-    // Everything this call did, in reverse; the range is as before.
+    // Everything this call did, in reverse. A step the backend refuses is
+    // remembered (stuck_ / unmapped_) and retried later, never forgotten.
     for (std::size_t i = added.size(); i-- > 0;) {
       const std::uintptr_t at = base_ + start + i * granularity_;
-      CallAtBoundary("vm unmap", [&] { return backend_->VmUnmap(at, granularity_); }).IgnoreError();
-      CallAtBoundary("vm release physical", [&] {
-        return backend_->VmReleasePhysical(added[i]);
-      }).IgnoreError();
+      if (!CallAtBoundary("vm unmap", [&] { return backend_->VmUnmap(at, granularity_); }).ok()) {
+        stuck_.push_back(Stuck{at, added[i]});
+        continue;
+      }
+      if (!CallAtBoundary("vm release physical", [&] {
+             return backend_->VmReleasePhysical(added[i]);
+           }).ok()) {
+        unmapped_.push_back(added[i]);
+      }
     }
     return cause;
   };
@@ -70,9 +89,11 @@ absl::Status ExpandableRange::Grow(std::size_t bytes) {
     const std::uintptr_t at = base_ + start + offset;
     absl::Status mapped = CallAtBoundary("vm map", [&] { return backend_->VmMap(at, *chunk); });
     if (!mapped.ok()) {
-      CallAtBoundary("vm release physical", [&] {
-        return backend_->VmReleasePhysical(*chunk);
-      }).IgnoreError();
+      if (!CallAtBoundary("vm release physical", [&] {
+             return backend_->VmReleasePhysical(*chunk);
+           }).ok()) {
+        unmapped_.push_back(*chunk);
+      }
       return undo(mapped);
     }
     added.push_back(*chunk);
@@ -86,11 +107,11 @@ absl::Status ExpandableRange::Grow(std::size_t bytes) {
 }
 
 absl::Status ExpandableRange::Shrink(std::size_t bytes) {
+  GPUALLOC_RETURN_IF_ERROR(ReleaseStuck());
   if (bytes % granularity_ != 0 || bytes > mapped_bytes()) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "expandable range: cannot shrink by %d bytes (%d mapped)", bytes, mapped_bytes()));
   }
-  GPUALLOC_RETURN_IF_ERROR(ReleaseUnmapped());
   unmapped_.reserve(unmapped_.size() + bytes / granularity_);  // fallible work first
   for (std::size_t n = bytes / granularity_; n > 0; --n) {
     const std::uintptr_t at = base_ + (chunks_.size() - 1) * granularity_;
@@ -100,6 +121,17 @@ absl::Status ExpandableRange::Shrink(std::size_t bytes) {
     // kept in unmapped_ and retried, never forgotten.
     unmapped_.push_back(chunks_.back());
     chunks_.pop_back();
+  }
+  return ReleaseUnmapped();
+}
+
+absl::Status ExpandableRange::ReleaseStuck() {
+  while (!stuck_.empty()) {
+    const Stuck s = stuck_.back();
+    GPUALLOC_RETURN_IF_ERROR(
+        CallAtBoundary("vm unmap", [&] { return backend_->VmUnmap(s.address, granularity_); }));
+    stuck_.pop_back();
+    unmapped_.push_back(s.chunk);  // capacity reserved when it got stuck
   }
   return ReleaseUnmapped();
 }

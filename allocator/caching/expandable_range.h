@@ -25,7 +25,9 @@ class ExpandableRange {
   static absl::StatusOr<std::unique_ptr<ExpandableRange>> Reserve(std::shared_ptr<Backend> backend,
                                                                   DeviceIndex device,
                                                                   std::size_t max_bytes);
-  // Unmaps and releases everything; failures are reported on stderr.
+  // ReleaseEverything() if it has not succeeded yet; a failure is reported
+  // on stderr (the caching allocator retires ranges whose release failed and
+  // retries them instead of destroying them).
   ~ExpandableRange();
   ExpandableRange(const ExpandableRange&) = delete;
   ExpandableRange& operator=(const ExpandableRange&) = delete;
@@ -35,8 +37,14 @@ class ExpandableRange {
   std::size_t reserved_bytes() const { return reserved_; }
   std::size_t granularity() const { return granularity_; }
 
-  // Maps `bytes` (a multiple of the granularity) more at the end.
+  // Maps `bytes` (a multiple of the granularity) more at the end. If a step
+  // of the rollback itself is refused, what it could not undo is kept and
+  // undone first by the next Grow (or Shrink, or the destructor).
   absl::Status Grow(std::size_t bytes);
+  // Unmaps and releases every chunk and the address reservation itself.
+  // Safe to call again after a failure: it resumes where it stopped.
+  absl::Status ReleaseEverything();
+
   // Unmaps and releases `bytes` (a multiple of the granularity) at the end.
   // A chunk the backend would not release is kept and retried by every later
   // Shrink and by the destructor, so none is ever lost.
@@ -58,9 +66,17 @@ class ExpandableRange {
   const std::size_t granularity_;
   // Releases chunks already unmapped whose release failed before.
   absl::Status ReleaseUnmapped();
+  // Unmaps and releases chunks a failed rollback left mapped past the end.
+  absl::Status ReleaseStuck();
 
+  struct Stuck {
+    std::uintptr_t address;
+    PhysicalChunk chunk;
+  };
   std::vector<PhysicalChunk> chunks_;  // chunk i is mapped at base + i * granularity
+  std::vector<Stuck> stuck_;             // mapped past the end by a failed rollback: retried
   std::vector<PhysicalChunk> unmapped_;  // unmapped, not yet released: retried
+  bool released_ = false;                // the reservation itself is gone
 };
 
 }  // namespace gpualloc

@@ -157,6 +157,29 @@ TEST(ExpandableSegments, EveryVirtualMemoryCallFailedInTurnLeavesNoLeak) {
   }
 }
 
+// Found by a fault campaign: the rollback's own unmap refused left a chunk
+// mapped that the range forgot, and the next growth mapped over it.
+TEST(ExpandableSegments, ARollbackStepThatFailsIsRetriedBeforeTheNextGrowth) {
+  auto sim = Sim();
+  auto fp = std::make_shared<FailpointBackend>(sim, 1);
+  auto cache = CachingAllocator::Create(fp, 0, Expandable()).value();
+  Allocation keep = cache->Allocate(2 * kMiB).value();
+  // Growing by 3 chunks: the access fails, then the rollback's first unmap too.
+  fp->AddRule(FaultRule::NthCall(BackendOp::kVmSetAccess, fp->calls(BackendOp::kVmSetAccess) + 1,
+                                 FaultAction::kReturnError));
+  fp->AddRule(FaultRule::NthCall(BackendOp::kVmUnmap, fp->calls(BackendOp::kVmUnmap) + 1,
+                                 FaultAction::kThrowRuntimeError));
+  EXPECT_FALSE(cache->Allocate(6 * kMiB).ok());
+  absl::StatusOr<Allocation> later = cache->Allocate(6 * kMiB);
+  ASSERT_TRUE(later.ok()) << later.status();
+  ExpectConsistent(*cache);
+  ASSERT_TRUE(cache->Deallocate(*later).ok());
+  ASSERT_TRUE(cache->Deallocate(keep).ok());
+  ASSERT_TRUE(cache->EmptyCache().ok());
+  cache.reset();
+  EXPECT_TRUE(sim->Accounting().AllReleased()) << sim->Accounting().Describe();
+}
+
 TEST(ExpandableSegments, NeedVirtualMemoryAndSaySo) {
   SimOptions o = SimOptions::WithDevices(1, 64 * kMiB);
   o.virtual_memory = false;

@@ -275,6 +275,7 @@ absl::Status OpInterpreter::Finish() {
   if (finished_) return absl::OkStatus();
   finished_ = true;
   faulty_->ClearRules();
+  faulty_->ClearStickyError();  // a lost device is "reset" before the final checks
   absl::Status result = absl::OkStatus();
   for (const Live& l : live_) {
     absl::Status st = VerifyCookie(*sim_, l.allocation, l.cookie, std::min(kCookieBytes, l.allocation.bytes));

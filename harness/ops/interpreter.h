@@ -49,6 +49,8 @@ class OpInterpreter {
   std::size_t live_count() const { return live_.size(); }
   CachingAllocator& allocator() { return *cache_; }
   SimBackend& sim() { return *sim_; }
+  // The fault injector every allocator call goes through (campaigns arm it).
+  FailpointBackend& failpoints() { return *faulty_; }
 
  private:
   struct Live {
