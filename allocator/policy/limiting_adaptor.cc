@@ -63,6 +63,13 @@ std::size_t LimitingAdaptor::InUse(std::size_t rule_index, const std::string& ke
   return it == usage_[rule_index].end() ? 0 : it->second;
 }
 
+void LimitingAdaptor::UnchargeLocked(const std::vector<std::string>& keys, std::size_t bytes) {
+  for (std::size_t i = 0; i < rules_.size(); ++i) {
+    auto it = usage_[i].find(keys[i]);
+    if (it != usage_[i].end()) it->second -= bytes;
+  }
+}
+
 absl::StatusOr<Allocation> LimitingAdaptor::DoAllocate(std::size_t bytes, Stream stream) {
   std::vector<std::string> keys(rules_.size());
   std::vector<SoftLimitEvent> soft;
@@ -93,13 +100,6 @@ absl::StatusOr<Allocation> LimitingAdaptor::DoAllocate(std::size_t bytes, Stream
       }
     }
   }
-  auto release = [&] {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (std::size_t i = 0; i < rules_.size(); ++i) {
-      auto it = usage_[i].find(keys[i]);
-      if (it != usage_[i].end()) it->second -= bytes;
-    }
-  };
   for (const SoftLimitEvent& e : soft) {
     if (!on_soft_limit_) break;
     try {
@@ -110,17 +110,15 @@ absl::StatusOr<Allocation> LimitingAdaptor::DoAllocate(std::size_t bytes, Stream
   }
   absl::StatusOr<Allocation> a = upstream_->Allocate(bytes, stream);
   if (!a.ok()) {
-    release();
+    std::lock_guard<std::mutex> lock(mu_);
+    UnchargeLocked(keys, bytes);
     return a.status();
   }
   std::lock_guard<std::mutex> lock(mu_);
   try {
     charged_to_.emplace(a->ptr, keys);
   } catch (...) {
-    for (std::size_t i = 0; i < rules_.size(); ++i) {
-      auto it = usage_[i].find(keys[i]);
-      if (it != usage_[i].end()) it->second -= bytes;
-    }
+    UnchargeLocked(keys, bytes);
     upstream_->Deallocate(*a).IgnoreError();
     throw;
   }
@@ -146,11 +144,7 @@ absl::Status LimitingAdaptor::DoDeallocate(const Allocation& allocation, Stream 
     charged_to_.insert(std::move(charged));  // still live and still charged
     return st;
   }
-  const std::vector<std::string>& keys = charged.mapped();
-  for (std::size_t i = 0; i < rules_.size(); ++i) {
-    auto it = usage_[i].find(keys[i]);
-    if (it != usage_[i].end()) it->second -= allocation.bytes;
-  }
+  UnchargeLocked(charged.mapped(), allocation.bytes);
   return absl::OkStatus();
 }
 

@@ -73,6 +73,8 @@ class LimitingAdaptor final : public MemoryResource {
   absl::StatusOr<Allocation> DoAllocate(std::size_t bytes, Stream stream) override;
   absl::Status DoDeallocate(const Allocation& allocation, Stream stream) override;
   std::string KeyFor(const LimitRule& rule) const;
+  // Gives `bytes` back under each rule's key in `keys`; mu_ held.
+  void UnchargeLocked(const std::vector<std::string>& keys, std::size_t bytes);
 
   const std::shared_ptr<MemoryResource> upstream_;
   const std::vector<LimitRule> rules_;
