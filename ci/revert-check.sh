@@ -11,6 +11,7 @@ source "$(dirname "$0")/lib.sh"
 # row | file holding the fix | test target | test filter | extra flags
 rows=(
   "1|allocator/context/context.cc|//allocator/context:context_test|Context.ConcurrentFirstUseCreatesEachRuntimeExactlyOnce|--runs_per_test=3"
+  "1|allocator/context/context.cc|//allocator/context:context_test|Context.FirstUseCreatesEachRuntimeOnceUnderEveryExploredSchedule|"
   "2|allocator/host/pinned_host_allocator.cc|//allocator/host:pinned_host_allocator_test|PinnedHostAllocator.CrossDeviceFreesFromManyThreadsAreReleasedExactlyOnceAndQueuesStayBounded|"
   "3|allocator/context/context.cc|//allocator/context:context_test|Context.CurrentDeviceIsPerThread|"
   "4|allocator/context/context.cc|//allocator/context:context_test|Context.CreationThatThrowsLeavesNoEntryAndALaterCallRetries|"
@@ -43,14 +44,14 @@ for row in "${rows[@]}"; do
   status=$?
   if [[ $status -eq 3 ]]; then  # Bazel: built, and the test failed
     echo "ok   risk $n reverted in $file: $filter fails, as it must"
-    record PASS revert-check "risk-$n"
+    record PASS revert-check "risk-$n:${filter#*.}"
   elif [[ $status -eq 0 ]]; then
     echo "FAIL risk $n reverted in $file, but $filter still passes: the test does not enforce the fix"
-    record FAIL revert-check "risk-$n"; rc=1
+    record FAIL revert-check "risk-$n:${filter#*.}"; rc=1
   else
     echo "FAIL risk $n: the reverted build did not build or run (exit $status)"
     grep -E "error|ERROR" "$log" | head -5
-    record FAIL revert-check "risk-$n"; rc=1
+    record FAIL revert-check "risk-$n:${filter#*.}"; rc=1
   fi
   rm -f "$log"
 done

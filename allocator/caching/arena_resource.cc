@@ -29,12 +29,12 @@ ArenaResource::~ArenaResource() {
 }
 
 MemoryStats ArenaResource::stats() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<Mutex> lock(mu_);
   return stats_;
 }
 
 ArenaStats ArenaResource::arena_stats() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<Mutex> lock(mu_);
   return arena_stats_;
 }
 
@@ -43,7 +43,7 @@ absl::StatusOr<Allocation> ArenaResource::DoAllocate(std::size_t bytes, Stream s
   if (!aligned) {
     return absl::ResourceExhaustedError(absl::StrFormat("arena: %d bytes overflows", bytes));
   }
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<Mutex> lock(mu_);
   live_.reserve(live_.size() + 1);
   if (*aligned > options_.pack_threshold) {
     // The upstream only promises its own alignment: ask for enough slack to
@@ -134,7 +134,7 @@ absl::StatusOr<Allocation> ArenaResource::DoAllocate(std::size_t bytes, Stream s
 }
 
 absl::Status ArenaResource::DoDeallocate(const Allocation& allocation, Stream stream) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<Mutex> lock(mu_);
   auto it = live_.find(allocation.ptr);
   if (it == live_.end() || it->second.bytes != allocation.bytes) {
     return absl::InvalidArgumentError(absl::StrFormat(

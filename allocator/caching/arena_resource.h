@@ -23,6 +23,7 @@
 #include <memory>
 #include <mutex>
 
+#include "allocator/common/mutex.h"
 #include "absl/container/flat_hash_map.h"
 #include "allocator/resource/memory_resource.h"
 
@@ -72,7 +73,7 @@ class ArenaResource final : public MemoryResource {
 
   const std::shared_ptr<MemoryResource> upstream_;
   const ArenaOptions options_;
-  mutable std::mutex mu_;
+  mutable Mutex mu_;
   std::map<std::uintptr_t, std::unique_ptr<Chunk>> chunks_;
   absl::flat_hash_map<void*, Placement> live_;
   MemoryStats stats_;

@@ -57,7 +57,7 @@ CachingAllocator::CachingAllocator(std::shared_ptr<Backend> backend, DeviceIndex
       limit_(options.reserved_limit) {}
 
 CachingAllocator::~CachingAllocator() {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<Mutex> lock(mu_);
   WaitForAllPending().IgnoreError();
   CallAtBoundary("device synchronize", [&] { return backend_->DeviceSynchronize(device_); })
       .IgnoreError();
@@ -239,7 +239,7 @@ absl::StatusOr<Allocation> CachingAllocator::DoAllocate(std::size_t bytes, Strea
   const std::optional<std::size_t> rounded = CheckedRoundUp(bytes, options_.min_block_bytes);
   bool callbacks_ran = false;
   for (;;) {
-    std::unique_lock<std::mutex> lock(mu_);
+    std::unique_lock<Mutex> lock(mu_);
     if (GPUALLOC_REVERT_RISK != 16 &&  // reverted: absurd sizes go to the device
         (!rounded || *rounded > capacity_ || *rounded > EffectiveLimit())) {
       // Fails fast and touches nothing: no cache flush can make this fit.
@@ -581,7 +581,7 @@ Allocation CachingAllocator::Commit(Block* block, std::unique_ptr<Block> spare,
 // --- free -------------------------------------------------------------------------------
 
 absl::Status CachingAllocator::DoDeallocate(const Allocation& allocation, Stream stream) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<Mutex> lock(mu_);
   auto it = allocated_.find(reinterpret_cast<std::uintptr_t>(allocation.ptr));
   if (it == allocated_.end()) {
     ++stats_.failed_frees;
@@ -710,7 +710,7 @@ absl::Status CachingAllocator::RecordStream(const Allocation& allocation, Stream
         stream.device));
   }
   return CallAtBoundary("RecordStream", [&]() -> absl::Status {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard<Mutex> lock(mu_);
     auto it = allocated_.find(reinterpret_cast<std::uintptr_t>(allocation.ptr));
     if (it == allocated_.end()) {
       return absl::InvalidArgumentError(absl::StrFormat(
@@ -847,7 +847,7 @@ bool CachingAllocator::ReleaseSegment(Segment* segment) {
 
 absl::Status CachingAllocator::EmptyCache(std::size_t keep_bytes) {
   return CallAtBoundary("EmptyCache", [&]() -> absl::Status {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard<Mutex> lock(mu_);
     GPUALLOC_RETURN_IF_ERROR(WaitForAllPending());
     GPUALLOC_RETURN_IF_ERROR(CoalesceAfterSync());
     std::size_t cached = TrimmableTailBytes();
@@ -859,29 +859,29 @@ absl::Status CachingAllocator::EmptyCache(std::size_t keep_bytes) {
 }
 
 absl::Status CachingAllocator::SetReservedLimit(std::size_t bytes) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<Mutex> lock(mu_);
   limit_ = bytes;
   EnforceLimitLocked();
   return absl::OkStatus();
 }
 
 std::size_t CachingAllocator::reserved_limit() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<Mutex> lock(mu_);
   return EffectiveLimit();
 }
 
 void CachingAllocator::AddOomCallback(OomCallback callback) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<Mutex> lock(mu_);
   oom_callbacks_.push_back(std::move(callback));
 }
 
 void CachingAllocator::SetMetadataAllocationHookForTesting(std::function<void()> hook) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<Mutex> lock(mu_);
   metadata_hook_ = std::move(hook);
 }
 
 void CachingAllocator::CorruptNextFreeForTesting() {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<Mutex> lock(mu_);
   corrupt_next_free_ = true;
 }
 
@@ -905,16 +905,16 @@ std::size_t CachingAllocator::LargestFreeBlockLocked() const {
 }
 
 std::array<MemoryStats, 2> CachingAllocator::pool_stats() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<Mutex> lock(mu_);
   return pool_stats_;
 }
 
 MemoryStats CachingAllocator::stats() const {
 #if GPUALLOC_REVERT_RISK == 17
-  std::mutex unused;  // reverted: stats read without the allocator's lock
-  std::lock_guard<std::mutex> lock(unused);
+  Mutex unused;  // reverted: stats read without the allocator's lock
+  std::lock_guard<Mutex> lock(unused);
 #else
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<Mutex> lock(mu_);
 #endif
   MemoryStats s = stats_;
   s.largest_free_block = LargestFreeBlockLocked();
@@ -922,7 +922,7 @@ MemoryStats CachingAllocator::stats() const {
 }
 
 void CachingAllocator::ResetPeakStats() {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<Mutex> lock(mu_);
   for (MemoryStats* st : {&stats_, &pool_stats_[0], &pool_stats_[1]}) {
     for (StatCounter* c : {&st->allocated_bytes, &st->requested_bytes, &st->reserved_bytes,
                            &st->active_blocks, &st->segments, &st->inactive_split_bytes}) {
@@ -934,7 +934,7 @@ void CachingAllocator::ResetPeakStats() {
 MemorySnapshot CachingAllocator::Snapshot() const {
   MemorySnapshot snap;
   snap.device = device_;
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<Mutex> lock(mu_);
   for (const Segment* s = segments_; s != nullptr; s = s->next) {
     SegmentSnapshot seg{s->address, s->size, s->small_pool, s->last_used, {}};
     for (const Block* b = s->head; b != nullptr; b = b->next) {

@@ -41,6 +41,7 @@
 #include <mutex>
 #include <vector>
 
+#include "allocator/common/mutex.h"
 #include "absl/container/flat_hash_map.h"
 #include "allocator/backend/backend.h"
 #include "allocator/caching/block.h"
@@ -192,7 +193,7 @@ class CachingAllocator final : public MemoryResource {
   const std::size_t capacity_;   // the device's total bytes
   const std::size_t alignment_;  // the device's pointer alignment
 
-  mutable std::mutex mu_;
+  mutable Mutex mu_;
   FreeSet small_;
   FreeSet large_;
   absl::flat_hash_map<std::uintptr_t, Block*> allocated_;

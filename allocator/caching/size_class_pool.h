@@ -20,6 +20,7 @@
 #include <mutex>
 #include <vector>
 
+#include "allocator/common/mutex.h"
 #include "absl/container/flat_hash_map.h"
 #include "allocator/backend/backend.h"
 #include "allocator/resource/memory_resource.h"
@@ -69,7 +70,7 @@ class SizeClassPool final : public MemoryResource {
   };
   struct SizeClass {
     std::size_t bytes = 0;
-    mutable std::mutex mu;
+    mutable Mutex mu;
     std::map<std::uintptr_t, std::unique_ptr<Slab>> slabs;  // by base address
     absl::flat_hash_map<std::uintptr_t, std::vector<std::uintptr_t>> free_by_stream;
     absl::flat_hash_map<std::uintptr_t, std::size_t> requested;  // live block -> bytes asked
@@ -89,7 +90,7 @@ class SizeClassPool final : public MemoryResource {
   const std::shared_ptr<Backend> backend_;
   const SizeClassOptions options_;
   std::vector<std::unique_ptr<SizeClass>> classes_;
-  mutable std::mutex passthrough_mu_;
+  mutable Mutex passthrough_mu_;
   absl::flat_hash_map<void*, std::size_t> passthrough_;
 };
 

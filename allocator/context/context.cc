@@ -1,3 +1,4 @@
+#include "allocator/common/mutex.h"
 #include "allocator/context/context.h"
 
 #include <utility>
@@ -81,7 +82,7 @@ absl::StatusOr<Runtime*> Context::GetRuntime(Device device) {
   std::shared_ptr<Slot> slot;
   std::shared_ptr<Backend> backend;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard<Mutex> lock(mu_);
     std::shared_ptr<Slot>& entry = slots_[device];
     if (!entry) entry = std::make_shared<Slot>();
     slot = entry;
@@ -91,10 +92,10 @@ absl::StatusOr<Runtime*> Context::GetRuntime(Device device) {
     backend = *std::move(b);
   }
 #if GPUALLOC_REVERT_RISK == 1
-  std::mutex unused_mu;  // reverted: check-then-create without the slot's lock
-  std::lock_guard<std::mutex> create(unused_mu);
+  Mutex unused_mu;  // reverted: check-then-create without the slot's lock
+  std::lock_guard<Mutex> create(unused_mu);
 #else
-  std::lock_guard<std::mutex> create(slot->create_mu);
+  std::lock_guard<Mutex> create(slot->create_mu);
 #endif
   if (Runtime* ready = slot->ready.load(std::memory_order_acquire)) return ready;
   // Reserve a place under the limit before creating; give it back on failure.
@@ -146,7 +147,7 @@ ScopedDevice::~ScopedDevice() {
 
 namespace {
 
-std::mutex g_default_mu;
+Mutex g_default_mu;
 ContextOptions* g_default_options = nullptr;  // guarded by g_default_mu
 std::atomic<Context*> g_default_context{nullptr};
 
@@ -154,7 +155,7 @@ std::atomic<Context*> g_default_context{nullptr};
 
 Context& DefaultContext() {
   if (Context* c = g_default_context.load(std::memory_order_acquire)) return *c;
-  std::lock_guard<std::mutex> lock(g_default_mu);
+  std::lock_guard<Mutex> lock(g_default_mu);
   if (Context* c = g_default_context.load(std::memory_order_acquire)) return *c;
   auto context = std::make_unique<Context>(g_default_options ? std::move(*g_default_options)
                                                              : ContextOptions::Standard());
@@ -165,7 +166,7 @@ Context& DefaultContext() {
 }
 
 absl::Status ConfigureDefaultContext(ContextOptions options) {
-  std::lock_guard<std::mutex> lock(g_default_mu);
+  std::lock_guard<Mutex> lock(g_default_mu);
   if (g_default_context.load(std::memory_order_acquire) != nullptr) {
     return absl::FailedPreconditionError(
         "the default context already exists; configure it before its first use");

@@ -24,6 +24,7 @@
 #include <memory>
 #include <mutex>
 
+#include "allocator/common/mutex.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -84,7 +85,7 @@ class Context {
 
  private:
   struct Slot {
-    std::mutex create_mu;               // serialises creation of this device
+    Mutex create_mu;               // serialises creation of this device
     std::atomic<Runtime*> ready{nullptr};
     std::unique_ptr<Runtime> runtime;   // written under create_mu
   };
@@ -92,7 +93,7 @@ class Context {
 
   const ContextOptions options_;
   const std::uint64_t id_;
-  std::mutex mu_;  // guards slots_ and backends_
+  Mutex mu_;  // guards slots_ and backends_
   absl::flat_hash_map<Device, std::shared_ptr<Slot>> slots_;
   std::array<std::shared_ptr<Backend>, kDeviceTypeCount> backends_;
   std::atomic<int> runtime_count_{0};

@@ -10,6 +10,7 @@
 #include "allocator/backend/failpoints/failpoint_backend.h"
 #include "allocator/backend/sim/sim_backend.h"
 #include "gtest/gtest.h"
+#include "harness/concurrency/deterministic_scheduler.h"
 
 namespace gpualloc {
 namespace {
@@ -44,6 +45,39 @@ TEST(Context, ConcurrentFirstUseCreatesEachRuntimeExactlyOnce) {
   // its caching allocator): 2 runtimes, built once each, make 4 queries.
   EXPECT_EQ(sim->Accounting().calls_to(BackendOp::kDeviceProperties), 4u)
       << "each runtime was constructed once";
+}
+
+// The same race, explored rather than hoped for: a deterministic scheduler
+// interleaves first uses at every lock, so a check-then-create window is
+// found on the same seeds every run, whatever the machine's timing.
+TEST(Context, FirstUseCreatesEachRuntimeOnceUnderEveryExploredSchedule) {
+  for (std::uint64_t seed = 1; seed <= 30; ++seed) {
+    harness::ScheduleOptions schedule;
+    schedule.seed = seed;
+    schedule.strategy =
+        seed % 2 ? harness::ScheduleStrategy::kPct : harness::ScheduleStrategy::kRandomWalk;
+    harness::DeterministicScheduler scheduler(schedule);
+    scheduler.Run([&] {
+      SimOptions options = SimOptions::WithDevices(1, 16 << 20);
+      options.scheduler = &scheduler;
+      auto sim = std::make_shared<SimBackend>(options);
+      Context ctx(ContextOptions::SimOnly(sim));
+      constexpr int kThreads = 3;
+      std::vector<Runtime*> seen(kThreads);
+      {
+        std::vector<harness::DeterministicScheduler::Thread> threads;
+        for (int t = 0; t < kThreads; ++t) {
+          threads.push_back(scheduler.Spawn("user", [&, t] {
+            seen[t] = ctx.GetRuntime(kSim0).value();
+          }));
+        }
+      }
+      EXPECT_EQ(std::set<Runtime*>(seen.begin(), seen.end()).size(), 1u) << "seed " << seed;
+      EXPECT_EQ(ctx.runtime_count(), 1) << "seed " << seed;
+      EXPECT_EQ(sim->Accounting().calls_to(BackendOp::kDeviceProperties), 2u)
+          << "seed " << seed << ": the runtime was constructed more than once";
+    });
+  }
 }
 
 TEST(Context, CreationThatThrowsLeavesNoEntryAndALaterCallRetries) {

@@ -29,7 +29,7 @@ PinnedHostAllocator::PinnedHostAllocator(std::shared_ptr<Backend> backend,
 
 PinnedHostAllocator::~PinnedHostAllocator() {
   Flush(/*release_cache=*/true).IgnoreError();
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<Mutex> lock(mu_);
   if (!live_.empty()) {
     std::fprintf(stderr, "PinnedHostAllocator: %zu blocks (%zu bytes) still live at destruction\n",
                  live_.size(), stats_.live_bytes);
@@ -52,7 +52,7 @@ absl::StatusOr<PinnedBlock> PinnedHostAllocator::Allocate(std::size_t bytes, Dev
   const DeviceIndex current = CurrentDevice();
   if (current == owner) OnDeviceCurrent(owner);  // the owner is current: its queue can go
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard<Mutex> lock(mu_);
     live_.reserve(live_.size() + 1);
     Owner& o = owners_[owner];
     // The best-fitting cached block, if it wastes at most 1/8 more.
@@ -75,7 +75,7 @@ absl::StatusOr<PinnedBlock> PinnedHostAllocator::Allocate(std::size_t bytes, Dev
     p = CallAtBoundary("host alloc", [&] { return backend_->HostAlloc(owner, size); });
   }
   if (!p.ok()) return p.status();
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<Mutex> lock(mu_);
   PinnedBlock block{*p, size, owner};
   try {
     live_.emplace(block.ptr, block);
@@ -91,7 +91,7 @@ absl::StatusOr<PinnedBlock> PinnedHostAllocator::Allocate(std::size_t bytes, Dev
 absl::Status PinnedHostAllocator::Deallocate(const PinnedBlock& block) {
   std::vector<std::pair<DeviceIndex, std::vector<PinnedBlock>>> now;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard<Mutex> lock(mu_);
     auto it = live_.find(block.ptr);
     if (it == live_.end() || it->second.owner != block.owner) {
       return absl::InvalidArgumentError(absl::StrFormat(
@@ -160,7 +160,7 @@ void PinnedHostAllocator::ReleaseBatch(DeviceIndex owner, std::vector<PinnedBloc
     if (GPUALLOC_REVERT_RISK == 11 && switched) {  // reverted: a device switch per free
       CallAtBoundary("set device", [&] { return backend_->SetDevice(previous); }).IgnoreError();
       CallAtBoundary("set device", [&] { return backend_->SetDevice(owner); }).IgnoreError();
-      std::lock_guard<std::mutex> lock(mu_);
+      std::lock_guard<Mutex> lock(mu_);
       ++stats_.batch_switches;
     }
     if (!CallAtBoundary("host free", [&] { return backend_->HostFree(owner, b.ptr); }).ok()) {
@@ -170,7 +170,7 @@ void PinnedHostAllocator::ReleaseBatch(DeviceIndex owner, std::vector<PinnedBloc
   if (switched) {
     CallAtBoundary("set device", [&] { return backend_->SetDevice(previous); }).IgnoreError();
   }
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<Mutex> lock(mu_);
   if (switched) ++stats_.batch_switches;
   stats_.releases += blocks.size() - failed.size();
   stats_.failed_releases += failed.size();
@@ -182,7 +182,7 @@ void PinnedHostAllocator::ReleaseBatch(DeviceIndex owner, std::vector<PinnedBloc
 void PinnedHostAllocator::OnDeviceCurrent(DeviceIndex owner) {
   std::vector<PinnedBlock> batch;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard<Mutex> lock(mu_);
     auto it = owners_.find(owner);
     if (it == owners_.end() || it->second.pending.empty()) return;
     batch = std::move(it->second.pending);
@@ -195,7 +195,7 @@ void PinnedHostAllocator::OnDeviceCurrent(DeviceIndex owner) {
 absl::Status PinnedHostAllocator::Flush(bool release_cache) {
   std::vector<std::pair<DeviceIndex, std::vector<PinnedBlock>>> batches;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard<Mutex> lock(mu_);
     if (release_cache) {
       for (const PinnedBlock& b : lru_) owners_[b.owner].pending.push_back(b);
       stats_.pending_blocks += lru_.size();
@@ -212,7 +212,7 @@ absl::Status PinnedHostAllocator::Flush(bool release_cache) {
     }
   }
   for (auto& [owner, blocks] : batches) ReleaseBatch(owner, std::move(blocks));
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<Mutex> lock(mu_);
   if (stats_.pending_blocks != 0) {
     return absl::InternalError(absl::StrFormat(
         "pinned host allocator: %d blocks could not be released yet; they stay queued",
@@ -222,7 +222,7 @@ absl::Status PinnedHostAllocator::Flush(bool release_cache) {
 }
 
 PinnedHostStats PinnedHostAllocator::stats() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<Mutex> lock(mu_);
   return stats_;
 }
 

@@ -28,6 +28,7 @@
 #include <mutex>
 #include <vector>
 
+#include "allocator/common/mutex.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "allocator/backend/backend.h"
@@ -100,7 +101,7 @@ class PinnedHostAllocator {
 
   const std::shared_ptr<Backend> backend_;
   const PinnedHostOptions options_;
-  mutable std::mutex mu_;
+  mutable Mutex mu_;
   std::list<PinnedBlock> lru_;  // cached blocks, least recently cached first
   absl::flat_hash_map<DeviceIndex, Owner> owners_;
   absl::flat_hash_map<void*, PinnedBlock> live_;

@@ -197,7 +197,7 @@ absl::StatusOr<std::unique_ptr<TraceRecorder>> TraceRecorder::Create(
 }
 
 TraceRecorder::~TraceRecorder() {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<Mutex> lock(mu_);
   FlushLocked().IgnoreError();
   std::fclose(file_);
 }
@@ -221,7 +221,7 @@ void TraceRecorder::RecordLocked(TraceEvent::Action action, const Allocation& a,
 absl::StatusOr<Allocation> TraceRecorder::DoAllocate(std::size_t bytes, Stream stream) {
   absl::StatusOr<Allocation> a = upstream_->Allocate(bytes, stream);
   if (!a.ok()) return a;
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<Mutex> lock(mu_);
   const std::uint64_t id = next_id_++;
   ids_[a->ptr] = id;
   RecordLocked(TraceEvent::Action::kAllocate, *a, id);
@@ -231,7 +231,7 @@ absl::StatusOr<Allocation> TraceRecorder::DoAllocate(std::size_t bytes, Stream s
 absl::Status TraceRecorder::DoDeallocate(const Allocation& allocation, Stream stream) {
   std::uint64_t id = 0;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard<Mutex> lock(mu_);
     auto it = ids_.find(allocation.ptr);
     if (it == ids_.end()) {
       return absl::InvalidArgumentError(absl::StrFormat(
@@ -247,7 +247,7 @@ absl::Status TraceRecorder::DoDeallocate(const Allocation& allocation, Stream st
   if (!st.ok()) {
     // Still live: say so in the trace too (a replay frees and re-allocates,
     // which is the same for every allocator).
-    std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard<Mutex> lock(mu_);
     ids_[allocation.ptr] = id;
     RecordLocked(TraceEvent::Action::kAllocate, allocation, id);
   }
@@ -263,12 +263,12 @@ absl::Status TraceRecorder::FlushLocked() {
 }
 
 absl::Status TraceRecorder::Flush() {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<Mutex> lock(mu_);
   return FlushLocked();
 }
 
 std::uint64_t TraceRecorder::events_recorded() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<Mutex> lock(mu_);
   return events_;
 }
 

@@ -15,6 +15,7 @@
 #include <string>
 #include <thread>
 
+#include "allocator/common/mutex.h"
 #include "absl/container/flat_hash_map.h"
 #include "allocator/observe/trace_format.h"
 #include "allocator/resource/memory_resource.h"
@@ -47,7 +48,7 @@ class TraceRecorder final : public MemoryResource {
   const std::shared_ptr<MemoryResource> upstream_;
   std::FILE* const file_;
   const std::chrono::steady_clock::time_point start_;
-  mutable std::mutex mu_;
+  mutable Mutex mu_;
   std::string buffer_;
   absl::flat_hash_map<void*, std::uint64_t> ids_;  // live allocation -> id
   absl::flat_hash_map<std::thread::id, std::uint32_t> threads_;

@@ -70,7 +70,7 @@ absl::StatusOr<Allocation> TrackingAdaptor::DoAllocate(std::size_t bytes, Stream
   absl::StatusOr<Allocation> a = upstream_->Allocate(bytes, stream);
   if (!a.ok()) return a;
   record.allocation = *a;
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<Mutex> lock(mu_);
   record.sequence = next_sequence_++;
   try {
     live_.emplace(a->ptr, std::move(record));
@@ -84,7 +84,7 @@ absl::StatusOr<Allocation> TrackingAdaptor::DoAllocate(std::size_t bytes, Stream
 absl::Status TrackingAdaptor::DoDeallocate(const Allocation& allocation, Stream stream) {
   Table::node_type entry;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard<Mutex> lock(mu_);
     auto it = live_.find(allocation.ptr);
     if (it == live_.end()) {
       return absl::InvalidArgumentError(absl::StrFormat(
@@ -95,7 +95,7 @@ absl::Status TrackingAdaptor::DoDeallocate(const Allocation& allocation, Stream 
   }
   absl::Status st = upstream_->Deallocate(allocation, stream);
   if (!st.ok()) {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard<Mutex> lock(mu_);
     live_.insert(std::move(entry));  // still live
   }
   return st;
@@ -104,7 +104,7 @@ absl::Status TrackingAdaptor::DoDeallocate(const Allocation& allocation, Stream 
 std::vector<TrackedAllocation> TrackingAdaptor::Live() const {
   std::vector<TrackedAllocation> out;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard<Mutex> lock(mu_);
     out.reserve(live_.size());
     for (const auto& [ptr, record] : live_) out.push_back(record);
   }
@@ -114,7 +114,7 @@ std::vector<TrackedAllocation> TrackingAdaptor::Live() const {
 }
 
 std::size_t TrackingAdaptor::live_count() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<Mutex> lock(mu_);
   return live_.size();
 }
 

@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "allocator/common/mutex.h"
 #include "absl/container/flat_hash_map.h"
 #include "allocator/resource/memory_resource.h"
 
@@ -58,7 +59,7 @@ class TrackingAdaptor final : public MemoryResource {
 
   const std::shared_ptr<MemoryResource> upstream_;
   const TrackingOptions options_;
-  mutable std::mutex mu_;
+  mutable Mutex mu_;
   using Table = absl::flat_hash_map<void*, TrackedAllocation>;
   Table live_;
   std::uint64_t next_sequence_ = 0;

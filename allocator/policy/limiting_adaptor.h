@@ -24,6 +24,7 @@
 #include <thread>
 #include <vector>
 
+#include "allocator/common/mutex.h"
 #include "absl/container/flat_hash_map.h"
 #include "allocator/resource/memory_resource.h"
 
@@ -79,7 +80,7 @@ class LimitingAdaptor final : public MemoryResource {
   const std::shared_ptr<MemoryResource> upstream_;
   const std::vector<LimitRule> rules_;
   const std::function<void(const SoftLimitEvent&)> on_soft_limit_;
-  mutable std::mutex mu_;
+  mutable Mutex mu_;
   // Per rule: key -> bytes in use.
   std::vector<absl::flat_hash_map<std::string, std::size_t>> usage_;
   // Live allocation -> the key it was charged to under each rule.

@@ -11,6 +11,7 @@
 #include <memory>
 #include <mutex>
 
+#include "allocator/common/mutex.h"
 #include "absl/container/flat_hash_map.h"
 #include "allocator/backend/backend.h"
 #include "allocator/resource/memory_resource.h"
@@ -39,7 +40,7 @@ class BackendResource final : public MemoryResource {
   const std::shared_ptr<Backend> backend_;
   const DeviceIndex device_;
   const std::size_t alignment_;
-  mutable std::mutex mu_;
+  mutable Mutex mu_;
   using LiveMap = absl::flat_hash_map<void*, std::size_t>;  // ptr -> bytes
   LiveMap live_;
   MemoryStats stats_;

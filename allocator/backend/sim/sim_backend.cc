@@ -165,20 +165,22 @@ SimBackend::SimBackend(SimOptions options)
 
 SimBackend::~SimBackend() {
   // Stop the workers first: their tasks lock mu_ and touch the maps.
-  std::vector<std::shared_ptr<SimStreamWorker>> workers;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (auto& [handle, worker] : streams_) workers.push_back(worker);
-    for (auto& device : devices_) {
-      if (device->default_stream) workers.push_back(device->default_stream);
-    }
-  }
+  std::vector<std::shared_ptr<SimStreamWorker>> workers = WorkersOn(kAllDevices);
   for (auto& worker : workers) worker->Drain();
-  workers.clear();
+  {
+    // Workers are stopped outside the lock: stopping one may wait for a turn
+    // of a deterministic schedule. Events hold workers too.
+    absl::flat_hash_map<std::uintptr_t, std::unique_ptr<EventState>> events;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      events.swap(events_);
+      streams_.clear();
+      for (auto& device : devices_) device->default_stream.reset();
+    }
+    events.clear();
+    workers.clear();
+  }
   std::lock_guard<std::mutex> lock(mu_);
-  events_.clear();
-  streams_.clear();
-  for (auto& device : devices_) device->default_stream.reset();
 
   SimAccounting leftover;
   if (!allocations_.empty() || !reservations_.empty() || !chunks_.empty()) {
@@ -270,21 +272,28 @@ absl::StatusOr<DeviceIndex> SimBackend::GetDevice() {
   return it == tls_current_device.end() ? 0 : it->second;
 }
 
-void SimBackend::DrainDevice(DeviceIndex device) {
+std::vector<std::shared_ptr<SimStreamWorker>> SimBackend::WorkersOn(DeviceIndex device) const {
   std::vector<std::shared_ptr<SimStreamWorker>> workers;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (auto& [handle, worker] : streams_) {
-      if (device == kAllDevices || worker->device() == device) workers.push_back(worker);
-    }
-    for (std::size_t d = 0; d < devices_.size(); ++d) {
-      if ((device == kAllDevices || static_cast<DeviceIndex>(d) == device) &&
-          devices_[d]->default_stream) {
-        workers.push_back(devices_[d]->default_stream);
-      }
+  std::lock_guard<std::mutex> lock(mu_);
+  // In handle order, not hash order, so a scheduled run waits on the same
+  // streams in the same order every time.
+  std::vector<std::uintptr_t> handles;
+  for (auto& [handle, worker] : streams_) {
+    if (device == kAllDevices || worker->device() == device) handles.push_back(handle);
+  }
+  std::sort(handles.begin(), handles.end());
+  for (std::uintptr_t handle : handles) workers.push_back(streams_.at(handle));
+  for (std::size_t d = 0; d < devices_.size(); ++d) {
+    if ((device == kAllDevices || static_cast<DeviceIndex>(d) == device) &&
+        devices_[d]->default_stream) {
+      workers.push_back(devices_[d]->default_stream);
     }
   }
-  for (auto& worker : workers) worker->Drain();
+  return workers;
+}
+
+void SimBackend::DrainDevice(DeviceIndex device) {
+  for (auto& worker : WorkersOn(device)) worker->Drain();
 }
 
 absl::Status SimBackend::DeviceSynchronize(DeviceIndex device) {
@@ -578,7 +587,7 @@ absl::StatusOr<std::shared_ptr<SimStreamWorker>> SimBackend::WorkerFor(Stream st
   std::lock_guard<std::mutex> lock(mu_);
   if (stream.is_default()) {
     auto& worker = devices_[stream.device]->default_stream;
-    if (!worker) worker = std::make_shared<SimStreamWorker>(stream.device);
+    if (!worker) worker = std::make_shared<SimStreamWorker>(stream.device, options_.scheduler);
     return worker;
   }
   auto it = streams_.find(stream.handle);
@@ -598,7 +607,7 @@ absl::StatusOr<std::shared_ptr<SimStreamWorker>> SimBackend::WorkerFor(Stream st
 absl::StatusOr<Stream> SimBackend::CreateStream(DeviceIndex device) {
   Count(BackendOp::kStreamCreate);
   GPUALLOC_RETURN_IF_ERROR(CheckDevice(device));
-  auto worker = std::make_shared<SimStreamWorker>(device);
+  auto worker = std::make_shared<SimStreamWorker>(device, options_.scheduler);
   std::lock_guard<std::mutex> lock(mu_);
   const std::uintptr_t handle = next_handle_++;
   streams_.emplace(handle, std::move(worker));

@@ -133,6 +133,8 @@ class SimBackend final : public Backend {
   enum class Location { kDevice, kManaged, kPinnedHost, kPageableHost, kInvalid };
 
   absl::Status CheckDevice(DeviceIndex device) const;
+  // Every stream of `device` (or of all devices), in a fixed order.
+  std::vector<std::shared_ptr<SimStreamWorker>> WorkersOn(DeviceIndex device) const;
   absl::StatusOr<std::shared_ptr<SimStreamWorker>> WorkerFor(Stream stream);
   // Waits for every stream of `device` (or of every device, kAllDevices),
   // without holding mu_ while waiting.
@@ -150,7 +152,15 @@ class SimBackend final : public Backend {
   absl::Status CheckMemsetTarget(void* dst, std::size_t bytes, DeviceIndex* device) const;
   absl::Status CheckCopy(void* dst, const void* src, std::size_t bytes, CopyKind kind,
                          DeviceIndex* device) const;
-  void Count(BackendOp op) { calls_[static_cast<int>(op)].fetch_add(1, std::memory_order_relaxed); }
+  // Counts a call at its entry. Under a deterministic schedule the entry of
+  // every device call is also a scheduling point, as a driver call is a place
+  // where real threads interleave. Never called with mu_ held.
+  void Count(BackendOp op) {
+    calls_[static_cast<int>(op)].fetch_add(1, std::memory_order_relaxed);
+    if (options_.scheduler != nullptr && CooperativeScheduler::Current() == options_.scheduler) {
+      options_.scheduler->Yield();
+    }
+  }
 
   const SimOptions options_;
   const std::uint64_t instance_id_;

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "allocator/common/cooperative_scheduler.h"
+
 namespace gpualloc {
 
 struct SimDeviceConfig {
@@ -62,6 +64,9 @@ struct SimOptions {
   bool stream_ordered_alloc = true;
   bool managed_memory = true;
   bool virtual_memory = true;
+  // Deterministic-schedule runs (harness/concurrency): the stream workers
+  // become participants of this scheduler. Not owned; must outlive the sim.
+  CooperativeScheduler* scheduler = nullptr;
 
   // `count` identical devices of `capacity_bytes` each.
   static SimOptions WithDevices(int count, std::size_t capacity_bytes) {

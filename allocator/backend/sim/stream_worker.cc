@@ -2,10 +2,22 @@
 
 #include <utility>
 
+#include "absl/strings/str_cat.h"
+
 namespace gpualloc {
 
-SimStreamWorker::SimStreamWorker(DeviceIndex device) : device_(device) {
-  thread_ = std::thread([this] { Run(); });
+SimStreamWorker::SimStreamWorker(DeviceIndex device, CooperativeScheduler* scheduler)
+    : device_(device), scheduler_(scheduler) {
+  if (scheduler_ == nullptr) {
+    thread_ = std::thread([this] { Run(); });
+    return;
+  }
+  const int id = scheduler_->RegisterBackground(absl::StrCat("stream@device", device));
+  thread_ = std::thread([this, id] {
+    scheduler_->Attach(id);
+    RunScheduled();
+    scheduler_->Detach();
+  });
 }
 
 SimStreamWorker::~SimStreamWorker() {
@@ -14,6 +26,14 @@ SimStreamWorker::~SimStreamWorker() {
     stopping_ = true;
   }
   work_cv_.notify_all();
+  // The scheduled thread leaves only when picked; joining first would hold
+  // the turn it needs.
+  if (Scheduled()) {
+    scheduler_->BlockUntil([this] {
+      std::lock_guard<std::mutex> lock(mu_);
+      return exited_;
+    });
+  }
   thread_.join();
 }
 
@@ -39,6 +59,10 @@ bool SimStreamWorker::Reached(std::uint64_t seq) const {
 }
 
 void SimStreamWorker::WaitFor(std::uint64_t seq) const {
+  if (Scheduled()) {
+    scheduler_->BlockUntil([this, seq] { return Reached(seq); });
+    return;
+  }
   std::unique_lock<std::mutex> lock(mu_);
   done_cv_.wait(lock, [&] { return completed_ >= seq; });
 }
@@ -46,6 +70,38 @@ void SimStreamWorker::WaitFor(std::uint64_t seq) const {
 std::uint64_t SimStreamWorker::task_exceptions() const {
   std::lock_guard<std::mutex> lock(mu_);
   return task_exceptions_;
+}
+
+void SimStreamWorker::RunScheduled() {
+  for (;;) {
+    scheduler_->BlockUntil([this] {
+      std::lock_guard<std::mutex> lock(mu_);
+      return stopping_ || !queue_.empty();
+    });
+    std::unique_lock<std::mutex> lock(mu_);
+    if (queue_.empty()) {
+      exited_ = true;
+      return;
+    }
+    std::function<void()> task = std::move(queue_.front());
+    queue_.pop_front();
+    lock.unlock();
+    bool threw = false;
+    try {
+      task();
+    } catch (...) {
+      threw = true;
+    }
+    lock.lock();
+    if (threw) ++task_exceptions_;
+    ++completed_;
+    done_cv_.notify_all();  // for waiters that are not participants
+    lock.unlock();
+    // One task per turn: every task boundary is a point where another stream
+    // or thread may run first, so events complete in whatever order the
+    // scheduler picks among those the streams allow.
+    scheduler_->Yield();
+  }
 }
 
 void SimStreamWorker::Run() {

@@ -2,6 +2,11 @@
 // asynchronously to the thread that enqueued it, like a GPU stream. Every
 // task gets a sequence number; an event is "the stream has passed seq N".
 //
+// Given a CooperativeScheduler, the worker is one of its participants: it runs
+// a task only when the scheduler picks it, so which stream makes progress
+// first (and so which event completes first) is the scheduler's choice, and
+// waits on it from participants go through the scheduler.
+//
 // Thread-safe: any thread may enqueue and wait.
 #ifndef GPUALLOC_ALLOCATOR_BACKEND_SIM_STREAM_WORKER_H_
 #define GPUALLOC_ALLOCATOR_BACKEND_SIM_STREAM_WORKER_H_
@@ -14,12 +19,14 @@
 #include <thread>
 
 #include "allocator/backend/types.h"
+#include "allocator/common/cooperative_scheduler.h"
 
 namespace gpualloc {
 
 class SimStreamWorker {
  public:
-  explicit SimStreamWorker(DeviceIndex device);
+  // `scheduler` (optional, must outlive the worker) drives the worker thread.
+  explicit SimStreamWorker(DeviceIndex device, CooperativeScheduler* scheduler = nullptr);
   // Runs all enqueued work, then stops the thread.
   ~SimStreamWorker();
   SimStreamWorker(const SimStreamWorker&) = delete;
@@ -42,8 +49,14 @@ class SimStreamWorker {
 
  private:
   void Run();
+  void RunScheduled();
+  // True when the calling thread must wait through the scheduler.
+  bool Scheduled() const {
+    return scheduler_ != nullptr && CooperativeScheduler::Current() == scheduler_;
+  }
 
   const DeviceIndex device_;
+  CooperativeScheduler* const scheduler_;
   mutable std::mutex mu_;
   mutable std::condition_variable work_cv_;
   mutable std::condition_variable done_cv_;
@@ -52,6 +65,7 @@ class SimStreamWorker {
   std::uint64_t completed_ = 0;
   std::uint64_t task_exceptions_ = 0;
   bool stopping_ = false;
+  bool exited_ = false;  // scheduled mode: the thread has left its loop
   std::thread thread_;
 };
 

@@ -1,0 +1,7 @@
+#include "allocator/common/cooperative_scheduler.h"
+
+namespace gpualloc {
+
+thread_local CooperativeScheduler* CooperativeScheduler::current_ = nullptr;
+
+}  // namespace gpualloc
