@@ -92,6 +92,7 @@ CachingAllocator::~CachingAllocator() {
     delete s;
   }
   for (Event e : spare_events_) DestroyEventQuietly(e);
+  for (Block* b : spare_blocks_) delete b;
   RetryRetiredRanges();  // what still fails is reported by the ranges' destructors
 }
 
@@ -99,12 +100,39 @@ CachingAllocator::~CachingAllocator() {
 
 std::unique_ptr<Block> CachingAllocator::NewBlock() {
   Hook();
+  if (!spare_blocks_.empty()) {  // the hot path: a block (and node) merged away earlier
+    std::unique_ptr<Block> block(spare_blocks_.back());
+    spare_blocks_.pop_back();
+    return block;
+  }
+  // Room to keep merged-away blocks for reuse, reserved while failing is
+  // harmless, so RecycleBlock never allocates.
+  if (spare_blocks_.capacity() < kSpareBlocks) spare_blocks_.reserve(kSpareBlocks);
   auto block = std::make_unique<Block>();
   // Give the block its own FreeSet node now, while failing is still harmless.
   FreeSet scratch;
   scratch.insert(block.get());
   block->node = scratch.extract(scratch.begin());
   return block;
+}
+
+void CachingAllocator::RecycleBlock(Block* block) noexcept {
+  if (spare_blocks_.size() == spare_blocks_.capacity()) {
+    delete block;
+    return;
+  }
+  // Back to a new block's state, keeping its FreeSet node and vector capacity.
+  block->address = 0;
+  block->size = 0;
+  block->requested = 0;
+  block->stream = Stream{};
+  block->state = BlockState::kFree;
+  block->segment = nullptr;
+  block->prev = block->next = nullptr;
+  block->stream_uses.clear();
+  block->pending_events.clear();
+  block->pending_prev = block->pending_next = nullptr;
+  spare_blocks_.push_back(block);
 }
 
 void CachingAllocator::InsertFree(Block* block) {
@@ -690,14 +718,14 @@ void CachingAllocator::ReturnToPool(Block* block) {
     block->size += next->size;
     block->next = next->next;
     if (next->next != nullptr) next->next->prev = block;
-    delete next;
+    RecycleBlock(next);
   }
   if (Block* prev = block->prev; mergeable(prev)) {
     EraseFree(prev);
     prev->size += block->size;
     prev->next = block->next;
     if (block->next != nullptr) block->next->prev = prev;
-    delete block;
+    RecycleBlock(block);
     block = prev;
   }
   InsertFree(block);

@@ -153,7 +153,9 @@ class CachingAllocator final : public MemoryResource {
   // the remainder into `spare` when worthwhile. No-throw.
   Allocation Commit(Block* block, std::unique_ptr<Block> spare, std::size_t rounded,
                     std::size_t requested, Stream stream);
-  std::unique_ptr<Block> NewBlock();  // fallible: node and block
+  std::unique_ptr<Block> NewBlock();  // fallible: node and block (or a recycled one)
+  // Keeps a block merged away for the next NewBlock (bounded), else deletes it.
+  void RecycleBlock(Block* block) noexcept;
   void InsertFree(Block* block);      // no-throw
   void EraseFree(Block* block);       // no-throw
   // Returns a free block to its pool, merged with same-stream free neighbours.
@@ -204,6 +206,10 @@ class CachingAllocator final : public MemoryResource {
   std::vector<std::unique_ptr<ExpandableRange>> retired_ranges_;
   Block* pending_ = nullptr;           // intrusive list of blocks awaiting events
   std::vector<Event> spare_events_;
+  // Blocks merged away, each with its FreeSet node, reused by NewBlock: a
+  // split and merge cost no heap allocation in the steady state.
+  static constexpr std::size_t kSpareBlocks = 64;
+  std::vector<Block*> spare_blocks_;
   std::size_t limit_ = 0;
   std::uint64_t tick_ = 0;
   MemoryStats stats_;
