@@ -33,4 +33,22 @@ absl::Status CachingOptions::Validate() const {
   return absl::OkStatus();
 }
 
+namespace {
+constexpr const char* kReuseNames[] = {"none", "opportunistic", "follow"};
+}  // namespace
+
+absl::string_view CrossStreamReuseName(CrossStreamReuse reuse) {
+  return kReuseNames[static_cast<int>(reuse)];
+}
+
+bool ParseCrossStreamReuse(absl::string_view name, CrossStreamReuse* reuse) {
+  for (int i = 0; i < 3; ++i) {
+    if (name == kReuseNames[i]) {
+      *reuse = static_cast<CrossStreamReuse>(i);
+      return true;
+    }
+  }
+  return false;
+}
+
 }  // namespace gpualloc

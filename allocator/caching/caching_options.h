@@ -20,6 +20,7 @@
 #include <limits>
 
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 
 namespace gpualloc {
 
@@ -34,6 +35,11 @@ enum class CrossStreamReuse {
   // recorded on S after the free.
   kFollowEvents,
 };
+
+// "none", "opportunistic", "follow": the names the tools' flags and reports use.
+absl::string_view CrossStreamReuseName(CrossStreamReuse reuse);
+// False (and *reuse untouched) for any other name.
+bool ParseCrossStreamReuse(absl::string_view name, CrossStreamReuse* reuse);
 
 struct CachingOptions {
   std::size_t min_block_bytes = 512;

@@ -227,7 +227,11 @@ std::string SvgPlot(const std::vector<BenchResult>& results,
                                         "#a6761d", "#666666"};
   constexpr int kLeft = 210, kWidth = 900, kBar = 9, kGap = 14, kTop = 40;
   double max_ns = 10;
-  for (const BenchResult& r : results) max_ns = std::max(max_ns, r.ns_per_op);
+  for (const BenchResult& r : results) {
+    if (std::find(workloads.begin(), workloads.end(), r.workload) != workloads.end()) {
+      max_ns = std::max(max_ns, r.ns_per_op);
+    }
+  }
   const double decades = std::ceil(std::log10(max_ns));
   auto x = [&](double ns) {
     return kLeft + (kWidth - kLeft - 20) * std::log10(std::max(ns, 1.0)) / decades;

@@ -44,11 +44,7 @@ int main(int argc, char** argv) {
   options.expandable_segments = absl::GetFlag(FLAGS_expandable_segments);
   options.plant_overlap_bug = absl::GetFlag(FLAGS_plant_bug);
   const std::string reuse = absl::GetFlag(FLAGS_cross_stream_reuse);
-  if (reuse == "none") {
-    options.cross_stream = CrossStreamReuse::kNone;
-  } else if (reuse == "opportunistic") {
-    options.cross_stream = CrossStreamReuse::kOpportunistic;
-  } else if (reuse != "follow") {
+  if (!ParseCrossStreamReuse(reuse, &options.cross_stream)) {
     ExitWithBadFlag("explore", absl::StrFormat(
         "--cross_stream_reuse: '%s' is not one of none, opportunistic, follow", reuse));
   }

@@ -103,7 +103,6 @@ absl::Status StressConfig::Validate() const {
 }
 
 std::string StressConfig::ToFlags() const {
-  static constexpr const char* kReuse[] = {"none", "opportunistic", "follow"};
   std::string kinds;
   for (FaultAction k : fault_kinds) absl::StrAppend(&kinds, kinds.empty() ? "" : ",", FaultActionName(k));
   return absl::StrFormat("--lifetime=%s --fault_kinds=%s --limit_mb=%d%s ", LifetimeName(lifetime),
@@ -116,7 +115,7 @@ std::string StressConfig::ToFlags() const {
       backend, devices, device_capacity_mb, threads, streams_per_device, duration_s, ops,
       SizeDistributionName(sizes), min_size, max_size, max_live_per_thread,
       cross_thread_free_fraction, cross_stream_free_fraction, device_switch_fraction, fault_rate,
-      kReuse[static_cast<int>(cross_stream)], seed,
+      CrossStreamReuseName(cross_stream), seed,
       std::string(inject_bug ? " --inject_bug" : "") + (track_leaks ? " --track_leaks" : ""));
 }
 

@@ -80,13 +80,7 @@ StressConfig ConfigFromFlags() {
   c.device_switch_fraction = absl::GetFlag(FLAGS_device_switch);
   c.fault_rate = absl::GetFlag(FLAGS_fault_rate);
   const std::string reuse = absl::GetFlag(FLAGS_cross_stream_reuse);
-  if (reuse == "none") {
-    c.cross_stream = CrossStreamReuse::kNone;
-  } else if (reuse == "opportunistic") {
-    c.cross_stream = CrossStreamReuse::kOpportunistic;
-  } else if (reuse == "follow") {
-    c.cross_stream = CrossStreamReuse::kFollowEvents;
-  } else {
+  if (!gpualloc::ParseCrossStreamReuse(reuse, &c.cross_stream)) {
     BadFlags(absl::StrFormat("--cross_stream_reuse: '%s' is not one of none, opportunistic, follow",
                              reuse));
   }

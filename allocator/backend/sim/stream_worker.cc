@@ -83,19 +83,7 @@ void SimStreamWorker::RunScheduled() {
       exited_ = true;
       return;
     }
-    std::function<void()> task = std::move(queue_.front());
-    queue_.pop_front();
-    lock.unlock();
-    bool threw = false;
-    try {
-      task();
-    } catch (...) {
-      threw = true;
-    }
-    lock.lock();
-    if (threw) ++task_exceptions_;
-    ++completed_;
-    done_cv_.notify_all();  // for waiters that are not participants
+    RunFront(lock);
     lock.unlock();
     // One task per turn: every task boundary is a point where another stream
     // or thread may run first, so events complete in whatever order the
@@ -109,20 +97,27 @@ void SimStreamWorker::Run() {
   for (;;) {
     work_cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
     if (queue_.empty()) return;  // stopping and drained
-    std::function<void()> task = std::move(queue_.front());
-    queue_.pop_front();
-    lock.unlock();
-    bool threw = false;
-    try {
-      task();
-    } catch (...) {
-      threw = true;
-    }
-    lock.lock();
-    if (threw) ++task_exceptions_;
-    ++completed_;
-    done_cv_.notify_all();
+    RunFront(lock);
   }
+}
+
+void SimStreamWorker::RunFront(std::unique_lock<std::mutex>& lock) {
+  std::function<void()> task = std::move(queue_.front());
+  queue_.pop_front();
+  lock.unlock();
+  bool threw = false;
+  try {
+    task();
+  } catch (...) {
+    threw = true;
+  }
+  // Destroyed unlocked: a task may hold the last reference to another worker,
+  // whose destructor waits for that worker's thread.
+  task = nullptr;
+  lock.lock();
+  if (threw) ++task_exceptions_;
+  ++completed_;
+  done_cv_.notify_all();  // also for waiters that are not participants
 }
 
 }  // namespace gpualloc

@@ -50,6 +50,8 @@ class SimStreamWorker {
  private:
   void Run();
   void RunScheduled();
+  // Runs and retires the task at the front (mu_ held on entry and on return).
+  void RunFront(std::unique_lock<std::mutex>& lock);
   // True when the calling thread must wait through the scheduler.
   bool Scheduled() const {
     return scheduler_ != nullptr && CooperativeScheduler::Current() == scheduler_;
