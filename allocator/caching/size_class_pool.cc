@@ -71,8 +71,8 @@ absl::StatusOr<Allocation> SizeClassPool::DoAllocate(std::size_t bytes, Stream s
     return a;
   }
   std::lock_guard<Mutex> lock(c->mu);
-  c->requested.reserve(c->requested.size() + 1);  // fallible work first
-  std::uintptr_t block = 0;
+  c->live.reserve(c->live.size() + 1);  // fallible work first
+  FreeBlock block{0, nullptr};
   auto free_list = c->free_by_stream.find(stream.handle);
   if (free_list != c->free_by_stream.end() && !free_list->second.empty()) {
     block = free_list->second.back();
@@ -82,35 +82,35 @@ absl::StatusOr<Allocation> SizeClassPool::DoAllocate(std::size_t bytes, Stream s
     // A slab with never-used room, else a new one.
     for (auto& [base, slab] : c->slabs) {
       if (slab->next_unused + c->bytes <= slab->allocation.bytes) {
-        block = base + slab->next_unused;
+        block = FreeBlock{base + slab->next_unused, slab.get()};
         slab->next_unused += c->bytes;
         break;
       }
     }
-    if (block == 0) {
+    if (block.slab == nullptr) {
       auto slab = std::make_unique<Slab>();  // before the upstream call: may throw
       absl::StatusOr<Allocation> s =
           upstream_->Allocate(options_.slab_bytes, Stream::Default(upstream_->device()));
       if (!s.ok()) return s.status();
       slab->allocation = *s;
       slab->next_unused = c->bytes;
-      block = reinterpret_cast<std::uintptr_t>(s->ptr);
+      block = FreeBlock{reinterpret_cast<std::uintptr_t>(s->ptr), slab.get()};
       try {
-        c->slabs.emplace(block, std::move(slab));
+        c->slabs.emplace(block.address, std::move(slab));
       } catch (...) {
         upstream_->Deallocate(*s).IgnoreError();  // no slab may leak
         throw;
       }
+      c->empty_slab_bytes += s->bytes;  // until the block below is counted
       ++c->stats.slabs;
     }
     ++c->stats.misses;
   }
-  auto slab = std::prev(c->slabs.upper_bound(block));
-  ++slab->second->live;
-  slab->second->last_used = ++c->tick;
-  c->requested.emplace(block, bytes);
+  if (block.slab->live++ == 0) c->empty_slab_bytes -= block.slab->allocation.bytes;
+  block.slab->last_used = ++c->tick;
+  c->live.emplace(block.address, LiveBlock{bytes, block.slab});
   ++c->stats.live_blocks;
-  return Allocation{reinterpret_cast<void*>(block), bytes, stream};
+  return Allocation{reinterpret_cast<void*>(block.address), bytes, stream};
 }
 
 absl::Status SizeClassPool::DoDeallocate(const Allocation& allocation, Stream stream) {
@@ -135,24 +135,23 @@ absl::Status SizeClassPool::DoDeallocate(const Allocation& allocation, Stream st
   }
   std::lock_guard<Mutex> lock(c->mu);
   const auto p = reinterpret_cast<std::uintptr_t>(allocation.ptr);
-  auto it = c->requested.find(p);
-  if (it == c->requested.end() || it->second != allocation.bytes) {
+  auto it = c->live.find(p);
+  if (it == c->live.end() || it->second.requested != allocation.bytes) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "size-class pool: %p (%d bytes) was not allocated here, was already freed, or is the "
         "wrong size",
         allocation.ptr, allocation.bytes));
   }
-  std::vector<std::uintptr_t>& list = c->free_by_stream[stream.handle];
-  list.push_back(p);  // may throw: nothing changed yet except the (valid) push
-  c->requested.erase(it);
+  Slab* slab = it->second.slab;
+  std::vector<FreeBlock>& list = c->free_by_stream[stream.handle];
+  list.push_back(FreeBlock{p, slab});  // may throw: nothing changed yet except the (valid) push
+  c->live.erase(it);
   --c->stats.live_blocks;
-  auto slab = std::prev(c->slabs.upper_bound(p));
-  if (--slab->second->live == 0) {
-    std::size_t empty = 0;
-    for (auto& [base, s] : c->slabs) {
-      if (s->live == 0) empty += s->allocation.bytes;
+  if (--slab->live == 0) {
+    c->empty_slab_bytes += slab->allocation.bytes;
+    if (c->empty_slab_bytes > options_.max_cached_empty_bytes) {
+      ReleaseEmptySlabs(*c, options_.max_cached_empty_bytes);
     }
-    if (empty > options_.max_cached_empty_bytes) ReleaseEmptySlabs(*c, options_.max_cached_empty_bytes);
   }
   return absl::OkStatus();
 }
@@ -178,14 +177,14 @@ void SizeClassPool::ReleaseEmptySlabs(SizeClass& c, std::size_t keep) {
   for (Slab* s : empty) {
     if (empty_bytes <= keep) break;
     const auto lo = reinterpret_cast<std::uintptr_t>(s->allocation.ptr);
-    const std::uintptr_t hi = lo + s->allocation.bytes;
     if (!upstream_->Deallocate(s->allocation).ok()) continue;
     for (auto& [stream, list] : c.free_by_stream) {
       list.erase(std::remove_if(list.begin(), list.end(),
-                                [&](std::uintptr_t b) { return b >= lo && b < hi; }),
+                                [&](const FreeBlock& b) { return b.slab == s; }),
                  list.end());
     }
     empty_bytes -= s->allocation.bytes;
+    c.empty_slab_bytes -= s->allocation.bytes;
     ++c.stats.returns;
     --c.stats.slabs;
     c.slabs.erase(lo);
@@ -204,9 +203,9 @@ MemoryStats SizeClassPool::stats() const {
   MemoryStats s;
   for (const auto& c : classes_) {
     std::lock_guard<Mutex> lock(c->mu);
-    for (const auto& [p, bytes] : c->requested) {
+    for (const auto& [p, block] : c->live) {
       s.allocated_bytes.Add(static_cast<std::int64_t>(c->bytes));
-      s.requested_bytes.Add(static_cast<std::int64_t>(bytes));
+      s.requested_bytes.Add(static_cast<std::int64_t>(block.requested));
       s.active_blocks.Add(1);
     }
     s.reserved_bytes.Add(static_cast<std::int64_t>(c->slabs.size() * options_.slab_bytes));

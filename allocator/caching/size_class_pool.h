@@ -68,12 +68,22 @@ class SizeClassPool final : public MemoryResource {
     std::size_t live = 0;
     std::uint64_t last_used = 0;
   };
+  // Blocks carry their slab, so the hot paths never search the slab map.
+  struct FreeBlock {
+    std::uintptr_t address;
+    Slab* slab;
+  };
+  struct LiveBlock {
+    std::size_t requested;  // bytes asked
+    Slab* slab;
+  };
   struct SizeClass {
     std::size_t bytes = 0;
     mutable Mutex mu;
     std::map<std::uintptr_t, std::unique_ptr<Slab>> slabs;  // by base address
-    absl::flat_hash_map<std::uintptr_t, std::vector<std::uintptr_t>> free_by_stream;
-    absl::flat_hash_map<std::uintptr_t, std::size_t> requested;  // live block -> bytes asked
+    absl::flat_hash_map<std::uintptr_t, std::vector<FreeBlock>> free_by_stream;
+    absl::flat_hash_map<std::uintptr_t, LiveBlock> live;  // by address
+    std::size_t empty_slab_bytes = 0;  // slabs with nothing live
     std::uint64_t tick = 0;
     SizeClassStats stats;
   };
