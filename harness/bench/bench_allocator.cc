@@ -110,7 +110,7 @@ absl::StatusOr<std::unique_ptr<BenchAllocator>> MakeOurs(Ours kind, bool cuda_la
 
 class OurPinned final : public BenchAllocator {
  public:
-  OurPinned() : sim_(MakeSim(false)), pinned_(sim_) {}
+  explicit OurPinned(bool cuda_latency) : sim_(MakeSim(cuda_latency)), pinned_(sim_) {}
   void* Allocate(std::size_t bytes, int) override {
     absl::StatusOr<PinnedBlock> b = pinned_.Allocate(bytes, 0);
     return b.ok() ? b->ptr : nullptr;
@@ -185,7 +185,16 @@ const std::vector<AllocatorSpec>& AllAllocators() {
        [](int s) { return MakeOurs(Ours::kCaching, true, s); }},
       {"size_class", Family::kOurs, true,
        [](int s) { return MakeOurs(Ours::kSizeClass, false, s); }},
-      {"pinned_host", Family::kOurs, true, [](int) { return Make<OurPinned>(); }},
+      {"size_class_cudalat", Family::kOurs, true,
+       [](int s) { return MakeOurs(Ours::kSizeClass, true, s); }},
+      {"pinned_host", Family::kOurs, true,
+       [](int) -> absl::StatusOr<std::unique_ptr<BenchAllocator>> {
+         return std::make_unique<OurPinned>(false);
+       }},
+      {"pinned_host_cudalat", Family::kOurs, true,
+       [](int) -> absl::StatusOr<std::unique_ptr<BenchAllocator>> {
+         return std::make_unique<OurPinned>(true);
+       }},
       {"raw_sim", Family::kFloor, true, [](int s) { return MakeOurs(Ours::kRaw, false, s); }},
       {"raw_sim_cudalat", Family::kFloor, true,
        [](int s) { return MakeOurs(Ours::kRaw, true, s); }},

@@ -86,9 +86,11 @@ std::vector<Goal> Goals(const std::vector<BenchResult>& rs) {
   const Format times = [](double v) { return absl::StrFormat("%.2f×", v); };
   const Format plain = [](double v) { return absl::StrFormat("%.3f", v); };
   const Format percent = [](double v) { return absl::StrFormat("%.2f%%", v); };
-  for (const char* w : {"pair_256B", "pair_64KiB", "pair_4MiB"}) {
-    add(absl::StrCat("cached pair, ", Title(w).substr(9), ": ns per pair"), ns(w, "caching"),
-        nanos, "< 60 ns", [](double v) { return v < 60; });
+  for (const char* stack : {"caching", "size_class"}) {
+    for (const char* w : {"pair_256B", "pair_64KiB", "pair_4MiB"}) {
+      add(absl::StrCat("cached pair, ", Title(w).substr(9), ": ns per pair (", stack, ")"),
+          ns(w, stack), nanos, "< 60 ns", [](double v) { return v < 60; });
+    }
   }
   auto ratio = [&](const std::string& w, const std::string& ref) -> std::optional<double> {
     auto a = ns(w, "caching"), b = ns(w, ref);
@@ -222,9 +224,10 @@ std::string MarkdownReport(const std::vector<BenchResult>& results,
 std::string SvgPlot(const std::vector<BenchResult>& results,
                     const std::vector<std::string>& workloads,
                     const std::vector<std::string>& allocators) {
-  static const char* const kColors[] = {"#1b9e77", "#66c2a5", "#2c7fb8", "#7fcdbb", "#888888",
-                                        "#bbbbbb", "#d95f02", "#e7298a", "#7570b3", "#e6ab02",
-                                        "#a6761d", "#666666"};
+  static const char* const kColors[] = {"#1b9e77", "#66c2a5", "#2c7fb8", "#a6bddb", "#41ae76",
+                                        "#b2e2b2", "#888888", "#bbbbbb", "#d95f02", "#e7298a",
+                                        "#7570b3", "#e6ab02", "#a6761d", "#666666"};
+  constexpr std::size_t kColorCount = sizeof(kColors) / sizeof(kColors[0]);
   constexpr int kLeft = 210, kWidth = 900, kBar = 9, kGap = 14, kTop = 40;
   double max_ns = 10;
   for (const BenchResult& r : results) {
@@ -264,7 +267,7 @@ std::string SvgPlot(const std::vector<BenchResult>& results,
                                 "<rect x=\"%d\" y=\"%d\" width=\"%.1f\" height=\"%d\" fill=\"%s\">"
                                 "<title>%s / %s: %.1f ns</title></rect>\n",
                                 kLeft, y0 + static_cast<int>(ai) * kBar, x(r->ns_per_op) - kLeft,
-                                kBar - 1, kColors[ai % 12], workloads[wi], allocators[ai],
+                                kBar - 1, kColors[ai % kColorCount], workloads[wi], allocators[ai],
                                 r->ns_per_op));
     }
   }
@@ -274,7 +277,7 @@ std::string SvgPlot(const std::vector<BenchResult>& results,
     const int ly = legend_y + static_cast<int>(ai / 4) * 18;
     absl::StrAppend(&svg, absl::StrFormat("<rect x=\"%d\" y=\"%d\" width=\"12\" height=\"10\" "
                                           "fill=\"%s\"/><text x=\"%d\" y=\"%d\">%s</text>\n",
-                                          lx, ly, kColors[ai % 12], lx + 16, ly + 9,
+                                          lx, ly, kColors[ai % kColorCount], lx + 16, ly + 9,
                                           allocators[ai]));
   }
   absl::StrAppend(&svg, "</svg>\n");
