@@ -41,11 +41,11 @@
 #include <mutex>
 #include <vector>
 
-#include "allocator/common/mutex.h"
 #include "absl/container/flat_hash_map.h"
 #include "allocator/backend/backend.h"
 #include "allocator/caching/block.h"
 #include "allocator/caching/caching_options.h"
+#include "allocator/common/mutex.h"
 #include "allocator/resource/memory_resource.h"
 #include "allocator/stats/memory_snapshot.h"
 

@@ -20,9 +20,9 @@
 #include <mutex>
 #include <vector>
 
-#include "allocator/common/mutex.h"
 #include "absl/container/flat_hash_map.h"
 #include "allocator/backend/backend.h"
+#include "allocator/common/mutex.h"
 #include "allocator/resource/memory_resource.h"
 
 namespace gpualloc {

@@ -1,4 +1,3 @@
-#include "allocator/common/mutex.h"
 #include "allocator/context/context.h"
 
 #include <utility>

@@ -24,11 +24,11 @@
 #include <memory>
 #include <mutex>
 
-#include "allocator/common/mutex.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "allocator/backend/backend.h"
+#include "allocator/common/mutex.h"
 #include "allocator/context/device.h"
 #include "allocator/context/runtime.h"
 

@@ -28,10 +28,10 @@
 #include <mutex>
 #include <vector>
 
-#include "allocator/common/mutex.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "allocator/backend/backend.h"
+#include "allocator/common/mutex.h"
 
 namespace gpualloc {
 

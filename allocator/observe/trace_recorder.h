@@ -15,8 +15,8 @@
 #include <string>
 #include <thread>
 
-#include "allocator/common/mutex.h"
 #include "absl/container/flat_hash_map.h"
+#include "allocator/common/mutex.h"
 #include "allocator/observe/trace_format.h"
 #include "allocator/resource/memory_resource.h"
 

@@ -18,8 +18,8 @@
 #include <string>
 #include <vector>
 
-#include "allocator/common/mutex.h"
 #include "absl/container/flat_hash_map.h"
+#include "allocator/common/mutex.h"
 #include "allocator/resource/memory_resource.h"
 
 namespace gpualloc {

@@ -24,8 +24,8 @@
 #include <thread>
 #include <vector>
 
-#include "allocator/common/mutex.h"
 #include "absl/container/flat_hash_map.h"
+#include "allocator/common/mutex.h"
 #include "allocator/resource/memory_resource.h"
 
 namespace gpualloc {

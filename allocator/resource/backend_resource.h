@@ -11,9 +11,9 @@
 #include <memory>
 #include <mutex>
 
-#include "allocator/common/mutex.h"
 #include "absl/container/flat_hash_map.h"
 #include "allocator/backend/backend.h"
+#include "allocator/common/mutex.h"
 #include "allocator/resource/memory_resource.h"
 
 namespace gpualloc {
