@@ -100,8 +100,9 @@ TEST(BenchReport, RatiosAndGoalsComeFromTheRunsGiven) {
       R("holes_4096", "caching", 100), R("holes_65536", "caching", 140),
       R("replay_training", "caching", 90, {{"fragmentation", 1.05}}),
       R("replay_serving", "caching", 90, {{"fragmentation", 1.2}}),
+      R("metadata_64KiB", "caching", 1e6, {{"metadata_pct", 0.35}}),
   };
-  const std::string md = MarkdownReport(runs, {"pair_256B", "random"},
+  const std::string md = MarkdownReport(runs, {"pair_256B", "random", "metadata_64KiB"},
                                         {"caching", "mimalloc", "pmr_sync"});
   EXPECT_TRUE(absl::StrContains(md, "| 1. pair, 256 B | caching | 50.0 | 2.50× | 0.25× |")) << md;
   EXPECT_TRUE(absl::StrContains(md, "| cached pair, 256 B: ns per pair (caching) | 50 ns | < 60 ns | yes |"))
@@ -115,8 +116,9 @@ TEST(BenchReport, RatiosAndGoalsComeFromTheRunsGiven) {
       << md;
   EXPECT_TRUE(absl::StrContains(md, "per 1,000 operations (caching) | 0.500 | < 1 | yes |")) << md;
   EXPECT_TRUE(absl::StrContains(md, "| metadata: host bytes per managed byte at 64 KiB "
-                                    "allocations (caching) | not measured |"))
+                                    "allocations (caching) | 0.35% | < 1% | yes |"))
       << md;
+  EXPECT_TRUE(absl::StrContains(md, "| metadata at 64 KiB | 0.35% of managed bytes |")) << md;
 }
 
 TEST(BenchReport, PlotHasABarPerRunAndALegendEntryPerAllocator) {

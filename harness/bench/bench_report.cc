@@ -34,6 +34,16 @@ std::string Ns(double ns) {
   return absl::StrFormat("%.1f", ns);
 }
 
+// A run's time, or for a memory measurement (one iteration, no meaningful
+// time) the share it measured.
+std::string Cell(const BenchResult* r) {
+  if (r == nullptr) return "—";
+  if (auto pct = r->counters.find("metadata_pct"); pct != r->counters.end()) {
+    return absl::StrFormat("%.2f%% of managed bytes", pct->second);
+  }
+  return Ns(r->ns_per_op);
+}
+
 std::string Ratio(const BenchResult* r, const BenchResult* ref) {
   if (r == nullptr || ref == nullptr || ref->ns_per_op <= 0) return "—";
   return absl::StrFormat("%.2f×", r->ns_per_op / ref->ns_per_op);
@@ -181,8 +191,7 @@ std::string MarkdownReport(const std::vector<BenchResult>& results,
   for (const std::string& w : workloads) {
     absl::StrAppend(&md, "| ", Title(w), " |");
     for (const std::string& a : allocators) {
-      const BenchResult* r = Find(results, w, a);
-      absl::StrAppend(&md, " ", r ? Ns(r->ns_per_op) : "—", " |");
+      absl::StrAppend(&md, " ", Cell(Find(results, w, a)), " |");
     }
     absl::StrAppend(&md, "\n");
   }
@@ -201,7 +210,7 @@ std::string MarkdownReport(const std::vector<BenchResult>& results,
       if (r == nullptr) continue;
       auto up = Counter(r, "upstream_per_kop");
       auto frag = Counter(r, "fragmentation");
-      absl::StrAppend(&md, "| ", Title(w), " | ", a, " | ", Ns(r->ns_per_op), " | ",
+      absl::StrAppend(&md, "| ", Title(w), " | ", a, " | ", Cell(r), " | ",
                       Ratio(r, mi), " | ", Ratio(r, pmr), " | ",
                       up ? absl::StrFormat("%.3f", *up) : "—", " | ",
                       frag ? absl::StrFormat("%.3f", *frag) : "—", " |\n");
