@@ -315,12 +315,106 @@ absl::StatusOr<Allocation> CachingAllocator::TryAllocateLocked(std::size_t round
   std::unique_ptr<Block> spare = ShouldSplit(*block, rounded) ? NewBlock() : nullptr;
   Hook();
   allocated_.reserve(allocated_.size() + 1);
-  EraseFree(block);
   Account(IsSmall(pool), [&](MemoryStats& st) {
     ++st.cache_hits;
     if (cross_stream) ++st.cross_stream_reuses;
   });
+  if (spare != nullptr && !cross_stream) {
+    if (Block* front = SplitFrontInPlace(pool, block, spare, rounded)) {
+      return Register(front, requested);
+    }
+  }
+  EraseFree(block);
   return Commit(block, std::move(spare), rounded, requested, stream);
+}
+
+namespace {
+
+// Whether a block sorts before the key (stream, size, address) in a FreeSet.
+bool SortsBefore(const caching_detail::Block& b, std::uintptr_t stream, std::size_t size,
+                 std::uintptr_t address) {
+  if (b.stream.handle != stream) return b.stream.handle < stream;
+  if (b.size != size) return b.size < size;
+  return b.address < address;
+}
+
+}  // namespace
+
+Block* CachingAllocator::SplitFrontInPlace(FreeSet& pool, Block* free_block,
+                                           std::unique_ptr<Block>& spare, std::size_t rounded) {
+  if (free_block->segment->range != nullptr) return nullptr;  // expandable: the general path
+  Block* f = free_block;
+  const std::size_t rest = f->size - rounded;
+  // The remainder keeps its node if its smaller key still sorts after its
+  // predecessor (its successor sorted after the larger key already).
+  auto it = pool.find(f);
+  if (it != pool.begin() &&
+      !SortsBefore(**std::prev(it), f->stream.handle, rest, f->address + rounded)) {
+    return nullptr;
+  }
+  const bool was_split = f->is_split();
+  Block* front = spare.release();
+  front->address = f->address;
+  front->size = rounded;
+  front->segment = f->segment;
+  front->stream = f->stream;
+  front->state = BlockState::kAllocated;
+  front->prev = f->prev;
+  front->next = f;
+  if (f->prev != nullptr) {
+    f->prev->next = front;
+  } else {
+    f->segment->head = front;
+  }
+  f->prev = front;
+  f->address += rounded;
+  f->size = rest;
+  // As EraseFree then InsertFree would count it: the remainder is split now.
+  Account(f->segment->small_pool, [&](MemoryStats& st) {
+    st.free_bytes -= rounded;
+    if (was_split) {
+      st.inactive_split_bytes.Sub(static_cast<std::int64_t>(rounded));
+    } else {
+      st.inactive_split_bytes.Add(static_cast<std::int64_t>(rest));
+    }
+  });
+  return front;
+}
+
+bool CachingAllocator::AbsorbIntoNextInPlace(Block* block) {
+  Block* next = block->next;
+  if (block->segment->range != nullptr) return false;  // expandable: the general path
+  FreeSet& pool = next->segment->small_pool ? small_ : large_;
+  auto it = pool.find(next);
+  const std::size_t size = next->size + block->size;
+  // The larger key must still sort before the successor (the predecessor
+  // sorted before the smaller one already).
+  if (auto after = std::next(it);
+      after != pool.end() && SortsBefore(**after, next->stream.handle, size, block->address)) {
+    return false;
+  }
+  const std::size_t old_size = next->size;
+  next->address = block->address;
+  next->size = size;
+  next->prev = block->prev;
+  if (block->prev != nullptr) {
+    block->prev->next = next;
+  } else {
+    block->segment->head = next;
+  }
+  // As EraseFree then InsertFree would count it (it was split: `block` was
+  // its neighbour).
+  const bool split = next->is_split();
+  Account(next->segment->small_pool, [&](MemoryStats& st) {
+    st.free_bytes += block->size;
+    if (split) {
+      st.inactive_split_bytes.Add(static_cast<std::int64_t>(block->size));
+    } else {
+      st.inactive_split_bytes.Sub(static_cast<std::int64_t>(old_size));
+    }
+  });
+  RecycleBlock(block);
+  return true;
 }
 
 absl::StatusOr<Allocation> CachingAllocator::NewSegment(FreeSet& pool, Stream stream,
@@ -595,6 +689,10 @@ Allocation CachingAllocator::Commit(Block* block, std::unique_ptr<Block> spare,
     // free right neighbour of the new stream, and the two must become one.
     ReturnToPool(rest);
   }
+  return Register(block, requested);
+}
+
+Allocation CachingAllocator::Register(Block* block, std::size_t requested) {
   block->requested = requested;
   block->segment->last_used = ++tick_;
   allocated_.emplace(block->address, block);  // capacity reserved: cannot allocate
@@ -603,7 +701,7 @@ Allocation CachingAllocator::Commit(Block* block, std::unique_ptr<Block> spare,
     st.requested_bytes.Add(static_cast<std::int64_t>(requested));
     st.active_blocks.Add(1);
   });
-  return Allocation{reinterpret_cast<void*>(block->address), requested, stream};
+  return Allocation{reinterpret_cast<void*>(block->address), requested, block->stream};
 }
 
 // --- free -------------------------------------------------------------------------------
@@ -713,6 +811,9 @@ void CachingAllocator::ReturnToPool(Block* block) {
     return other != nullptr && other->state == BlockState::kFree &&
            other->stream.handle == block->stream.handle;
   };
+  // The common free: only the right neighbour merges, and it takes this
+  // block in without leaving its pool when its place in the order holds.
+  if (mergeable(block->next) && !mergeable(block->prev) && AbsorbIntoNextInPlace(block)) return;
   if (Block* next = block->next; mergeable(next)) {
     EraseFree(next);
     block->size += next->size;

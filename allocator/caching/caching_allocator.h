@@ -151,6 +151,17 @@ class CachingAllocator final : public MemoryResource {
   std::size_t TrimmableTailBytes() const;
   // Takes `block` (already out of its free set) for a request, splitting off
   // the remainder into `spare` when worthwhile. No-throw.
+  // The common split without moving set nodes: `spare` becomes the front of
+  // `free_block` (allocated) and `free_block` stays in `pool` as the
+  // remainder, if its place in the order holds; else null and nothing
+  // changed. Not for expandable segments. No-throw.
+  Block* SplitFrontInPlace(FreeSet& pool, Block* free_block, std::unique_ptr<Block>& spare,
+                           std::size_t rounded);
+  // The free neighbour after `block` takes it in, staying in its pool, if
+  // its place in the order holds; else false and nothing changed. No-throw.
+  bool AbsorbIntoNextInPlace(Block* block);
+  // Records an allocated block: the live map, its segment's recency, stats.
+  Allocation Register(Block* block, std::size_t requested);
   Allocation Commit(Block* block, std::unique_ptr<Block> spare, std::size_t rounded,
                     std::size_t requested, Stream stream);
   std::unique_ptr<Block> NewBlock();  // fallible: node and block (or a recycled one)

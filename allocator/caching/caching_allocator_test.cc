@@ -113,6 +113,76 @@ TEST(CachingAllocator, TakesTheBestFittingHole) {
   ExpectConsistent(*cache);
 }
 
+// Splits and merges keep a free block in its pool when its place in the
+// best-fit order holds, and move it when it does not: either way the order
+// stays right, so best fit still finds the right hole.
+TEST(CachingAllocator, InPlaceSplitsAndMergesKeepTheBestFitOrder) {
+  auto cache = Cache(Sim());
+  std::vector<Allocation> keep, holes;
+  for (std::size_t size : {16 * kKiB, 8 * kKiB}) {
+    holes.push_back(cache->Allocate(size).value());
+    keep.push_back(cache->Allocate(512).value());  // separator
+  }
+  for (const Allocation& h : holes) ASSERT_TRUE(cache->Deallocate(h).ok());
+  ExpectConsistent(*cache);
+  // 12 KiB from the 16 KiB hole: its 4 KiB remainder now sorts below the
+  // 8 KiB hole, so it must move.
+  Allocation a = cache->Allocate(12 * kKiB).value();
+  EXPECT_EQ(a.ptr, holes[0].ptr);
+  ExpectConsistent(*cache);
+  Allocation b = cache->Allocate(8 * kKiB).value();
+  EXPECT_EQ(b.ptr, holes[1].ptr) << "the 8 KiB hole, found after the remainder moved";
+  Allocation c = cache->Allocate(4 * kKiB).value();
+  EXPECT_EQ(c.ptr, static_cast<char*>(holes[0].ptr) + 12 * kKiB) << "the 4 KiB remainder";
+  ExpectConsistent(*cache);
+  // Free in an order that merges into the right neighbour, then both sides.
+  ASSERT_TRUE(cache->Deallocate(a).ok());
+  ExpectConsistent(*cache);
+  ASSERT_TRUE(cache->Deallocate(c).ok());
+  ExpectConsistent(*cache);
+  Allocation whole = cache->Allocate(16 * kKiB).value();
+  EXPECT_EQ(whole.ptr, holes[0].ptr) << "the two pieces merged back into the 16 KiB hole";
+  ASSERT_TRUE(cache->Deallocate(whole).ok());
+  ASSERT_TRUE(cache->Deallocate(b).ok());
+  // The steady state of a pair: split off the front, merge it back, in place.
+  const std::uint64_t allocs = cache->stats().upstream_allocs;
+  for (int i = 0; i < 100; ++i) {
+    Allocation p = cache->Allocate(256).value();
+    EXPECT_EQ(p.ptr, holes[1].ptr) << "best fit: the 8 KiB hole";
+    ASSERT_TRUE(cache->Deallocate(p).ok());
+  }
+  EXPECT_EQ(cache->stats().upstream_allocs, allocs);
+  ExpectConsistent(*cache);
+  for (const Allocation& k : keep) ASSERT_TRUE(cache->Deallocate(k).ok());
+  ExpectConsistent(*cache);
+}
+
+// A merge that grows a free block past another: a free 4 KiB block takes in
+// its freed 8 KiB neighbour and becomes 12 KiB, which must now sort after an
+// 8 KiB hole, or best fit would hand out the 12 KiB block for 8 KiB.
+TEST(CachingAllocator, AMergeThatGrowsABlockPastAnotherMovesIt) {
+  auto cache = Cache(Sim());  // one fresh segment: allocations carve it in order
+  Allocation sep0 = cache->Allocate(512).value();
+  Allocation grow = cache->Allocate(8 * kKiB).value();
+  Allocation right = cache->Allocate(4 * kKiB).value();
+  Allocation sep1 = cache->Allocate(512).value();
+  Allocation other = cache->Allocate(8 * kKiB).value();
+  Allocation sep2 = cache->Allocate(512).value();
+  ASSERT_EQ(static_cast<char*>(grow.ptr) + 8 * kKiB, right.ptr);
+  ASSERT_TRUE(cache->Deallocate(right).ok());
+  ASSERT_TRUE(cache->Deallocate(other).ok());
+  ASSERT_TRUE(cache->Deallocate(grow).ok());  // merges into `right`'s free block
+  ExpectConsistent(*cache);
+  Allocation eight = cache->Allocate(8 * kKiB).value();
+  EXPECT_EQ(eight.ptr, other.ptr) << "the 8 KiB hole, not the merged 12 KiB block";
+  Allocation twelve = cache->Allocate(12 * kKiB).value();
+  EXPECT_EQ(twelve.ptr, grow.ptr) << "the merged block, at the freed block's address";
+  for (const Allocation& x : {eight, twelve, sep0, sep1, sep2}) {
+    ASSERT_TRUE(cache->Deallocate(x).ok());
+  }
+  ExpectConsistent(*cache);
+}
+
 // A stream with slow work on it: a large copy costs ~`ms` milliseconds.
 struct SlowStream {
   SlowStream(SimBackend& sim, Stream stream, const Allocation& target, int ms)
