@@ -55,34 +55,45 @@ std::string Bytes(std::size_t b) {
 TrackingAdaptor::TrackingAdaptor(std::shared_ptr<MemoryResource> upstream, TrackingOptions options)
     : upstream_(std::move(upstream)), options_(options) {}
 
+const std::string* TrackingAdaptor::InternLocked(absl::string_view tag) {
+  static const std::string* const kUntagged = new std::string();
+  if (tag.empty()) return kUntagged;
+  auto it = tags_.find(tag);
+  if (it == tags_.end()) it = tags_.emplace(tag).first;
+  return &*it;
+}
+
 absl::StatusOr<Allocation> TrackingAdaptor::DoAllocate(std::size_t bytes, Stream stream) {
-  TrackedAllocation record;
-  record.tag = std::string(CurrentAllocationTag());
+  std::vector<void*> stack;
   if (options_.capture_stacks) {
     // How many frames the allocator's own layers take depends on inlining
     // (optimisation level, sanitizers), so none is skipped here: the report
     // drops the library's leading frames by name.
-    record.stack.resize(options_.max_frames + kLibraryFramesBudget);
-    const int n = absl::GetStackTrace(record.stack.data(), static_cast<int>(record.stack.size()),
+    stack.resize(options_.max_frames + kLibraryFramesBudget);
+    const int n = absl::GetStackTrace(stack.data(), static_cast<int>(stack.size()),
                                       /*skip_count=*/0);
-    record.stack.resize(std::max(n, 0));
+    stack.resize(std::max(n, 0));
   }
+  const absl::string_view tag = CurrentAllocationTag();
   absl::StatusOr<Allocation> a = upstream_->Allocate(bytes, stream);
   if (!a.ok()) return a;
-  record.allocation = *a;
   std::lock_guard<Mutex> lock(mu_);
-  record.sequence = next_sequence_++;
   try {
-    live_.emplace(a->ptr, std::move(record));
+    const Entry entry{*a, next_sequence_, InternLocked(tag)};
+    if (options_.capture_stacks) stacks_.emplace(a->ptr, std::move(stack));
+    live_.emplace(a->ptr, entry);
   } catch (...) {
+    stacks_.erase(a->ptr);
     upstream_->Deallocate(*a).IgnoreError();  // untracked memory must not escape
     throw;
   }
+  ++next_sequence_;
   return a;
 }
 
 absl::Status TrackingAdaptor::DoDeallocate(const Allocation& allocation, Stream stream) {
-  Table::node_type entry;
+  Entry entry;
+  std::vector<void*> stack;
   {
     std::lock_guard<Mutex> lock(mu_);
     auto it = live_.find(allocation.ptr);
@@ -91,12 +102,20 @@ absl::Status TrackingAdaptor::DoDeallocate(const Allocation& allocation, Stream 
           "tracking adaptor: %p is not a live allocation it saw (foreign or double free)",
           allocation.ptr));
     }
-    entry = live_.extract(it);
+    entry = it->second;
+    live_.erase(it);
+    if (options_.capture_stacks) {
+      if (auto s = stacks_.find(allocation.ptr); s != stacks_.end()) {
+        stack = std::move(s->second);
+        stacks_.erase(s);
+      }
+    }
   }
   absl::Status st = upstream_->Deallocate(allocation, stream);
   if (!st.ok()) {
     std::lock_guard<Mutex> lock(mu_);
-    live_.insert(std::move(entry));  // still live
+    live_.emplace(allocation.ptr, entry);  // still live
+    if (options_.capture_stacks) stacks_.emplace(allocation.ptr, std::move(stack));
   }
   return st;
 }
@@ -106,7 +125,14 @@ std::vector<TrackedAllocation> TrackingAdaptor::Live() const {
   {
     std::lock_guard<Mutex> lock(mu_);
     out.reserve(live_.size());
-    for (const auto& [ptr, record] : live_) out.push_back(record);
+    for (const auto& [ptr, entry] : live_) {
+      TrackedAllocation t;
+      t.allocation = entry.allocation;
+      t.tag = *entry.tag;
+      t.sequence = entry.sequence;
+      if (auto s = stacks_.find(ptr); s != stacks_.end()) t.stack = s->second;
+      out.push_back(std::move(t));
+    }
   }
   std::sort(out.begin(), out.end(),
             [](const TrackedAllocation& a, const TrackedAllocation& b) { return a.sequence < b.sequence; });

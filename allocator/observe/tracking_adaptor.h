@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/node_hash_set.h"
 #include "allocator/common/mutex.h"
 #include "allocator/resource/memory_resource.h"
 
@@ -57,11 +58,23 @@ class TrackingAdaptor final : public MemoryResource {
   absl::StatusOr<Allocation> DoAllocate(std::size_t bytes, Stream stream) override;
   absl::Status DoDeallocate(const Allocation& allocation, Stream stream) override;
 
+  // What the table keeps per live allocation: small and trivially copied, so
+  // tracking adds little to each call. Tags are interned; stacks, when
+  // captured, live in their own map.
+  struct Entry {
+    Allocation allocation;
+    std::uint64_t sequence = 0;
+    const std::string* tag = nullptr;  // owned by tags_
+  };
+  // The interned copy of `tag`; mu_ held. May throw (a new tag).
+  const std::string* InternLocked(absl::string_view tag);
+
   const std::shared_ptr<MemoryResource> upstream_;
   const TrackingOptions options_;
   mutable Mutex mu_;
-  using Table = absl::flat_hash_map<void*, TrackedAllocation>;
-  Table live_;
+  absl::flat_hash_map<void*, Entry> live_;
+  absl::flat_hash_map<void*, std::vector<void*>> stacks_;  // capture_stacks only
+  absl::node_hash_set<std::string> tags_;                   // stable addresses
   std::uint64_t next_sequence_ = 0;
 };
 
