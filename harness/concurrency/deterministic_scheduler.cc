@@ -115,6 +115,7 @@ void DeterministicScheduler::Mix(std::uint64_t value) {
 }
 
 void DeterministicScheduler::Yield() {
+  if (tls_participant < 0) return;  // not a participant: nothing to hand over
   std::unique_lock<std::mutex> lock(mu_);
   if (free_running_) return;
   SwitchLocked(lock, tls_participant);
@@ -122,9 +123,9 @@ void DeterministicScheduler::Yield() {
 
 void DeterministicScheduler::BlockUntil(absl::FunctionRef<bool()> ready) {
   std::unique_lock<std::mutex> lock(mu_);
-  if (!free_running_) {
+  const int me = tls_participant;
+  if (!free_running_ && me >= 0) {
     if (ready()) return;
-    const int me = tls_participant;
     parts_[me].state = State::kBlocked;
     parts_[me].ready = &ready;
     SwitchLocked(lock, me);
@@ -132,7 +133,7 @@ void DeterministicScheduler::BlockUntil(absl::FunctionRef<bool()> ready) {
     parts_[me].state = State::kRunnable;
     if (!free_running_) return;  // the turn came back: `ready` held when chosen
   }
-  // After the run: participants run freely, so poll.
+  // After the run, or on a thread that is not a participant: poll.
   while (!ready()) {
     lock.unlock();
     std::this_thread::sleep_for(std::chrono::microseconds(50));
