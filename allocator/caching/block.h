@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <memory>
 #include <set>
+#include <tuple>
 #include <vector>
 
 #include "allocator/backend/types.h"
@@ -50,10 +51,12 @@ struct Block {
   bool is_split() const { return prev != nullptr || next != nullptr; }
 };
 
+// A free block's place in its FreeSet: stream, then size, then address.
+using FreeKey = std::tuple<std::uintptr_t, std::size_t, std::uintptr_t>;
+inline FreeKey KeyOf(const Block& b) { return {b.stream.handle, b.size, b.address}; }
+
 inline bool BlockLess::operator()(const Block* a, const Block* b) const {
-  if (a->stream.handle != b->stream.handle) return a->stream.handle < b->stream.handle;
-  if (a->size != b->size) return a->size < b->size;
-  return a->address < b->address;
+  return KeyOf(*a) < KeyOf(*b);
 }
 
 struct Segment {

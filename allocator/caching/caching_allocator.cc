@@ -139,18 +139,25 @@ void CachingAllocator::InsertFree(Block* block) {
   FreeSet& pool = block->segment->small_pool ? small_ : large_;
   block->node.value() = block;
   pool.insert(std::move(block->node));
-  Account(block->segment->small_pool, [&](MemoryStats& st) {
-    st.free_bytes += block->size;
-    if (block->is_split()) st.inactive_split_bytes.Add(static_cast<std::int64_t>(block->size));
-  });
+  CountFree(*block, /*entering=*/true);
 }
 
 void CachingAllocator::EraseFree(Block* block) {
   FreeSet& pool = block->segment->small_pool ? small_ : large_;
   block->node = pool.extract(block);
-  Account(block->segment->small_pool, [&](MemoryStats& st) {
-    st.free_bytes -= block->size;
-    if (block->is_split()) st.inactive_split_bytes.Sub(static_cast<std::int64_t>(block->size));
+  CountFree(*block, /*entering=*/false);
+}
+
+void CachingAllocator::CountFree(const Block& block, bool entering) {
+  const auto size = static_cast<std::int64_t>(block.size);
+  Account(block.segment->small_pool, [&](MemoryStats& st) {
+    if (entering) {
+      st.free_bytes += block.size;
+      if (block.is_split()) st.inactive_split_bytes.Add(size);
+    } else {
+      st.free_bytes -= block.size;
+      if (block.is_split()) st.inactive_split_bytes.Sub(size);
+    }
   });
 }
 
@@ -328,18 +335,6 @@ absl::StatusOr<Allocation> CachingAllocator::TryAllocateLocked(std::size_t round
   return Commit(block, std::move(spare), rounded, requested, stream);
 }
 
-namespace {
-
-// Whether a block sorts before the key (stream, size, address) in a FreeSet.
-bool SortsBefore(const caching_detail::Block& b, std::uintptr_t stream, std::size_t size,
-                 std::uintptr_t address) {
-  if (b.stream.handle != stream) return b.stream.handle < stream;
-  if (b.size != size) return b.size < size;
-  return b.address < address;
-}
-
-}  // namespace
-
 Block* CachingAllocator::SplitFrontInPlace(FreeSet& pool, Block* free_block,
                                            std::unique_ptr<Block>& spare, std::size_t rounded) {
   if (free_block->segment->range != nullptr) return nullptr;  // expandable: the general path
@@ -349,10 +344,11 @@ Block* CachingAllocator::SplitFrontInPlace(FreeSet& pool, Block* free_block,
   // predecessor (its successor sorted after the larger key already).
   auto it = pool.find(f);
   if (it != pool.begin() &&
-      !SortsBefore(**std::prev(it), f->stream.handle, rest, f->address + rounded)) {
+      !(caching_detail::KeyOf(**std::prev(it)) <
+        caching_detail::FreeKey{f->stream.handle, rest, f->address + rounded})) {
     return nullptr;
   }
-  const bool was_split = f->is_split();
+  CountFree(*f, /*entering=*/false);  // counted again below, with its new size
   Block* front = spare.release();
   front->address = f->address;
   front->size = rounded;
@@ -369,15 +365,7 @@ Block* CachingAllocator::SplitFrontInPlace(FreeSet& pool, Block* free_block,
   f->prev = front;
   f->address += rounded;
   f->size = rest;
-  // As EraseFree then InsertFree would count it: the remainder is split now.
-  Account(f->segment->small_pool, [&](MemoryStats& st) {
-    st.free_bytes -= rounded;
-    if (was_split) {
-      st.inactive_split_bytes.Sub(static_cast<std::int64_t>(rounded));
-    } else {
-      st.inactive_split_bytes.Add(static_cast<std::int64_t>(rest));
-    }
-  });
+  CountFree(*f, /*entering=*/true);
   return front;
 }
 
@@ -390,10 +378,11 @@ bool CachingAllocator::AbsorbIntoNextInPlace(Block* block) {
   // The larger key must still sort before the successor (the predecessor
   // sorted before the smaller one already).
   if (auto after = std::next(it);
-      after != pool.end() && SortsBefore(**after, next->stream.handle, size, block->address)) {
+      after != pool.end() && !(caching_detail::FreeKey{next->stream.handle, size, block->address} <
+                               caching_detail::KeyOf(**after))) {
     return false;
   }
-  const std::size_t old_size = next->size;
+  CountFree(*next, /*entering=*/false);  // counted again below, with its new size
   next->address = block->address;
   next->size = size;
   next->prev = block->prev;
@@ -402,17 +391,7 @@ bool CachingAllocator::AbsorbIntoNextInPlace(Block* block) {
   } else {
     block->segment->head = next;
   }
-  // As EraseFree then InsertFree would count it (it was split: `block` was
-  // its neighbour).
-  const bool split = next->is_split();
-  Account(next->segment->small_pool, [&](MemoryStats& st) {
-    st.free_bytes += block->size;
-    if (split) {
-      st.inactive_split_bytes.Add(static_cast<std::int64_t>(block->size));
-    } else {
-      st.inactive_split_bytes.Sub(static_cast<std::int64_t>(old_size));
-    }
-  });
+  CountFree(*next, /*entering=*/true);
   RecycleBlock(block);
   return true;
 }

@@ -169,6 +169,8 @@ class CachingAllocator final : public MemoryResource {
   void RecycleBlock(Block* block) noexcept;
   void InsertFree(Block* block);      // no-throw
   void EraseFree(Block* block);       // no-throw
+  // The stats of a block entering or leaving its free set (as it is now).
+  void CountFree(const Block& block, bool entering);
   // Returns a free block to its pool, merged with same-stream free neighbours.
   void ReturnToPool(Block* block);
   void ProcessPendingEvents();
