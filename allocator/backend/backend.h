@@ -111,6 +111,18 @@ class Backend {
   virtual absl::Status VmSetAccess(std::uintptr_t address, std::size_t bytes,
                                    DeviceIndex device) = 0;
   virtual absl::Status VmUnmap(std::uintptr_t address, std::size_t bytes) = 0;
+
+  // --- stream-order checking --------------------------------------------------
+  // The host is about to read or write [ptr, ptr+bytes) of pinned or managed
+  // memory directly. A runtime needs no such call (the default does nothing);
+  // the sim's stream-order checker records it, so a host write racing device
+  // work still queued on that memory is reported. Our buffer types call it.
+  virtual absl::Status NoteHostAccess(const void* ptr, std::size_t bytes, AccessMode mode) {
+    (void)ptr;
+    (void)bytes;
+    (void)mode;
+    return absl::OkStatus();
+  }
 };
 
 }  // namespace gpualloc

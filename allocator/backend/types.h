@@ -46,6 +46,9 @@ struct PhysicalChunk {
 };
 
 enum class CopyKind { kHostToDevice, kDeviceToHost, kDeviceToDevice };
+
+// How an operation touches memory (stream-order checking).
+enum class AccessMode { kRead, kWrite };
 absl::string_view CopyKindName(CopyKind kind);
 
 struct DeviceProperties {

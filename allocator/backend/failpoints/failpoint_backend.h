@@ -80,6 +80,10 @@ class FailpointBackend final : public Backend {
   absl::Status VmSetAccess(std::uintptr_t address, std::size_t bytes,
                            DeviceIndex device) override;
   absl::Status VmUnmap(std::uintptr_t address, std::size_t bytes) override;
+  // Forwarded, never faulted: it is a note to the checker, not a runtime call.
+  absl::Status NoteHostAccess(const void* ptr, std::size_t bytes, AccessMode mode) override {
+    return inner_->NoteHostAccess(ptr, bytes, mode);
+  }
 
  private:
   // Counts the call and applies the first rule that fires: returns the error

@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "allocator/backend/sim/sim_internal.h"
 #include "allocator/common/checked_math.h"
 #include "allocator/common/status_macros.h"
 
@@ -44,8 +45,10 @@ std::atomic<std::uint64_t> g_next_instance_id{1};
 // never-reused id, so a new backend at an old address starts fresh).
 thread_local absl::flat_hash_map<std::uint64_t, DeviceIndex> tls_current_device;
 
-// Simulated latency: spins for short waits (sleep is too coarse), sleeps for
-// long ones.
+}  // namespace
+
+namespace sim_internal {
+
 void SimulateLatency(std::int64_t ns) {
   if (ns <= 0) return;
   if (ns >= 200'000) {
@@ -57,107 +60,19 @@ void SimulateLatency(std::int64_t ns) {
   }
 }
 
-absl::Status SimError(absl::StatusCode code, absl::string_view error_name,
-                      absl::string_view message) {
-  return absl::Status(code, absl::StrCat(error_name, ": ", message));
-}
+}  // namespace sim_internal
 
-std::string Hex(const void* p) { return absl::StrFormat("%p", p); }
-
-}  // namespace
-
-struct SimBackend::Allocation {
-  MemoryKind kind;
-  DeviceIndex device;
-  std::size_t bytes;     // requested
-  std::size_t reserved;  // rounded; what the address space lost
-  std::size_t offset;    // in the device's address space (device kinds)
-  unsigned char* base;   // start of the host block, guard included
-  bool free_pending = false;
-  std::vector<DeviceIndex> residency;  // managed memory: owner of each page
-};
-
-struct SimBackend::DeviceState {
-  explicit DeviceState(const SimDeviceConfig& c) : config(c), space(c.capacity_bytes) {}
-  SimDeviceConfig config;
-  SimAddressSpace space;
-  std::shared_ptr<SimStreamWorker> default_stream;
-  std::size_t device_bytes = 0;
-  std::size_t peak_device_bytes = 0;
-  std::size_t live_allocations = 0;
-  std::size_t managed_bytes = 0;
-  std::size_t pinned_bytes = 0;
-  std::size_t vm_reserved_bytes = 0;
-  std::size_t vm_physical_bytes = 0;
-  std::uint64_t page_migrations = 0;
-
-  void AddDeviceBytes(std::size_t n) {
-    device_bytes += n;
-    peak_device_bytes = std::max(peak_device_bytes, device_bytes);
-  }
-};
-
-struct SimBackend::EventState {
-  DeviceIndex device;
-  std::shared_ptr<SimStreamWorker> worker;  // null until recorded
-  std::uint64_t seq = 0;
-};
-
-struct SimBackend::Reservation {
-  struct Mapping {
-    std::size_t bytes;
-    std::uintptr_t chunk;
-    bool accessible;
-  };
-  DeviceIndex device;
-  std::size_t bytes;
-  std::map<std::uintptr_t, Mapping> mappings;  // by address
-};
-
-struct SimBackend::Chunk {
-  DeviceIndex device;
-  std::size_t bytes;
-  std::size_t offset;
-  int fd;
-  int map_count = 0;
-  bool released = false;
-};
-
-bool SimAccounting::AllReleased() const {
-  for (const Device& d : devices) {
-    if (d.device_bytes || d.live_allocations || d.managed_bytes || d.pinned_bytes ||
-        d.vm_reserved_bytes || d.vm_physical_bytes) {
-      return false;
-    }
-  }
-  return live_streams == 0 && live_events == 0;
-}
-
-std::string SimAccounting::Describe() const {
-  std::string out;
-  for (std::size_t i = 0; i < devices.size(); ++i) {
-    const Device& d = devices[i];
-    if (d.device_bytes || d.live_allocations || d.managed_bytes || d.pinned_bytes ||
-        d.vm_reserved_bytes || d.vm_physical_bytes) {
-      absl::StrAppendFormat(&out,
-                            "sim device %d: %d device bytes in %d allocations, %d managed, %d "
-                            "pinned, %d VM reserved, %d VM physical still live\n",
-                            i, d.device_bytes, d.live_allocations, d.managed_bytes,
-                            d.pinned_bytes, d.vm_reserved_bytes, d.vm_physical_bytes);
-    }
-  }
-  if (live_streams || live_events) {
-    absl::StrAppendFormat(&out, "sim: %d streams and %d events not destroyed\n", live_streams,
-                          live_events);
-  }
-  if (guard_violations) {
-    absl::StrAppendFormat(&out, "sim: %d guard violations (buffer overruns)\n", guard_violations);
-  }
-  return out.empty() ? "sim: nothing outstanding\n" : out;
-}
+using sim_internal::Hex;
+using sim_internal::SimError;
+using sim_internal::SimulateLatency;
 
 SimBackend::SimBackend(SimOptions options)
-    : options_(std::move(options)), instance_id_(g_next_instance_id.fetch_add(1)) {
+    : options_(std::move(options)),
+      instance_id_(g_next_instance_id.fetch_add(1)),
+      checker_(options_.check_stream_order
+                   ? std::make_unique<StreamOrderChecker>(StreamOrderChecker::Options{
+                         options_.abort_on_stream_order_violation, 256})
+                   : nullptr) {
   for (const SimDeviceConfig& config : options_.devices) {
     devices_.push_back(std::make_unique<DeviceState>(config));
   }
@@ -180,9 +95,9 @@ SimBackend::~SimBackend() {
     events.clear();
     workers.clear();
   }
+  std::unique_lock<std::shared_mutex> exec(exec_mu_);
   std::lock_guard<std::mutex> lock(mu_);
 
-  SimAccounting leftover;
   if (!allocations_.empty() || !reservations_.empty() || !chunks_.empty()) {
     std::fprintf(stderr,
                  "SimBackend: %zu allocations, %zu VM reservations and %zu physical chunks "
@@ -195,30 +110,6 @@ SimBackend::~SimBackend() {
   }
   for (auto& [base, r] : reservations_) munmap(reinterpret_cast<void*>(base), r.bytes);
   for (auto& [handle, chunk] : chunks_) close(chunk->fd);
-}
-
-SimAccounting SimBackend::Accounting() const {
-  SimAccounting out;
-  std::lock_guard<std::mutex> lock(mu_);
-  for (const auto& d : devices_) {
-    SimAccounting::Device a;
-    a.device_bytes = d->device_bytes;
-    a.peak_device_bytes = d->peak_device_bytes;
-    a.live_allocations = d->live_allocations;
-    a.managed_bytes = d->managed_bytes;
-    a.pinned_bytes = d->pinned_bytes;
-    a.vm_reserved_bytes = d->vm_reserved_bytes;
-    a.vm_physical_bytes = d->vm_physical_bytes;
-    a.free_address_space = d->space.free_bytes();
-    a.largest_free_range = d->space.largest_free_range();
-    a.page_migrations = d->page_migrations;
-    out.devices.push_back(a);
-  }
-  for (int i = 0; i < kBackendOpCount; ++i) out.calls[i] = calls_[i].load(std::memory_order_relaxed);
-  out.live_streams = streams_.size();
-  out.live_events = events_.size();
-  out.guard_violations = guard_violations_;
-  return out;
 }
 
 absl::Status SimBackend::CheckDevice(DeviceIndex device) const {
@@ -270,38 +161,6 @@ absl::StatusOr<DeviceIndex> SimBackend::GetDevice() {
   Count(BackendOp::kGetDevice);
   auto it = tls_current_device.find(instance_id_);
   return it == tls_current_device.end() ? 0 : it->second;
-}
-
-std::vector<std::shared_ptr<SimStreamWorker>> SimBackend::WorkersOn(DeviceIndex device) const {
-  std::vector<std::shared_ptr<SimStreamWorker>> workers;
-  std::lock_guard<std::mutex> lock(mu_);
-  // In handle order, not hash order, so a scheduled run waits on the same
-  // streams in the same order every time.
-  std::vector<std::uintptr_t> handles;
-  for (auto& [handle, worker] : streams_) {
-    if (device == kAllDevices || worker->device() == device) handles.push_back(handle);
-  }
-  std::sort(handles.begin(), handles.end());
-  for (std::uintptr_t handle : handles) workers.push_back(streams_.at(handle));
-  for (std::size_t d = 0; d < devices_.size(); ++d) {
-    if ((device == kAllDevices || static_cast<DeviceIndex>(d) == device) &&
-        devices_[d]->default_stream) {
-      workers.push_back(devices_[d]->default_stream);
-    }
-  }
-  return workers;
-}
-
-void SimBackend::DrainDevice(DeviceIndex device) {
-  for (auto& worker : WorkersOn(device)) worker->Drain();
-}
-
-absl::Status SimBackend::DeviceSynchronize(DeviceIndex device) {
-  Count(BackendOp::kDeviceSynchronize);
-  GPUALLOC_RETURN_IF_ERROR(CheckDevice(device));
-  DrainDevice(device);
-  SimulateLatency(options_.cost.synchronize_ns);
-  return absl::OkStatus();
 }
 
 // --- memory ----------------------------------------------------------------------
@@ -377,6 +236,8 @@ absl::StatusOr<void*> SimBackend::AllocateBacked(MemoryKind kind, DeviceIndex de
       break;
   }
   allocations_.emplace(reinterpret_cast<std::uintptr_t>(user), std::move(a));
+  // Fresh memory: nothing that touched these addresses before counts.
+  if (checker_) checker_->Forget(reinterpret_cast<std::uintptr_t>(user), bytes);
   return static_cast<void*>(user);
 }
 
@@ -433,7 +294,12 @@ absl::Status SimBackend::Free(DeviceIndex device, void* ptr) {
   if (ptr == nullptr) return absl::OkStatus();  // like cudaFree(nullptr)
   // cudaFree synchronises: work still using the memory finishes first, on
   // any device's stream (a peer copy may touch it from another device).
-  DrainDevice(kAllDevices);
+  {
+    std::vector<std::shared_ptr<SimStreamWorker>> workers = WorkersOn(kAllDevices);
+    for (auto& worker : workers) worker->Drain();
+    HostWaited(workers);
+  }
+  std::unique_lock<std::shared_mutex> exec(exec_mu_);
   std::lock_guard<std::mutex> lock(mu_);
   auto it = allocations_.find(reinterpret_cast<std::uintptr_t>(ptr));
   if (it == allocations_.end()) {
@@ -454,6 +320,12 @@ absl::Status SimBackend::Free(DeviceIndex device, void* ptr) {
     return SimError(absl::StatusCode::kInvalidArgument, "simErrorInvalidDevice",
                     absl::StrFormat("%s belongs to device %d, not device %d", Hex(ptr),
                                     it->second.device, device));
+  }
+  if (checker_) {
+    checker_->Release(StreamOrderChecker::kHost, it->first, it->second.bytes,
+                      AllocationRef{it->first, it->second.bytes,
+                                    it->second.kind == MemoryKind::kManaged ? "managed" : "device"},
+                      "free");
   }
   return ReleaseLocked(it);
 }
@@ -496,9 +368,16 @@ absl::Status SimBackend::FreeAsync(void* ptr, Stream stream) {
                                       Hex(ptr), it->second.device, stream.device));
     }
     it->second.free_pending = true;
+    // The free ends the range's life in the stream's order: every access to
+    // it must be ordered before this point of the stream.
+    if (checker_) {
+      checker_->Release(ActorOf(*worker), it->first, it->second.bytes,
+                        AllocationRef{it->first, it->second.bytes, "device"}, "free_async");
+    }
   }
   // The memory returns to the device only when the stream reaches this point.
   worker->Enqueue([this, key = reinterpret_cast<std::uintptr_t>(ptr)] {
+    std::unique_lock<std::shared_mutex> exec(exec_mu_);
     std::lock_guard<std::mutex> lock(mu_);
     auto it = allocations_.find(key);
     if (it != allocations_.end()) ReleaseLocked(it).IgnoreError();  // counted as a violation
@@ -517,7 +396,13 @@ absl::Status SimBackend::HostFree(DeviceIndex device, void* ptr) {
   SimulateLatency(options_.cost.host_free_ns);
   GPUALLOC_RETURN_IF_ERROR(CheckDevice(device));
   if (ptr == nullptr) return absl::OkStatus();
-  DrainDevice(kAllDevices);  // cudaFreeHost synchronises, like cudaFree
+  {
+    // cudaFreeHost synchronises, like cudaFree.
+    std::vector<std::shared_ptr<SimStreamWorker>> workers = WorkersOn(kAllDevices);
+    for (auto& worker : workers) worker->Drain();
+    HostWaited(workers);
+  }
+  std::unique_lock<std::shared_mutex> exec(exec_mu_);
   std::lock_guard<std::mutex> lock(mu_);
   auto it = allocations_.find(reinterpret_cast<std::uintptr_t>(ptr));
   if (it == allocations_.end() || it->second.kind != MemoryKind::kPinned) {
@@ -530,6 +415,10 @@ absl::Status SimBackend::HostFree(DeviceIndex device, void* ptr) {
     return SimError(absl::StatusCode::kInvalidArgument, "simErrorInvalidDevice",
                     absl::StrFormat("pinned block %s is owned by device %d, freed for device %d",
                                     Hex(ptr), it->second.device, device));
+  }
+  if (checker_) {
+    checker_->Release(StreamOrderChecker::kHost, it->first, it->second.bytes,
+                      AllocationRef{it->first, it->second.bytes, "pinned"}, "host_free");
   }
   return ReleaseLocked(it);
 }
@@ -580,154 +469,10 @@ absl::Status SimBackend::Prefetch(const void* ptr, std::size_t bytes, DeviceInde
   return absl::OkStatus();
 }
 
-// --- streams and events ----------------------------------------------------------
-
-absl::StatusOr<std::shared_ptr<SimStreamWorker>> SimBackend::WorkerFor(Stream stream) {
-  GPUALLOC_RETURN_IF_ERROR(CheckDevice(stream.device));
-  std::lock_guard<std::mutex> lock(mu_);
-  if (stream.is_default()) {
-    auto& worker = devices_[stream.device]->default_stream;
-    if (!worker) worker = std::make_shared<SimStreamWorker>(stream.device, options_.scheduler);
-    return worker;
-  }
-  auto it = streams_.find(stream.handle);
-  if (it == streams_.end()) {
-    return SimError(absl::StatusCode::kInvalidArgument, "simErrorInvalidResourceHandle",
-                    absl::StrFormat("stream %d does not exist (never created or destroyed)",
-                                    stream.handle));
-  }
-  if (it->second->device() != stream.device) {
-    return SimError(absl::StatusCode::kInvalidArgument, "simErrorInvalidDevice",
-                    absl::StrFormat("stream %d belongs to device %d, not %d", stream.handle,
-                                    it->second->device(), stream.device));
-  }
-  return it->second;
-}
-
-absl::StatusOr<Stream> SimBackend::CreateStream(DeviceIndex device) {
-  Count(BackendOp::kStreamCreate);
-  GPUALLOC_RETURN_IF_ERROR(CheckDevice(device));
-  auto worker = std::make_shared<SimStreamWorker>(device, options_.scheduler);
-  std::lock_guard<std::mutex> lock(mu_);
-  const std::uintptr_t handle = next_handle_++;
-  streams_.emplace(handle, std::move(worker));
-  return Stream{handle, device};
-}
-
-absl::Status SimBackend::DestroyStream(Stream stream) {
-  Count(BackendOp::kStreamDestroy);
-  if (stream.is_default()) {
-    return SimError(absl::StatusCode::kInvalidArgument, "simErrorInvalidResourceHandle",
-                    "the default stream cannot be destroyed");
-  }
-  GPUALLOC_ASSIGN_OR_RETURN(std::shared_ptr<SimStreamWorker> worker, WorkerFor(stream));
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    streams_.erase(stream.handle);
-  }
-  worker->Drain();
-  return absl::OkStatus();
-}
-
-absl::Status SimBackend::SynchronizeStream(Stream stream) {
-  Count(BackendOp::kStreamSynchronize);
-  GPUALLOC_ASSIGN_OR_RETURN(std::shared_ptr<SimStreamWorker> worker, WorkerFor(stream));
-  worker->Drain();
-  SimulateLatency(options_.cost.synchronize_ns);
-  return absl::OkStatus();
-}
-
-absl::Status SimBackend::StreamWaitEvent(Stream stream, Event event) {
-  Count(BackendOp::kStreamWaitEvent);
-  GPUALLOC_ASSIGN_OR_RETURN(std::shared_ptr<SimStreamWorker> worker, WorkerFor(stream));
-  std::shared_ptr<SimStreamWorker> waited;
-  std::uint64_t seq = 0;
-  GPUALLOC_RETURN_IF_ERROR(RecordedPosition(event, &waited, &seq));
-  if (waited && waited != worker) {
-    worker->Enqueue([waited, seq] { waited->WaitFor(seq); });
-  }
-  return absl::OkStatus();
-}
-
-absl::Status SimBackend::RecordedPosition(Event event, std::shared_ptr<SimStreamWorker>* worker,
-                                          std::uint64_t* seq) const {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = events_.find(event.handle);
-  if (it == events_.end()) {
-    return SimError(absl::StatusCode::kInvalidArgument, "simErrorInvalidResourceHandle",
-                    absl::StrFormat("event %d does not exist (never created or destroyed)",
-                                    event.handle));
-  }
-  *worker = it->second->worker;
-  *seq = it->second->seq;
-  return absl::OkStatus();
-}
-
-absl::StatusOr<Event> SimBackend::CreateEvent(DeviceIndex device) {
-  Count(BackendOp::kEventCreate);
-  GPUALLOC_RETURN_IF_ERROR(CheckDevice(device));
-  std::lock_guard<std::mutex> lock(mu_);
-  const std::uintptr_t handle = next_handle_++;
-  events_.emplace(handle, std::make_unique<EventState>(EventState{device, nullptr, 0}));
-  return Event{handle, device};
-}
-
-absl::Status SimBackend::RecordEvent(Event event, Stream stream) {
-  Count(BackendOp::kEventRecord);
-  SimulateLatency(options_.cost.event_ns);
-  GPUALLOC_ASSIGN_OR_RETURN(std::shared_ptr<SimStreamWorker> worker, WorkerFor(stream));
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = events_.find(event.handle);
-  if (it == events_.end()) {
-    return SimError(absl::StatusCode::kInvalidArgument, "simErrorInvalidResourceHandle",
-                    absl::StrFormat("event %d does not exist", event.handle));
-  }
-  if (it->second->device != stream.device) {
-    return SimError(absl::StatusCode::kInvalidArgument, "simErrorInvalidResourceHandle",
-                    absl::StrFormat("event of device %d recorded on a stream of device %d",
-                                    it->second->device, stream.device));
-  }
-  it->second->worker = worker;
-  it->second->seq = worker->last_enqueued();
-  return absl::OkStatus();
-}
-
-absl::StatusOr<bool> SimBackend::QueryEvent(Event event) {
-  Count(BackendOp::kEventQuery);
-  std::shared_ptr<SimStreamWorker> worker;
-  std::uint64_t seq = 0;
-  GPUALLOC_RETURN_IF_ERROR(RecordedPosition(event, &worker, &seq));
-  return worker == nullptr || worker->Reached(seq);
-}
-
-absl::Status SimBackend::SynchronizeEvent(Event event) {
-  Count(BackendOp::kEventSynchronize);
-  std::shared_ptr<SimStreamWorker> worker;
-  std::uint64_t seq = 0;
-  GPUALLOC_RETURN_IF_ERROR(RecordedPosition(event, &worker, &seq));
-  if (worker) worker->WaitFor(seq);
-  return absl::OkStatus();
-}
-
-absl::Status SimBackend::DestroyEvent(Event event) {
-  Count(BackendOp::kEventDestroy);
-  std::unique_ptr<EventState> doomed;  // destroyed outside the lock
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = events_.find(event.handle);
-  if (it == events_.end()) {
-    return SimError(absl::StatusCode::kInvalidArgument, "simErrorInvalidResourceHandle",
-                    absl::StrFormat("event %d does not exist (never created or destroyed)",
-                                    event.handle));
-  }
-  doomed = std::move(it->second);
-  events_.erase(it);
-  return absl::OkStatus();
-}
-
 // --- copies --------------------------------------------------------------------
 
 SimBackend::Location SimBackend::Locate(const void* ptr, std::size_t bytes,
-                                        DeviceIndex* device) const {
+                                        DeviceIndex* device, AllocationRef* ref) const {
   const auto p = reinterpret_cast<std::uintptr_t>(ptr);
   auto it = allocations_.upper_bound(p);
   if (it != allocations_.begin()) {
@@ -738,6 +483,12 @@ SimBackend::Location SimBackend::Locate(const void* ptr, std::size_t bytes,
     if (p >= block_begin && p < block_end) {
       if (p < it->first || p + bytes > it->first + a.bytes) return Location::kInvalid;
       *device = a.device;
+      if (ref != nullptr) {
+        *ref = AllocationRef{it->first, a.bytes,
+                             a.kind == MemoryKind::kPinned    ? "pinned"
+                             : a.kind == MemoryKind::kManaged ? "managed"
+                                                              : "device"};
+      }
       switch (a.kind) {
         case MemoryKind::kDevice:
         case MemoryKind::kAsync:
@@ -765,6 +516,7 @@ SimBackend::Location SimBackend::Locate(const void* ptr, std::size_t bytes,
       }
       if (covered < p + bytes || m == r->second.mappings.end()) return Location::kInvalid;
       *device = r->second.device;
+      if (ref != nullptr) *ref = AllocationRef{r->first, r->second.bytes, "virtual"};
       return Location::kDevice;
     }
   }
@@ -814,6 +566,55 @@ absl::Status SimBackend::CheckCopy(void* dst, const void* src, std::size_t bytes
   return absl::OkStatus();
 }
 
+void SimBackend::AddAccess(const void* ptr, std::size_t bytes, AccessMode mode,
+                           std::vector<RangeAccess>* out) const {
+  DeviceIndex device = 0;
+  AllocationRef ref;
+  const Location at = Locate(ptr, bytes, &device, &ref);
+  if (at == Location::kPageableHost || at == Location::kInvalid) return;
+  out->push_back(RangeAccess{reinterpret_cast<std::uintptr_t>(ptr), bytes, mode, ref});
+}
+
+std::uint64_t SimBackend::EnqueueChecked(SimStreamWorker& worker,
+                                         std::vector<RangeAccess> accesses, const char* what,
+                                         std::function<void()> body) {
+  const int actor = ActorOf(worker);
+  const std::uint64_t op = checker_ ? checker_->Enqueue(actor, accesses, what) : 0;
+  return worker.Enqueue([this, actor, op, what, accesses = std::move(accesses),
+                         body = std::move(body)] {
+    // Nothing is unmapped or freed while this runs; what is already gone is
+    // reported and skipped, as a GPU would fault instead of corrupting.
+    std::shared_lock<std::shared_mutex> exec(exec_mu_);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (const RangeAccess& a : accesses) {
+        DeviceIndex device = 0;
+        const Location at = Locate(reinterpret_cast<const void*>(a.begin), a.bytes, &device);
+        if (at == Location::kPageableHost || at == Location::kInvalid) {
+          if (checker_) checker_->ReportUnmapped(actor, op, a, what);
+          return;
+        }
+      }
+    }
+    body();
+  });
+}
+
+void SimBackend::HostWaited(const std::vector<std::shared_ptr<SimStreamWorker>>& workers) {
+  if (!checker_) return;
+  std::vector<int> actors;
+  actors.reserve(workers.size());
+  for (const auto& worker : workers) actors.push_back(ActorOf(*worker));
+  checker_->HostJoinActors(actors);
+}
+
+absl::Status SimBackend::CheckStreamOrder() const {
+  if (!checker_ || checker_->stats().violations == 0) return absl::OkStatus();
+  return absl::FailedPreconditionError(
+      absl::StrCat("the sim's stream-order checker found ", checker_->stats().violations,
+                   " violation(s):\n", checker_->Report()));
+}
+
 absl::Status SimBackend::Memcpy(void* dst, const void* src, std::size_t bytes, CopyKind kind) {
   Count(BackendOp::kMemcpy);
   if (bytes == 0) return absl::OkStatus();
@@ -821,11 +622,19 @@ absl::Status SimBackend::Memcpy(void* dst, const void* src, std::size_t bytes, C
   GPUALLOC_RETURN_IF_ERROR(CheckCopy(dst, src, bytes, kind, &device));
   GPUALLOC_ASSIGN_OR_RETURN(std::shared_ptr<SimStreamWorker> worker,
                             WorkerFor(Stream::Default(device)));
+  std::vector<RangeAccess> accesses;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    AddAccess(src, bytes, AccessMode::kRead, &accesses);
+    AddAccess(dst, bytes, AccessMode::kWrite, &accesses);
+  }
   const std::int64_t cost = options_.cost.copy_ns_per_kib * static_cast<std::int64_t>(bytes / 1024);
-  worker->WaitFor(worker->Enqueue([=] {
+  // On the device's default stream, and the host waits for it.
+  worker->WaitFor(EnqueueChecked(*worker, std::move(accesses), "memcpy", [=] {
     SimulateLatency(cost);
     std::memmove(dst, src, bytes);
   }));
+  HostWaited({worker});
   return absl::OkStatus();
 }
 
@@ -836,8 +645,14 @@ absl::Status SimBackend::MemcpyAsync(void* dst, const void* src, std::size_t byt
   if (bytes == 0) return absl::OkStatus();
   DeviceIndex device = 0;
   GPUALLOC_RETURN_IF_ERROR(CheckCopy(dst, src, bytes, kind, &device));
+  std::vector<RangeAccess> accesses;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    AddAccess(src, bytes, AccessMode::kRead, &accesses);
+    AddAccess(dst, bytes, AccessMode::kWrite, &accesses);
+  }
   const std::int64_t cost = options_.cost.copy_ns_per_kib * static_cast<std::int64_t>(bytes / 1024);
-  worker->Enqueue([=] {
+  EnqueueChecked(*worker, std::move(accesses), "memcpy_async", [=] {
     SimulateLatency(cost);
     std::memmove(dst, src, bytes);
   });
@@ -863,7 +678,14 @@ absl::Status SimBackend::Memset(void* dst, int value, std::size_t bytes) {
   GPUALLOC_RETURN_IF_ERROR(CheckMemsetTarget(dst, bytes, &device));
   GPUALLOC_ASSIGN_OR_RETURN(std::shared_ptr<SimStreamWorker> worker,
                             WorkerFor(Stream::Default(device)));
-  worker->WaitFor(worker->Enqueue([=] { std::memset(dst, value, bytes); }));
+  std::vector<RangeAccess> accesses;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    AddAccess(dst, bytes, AccessMode::kWrite, &accesses);
+  }
+  worker->WaitFor(EnqueueChecked(*worker, std::move(accesses), "memset",
+                                 [=] { std::memset(dst, value, bytes); }));
+  HostWaited({worker});
   return absl::OkStatus();
 }
 
@@ -873,228 +695,68 @@ absl::Status SimBackend::MemsetAsync(void* dst, int value, std::size_t bytes, St
   if (bytes == 0) return absl::OkStatus();
   DeviceIndex device = 0;
   GPUALLOC_RETURN_IF_ERROR(CheckMemsetTarget(dst, bytes, &device));
-  worker->Enqueue([=] { std::memset(dst, value, bytes); });
+  std::vector<RangeAccess> accesses;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    AddAccess(dst, bytes, AccessMode::kWrite, &accesses);
+  }
+  EnqueueChecked(*worker, std::move(accesses), "memset_async",
+                 [=] { std::memset(dst, value, bytes); });
   return absl::OkStatus();
 }
 
-// --- virtual memory ------------------------------------------------------------------
-
-namespace {
-absl::Status VmNotSupported() {
-  return SimError(absl::StatusCode::kUnimplemented, "simErrorNotSupported",
-                  "virtual memory is switched off in this sim");
-}
-}  // namespace
-
-void SimBackend::DestroyChunkLocked(ChunkMap::iterator it) {
-  Chunk& chunk = *it->second;
-  close(chunk.fd);
-  DeviceState& state = *devices_[chunk.device];
-  state.space.Release(chunk.offset, chunk.bytes);
-  state.device_bytes -= chunk.bytes;
-  state.vm_physical_bytes -= chunk.bytes;
-  chunks_.erase(it);
-}
-
-absl::StatusOr<std::uintptr_t> SimBackend::VmReserve(DeviceIndex device, std::size_t bytes) {
-  Count(BackendOp::kVmReserve);
-  if (!options_.virtual_memory) return VmNotSupported();
-  GPUALLOC_RETURN_IF_ERROR(CheckDevice(device));
-  const std::size_t gran = options_.devices[device].vm_granularity;
-  if (bytes == 0 || bytes % gran != 0) {
-    return SimError(absl::StatusCode::kInvalidArgument, "simErrorInvalidValue",
-                    absl::StrFormat("VM reservation of %d bytes is not a positive multiple of "
-                                    "the granularity %d",
-                                    bytes, gran));
-  }
-  void* base = mmap(nullptr, bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (base == MAP_FAILED) {
-    return SimError(absl::StatusCode::kResourceExhausted, "simErrorMemoryAllocation",
-                    absl::StrFormat("could not reserve %d bytes of address space: %s", bytes,
-                                    std::strerror(errno)));
-  }
-  std::lock_guard<std::mutex> lock(mu_);
-  reservations_.emplace(reinterpret_cast<std::uintptr_t>(base), Reservation{device, bytes, {}});
-  devices_[device]->vm_reserved_bytes += bytes;
-  return reinterpret_cast<std::uintptr_t>(base);
-}
-
-absl::Status SimBackend::VmRelease(std::uintptr_t address, std::size_t bytes) {
-  Count(BackendOp::kVmRelease);
-  if (!options_.virtual_memory) return VmNotSupported();
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = reservations_.find(address);
-  if (it == reservations_.end() || it->second.bytes != bytes) {
-    return SimError(absl::StatusCode::kInvalidArgument, "simErrorInvalidValue",
-                    absl::StrFormat("[%#x, +%d) is not a VM reservation of this backend", address,
-                                    bytes));
-  }
-  if (!it->second.mappings.empty()) {
-    return SimError(absl::StatusCode::kFailedPrecondition, "simErrorInvalidValue",
-                    absl::StrFormat("VM reservation %#x still has %d mapped ranges", address,
-                                    it->second.mappings.size()));
-  }
-  munmap(reinterpret_cast<void*>(address), bytes);
-  devices_[it->second.device]->vm_reserved_bytes -= bytes;
-  reservations_.erase(it);
-  return absl::OkStatus();
-}
-
-absl::StatusOr<PhysicalChunk> SimBackend::VmCreate(DeviceIndex device, std::size_t bytes) {
-  Count(BackendOp::kVmCreate);
-  if (!options_.virtual_memory) return VmNotSupported();
-  GPUALLOC_RETURN_IF_ERROR(CheckDevice(device));
-  SimulateLatency(options_.cost.malloc_ns);
-  const std::size_t gran = options_.devices[device].vm_granularity;
-  if (bytes == 0 || bytes % gran != 0) {
-    return SimError(absl::StatusCode::kInvalidArgument, "simErrorInvalidValue",
-                    absl::StrFormat("physical chunk of %d bytes is not a positive multiple of "
-                                    "the granularity %d",
-                                    bytes, gran));
-  }
-  std::lock_guard<std::mutex> lock(mu_);
-  DeviceState& state = *devices_[device];
-  std::optional<std::size_t> offset = state.space.Allocate(bytes);
-  if (!offset) {
-    return SimError(absl::StatusCode::kResourceExhausted, "simErrorMemoryAllocation",
-                    absl::StrFormat("out of memory on sim device %d: physical chunk of %d bytes, "
-                                    "%d free, largest contiguous free range %d",
-                                    device, bytes, state.space.free_bytes(),
-                                    state.space.largest_free_range()));
-  }
-  const int fd = memfd_create("gpualloc-sim-chunk", MFD_CLOEXEC);
-  if (fd < 0 || ftruncate(fd, static_cast<off_t>(bytes)) != 0) {
-    const int err = errno;
-    if (fd >= 0) close(fd);
-    state.space.Release(*offset, bytes);
-    return SimError(absl::StatusCode::kResourceExhausted, "simErrorMemoryAllocation",
-                    absl::StrFormat("could not back a %d-byte physical chunk: %s", bytes,
-                                    std::strerror(err)));
-  }
-  const std::uintptr_t handle = next_handle_++;
-  chunks_.emplace(handle, std::make_unique<Chunk>(Chunk{device, bytes, *offset, fd}));
-  state.AddDeviceBytes(bytes);
-  state.vm_physical_bytes += bytes;
-  return PhysicalChunk{handle, bytes, device};
-}
-
-absl::Status SimBackend::VmReleasePhysical(PhysicalChunk chunk) {
-  Count(BackendOp::kVmReleasePhysical);
-  if (!options_.virtual_memory) return VmNotSupported();
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = chunks_.find(chunk.handle);
-  if (it == chunks_.end() || it->second->released) {
-    return SimError(absl::StatusCode::kInvalidArgument, "simErrorInvalidValue",
-                    absl::StrFormat("physical chunk %d does not exist or was already released",
-                                    chunk.handle));
-  }
-  it->second->released = true;
-  if (it->second->map_count == 0) DestroyChunkLocked(it);
-  return absl::OkStatus();
-}
-
-absl::Status SimBackend::VmMap(std::uintptr_t address, PhysicalChunk chunk) {
-  Count(BackendOp::kVmMap);
-  if (!options_.virtual_memory) return VmNotSupported();
-  std::lock_guard<std::mutex> lock(mu_);
-  auto c = chunks_.find(chunk.handle);
-  if (c == chunks_.end() || c->second->released) {
-    return SimError(absl::StatusCode::kInvalidArgument, "simErrorInvalidValue",
-                    absl::StrFormat("physical chunk %d does not exist", chunk.handle));
-  }
-  const std::size_t bytes = c->second->bytes;
-  auto r = reservations_.upper_bound(address);
-  if (r == reservations_.begin() ||
-      (--r, address < r->first || address + bytes > r->first + r->second.bytes)) {
-    return SimError(absl::StatusCode::kInvalidArgument, "simErrorInvalidValue",
-                    absl::StrFormat("[%#x, +%d) is not inside a VM reservation", address, bytes));
-  }
-  auto& mappings = r->second.mappings;
-  auto next = mappings.lower_bound(address);
-  const bool overlaps_next = next != mappings.end() && next->first < address + bytes;
-  const bool overlaps_prev = next != mappings.begin() &&
-                             std::prev(next)->first + std::prev(next)->second.bytes > address;
-  if (overlaps_next || overlaps_prev) {
-    return SimError(absl::StatusCode::kInvalidArgument, "simErrorAlreadyMapped",
-                    absl::StrFormat("[%#x, +%d) overlaps an existing mapping", address, bytes));
-  }
-  void* got = mmap(reinterpret_cast<void*>(address), bytes, PROT_NONE, MAP_SHARED | MAP_FIXED,
-                   c->second->fd, 0);
-  if (got == MAP_FAILED) {
-    return SimError(absl::StatusCode::kInternal, "simErrorUnknown",
-                    absl::StrFormat("mmap of a physical chunk failed: %s", std::strerror(errno)));
-  }
-  mappings.emplace(address, Reservation::Mapping{bytes, chunk.handle, false});
-  ++c->second->map_count;
-  return absl::OkStatus();
-}
-
-absl::Status SimBackend::VmSetAccess(std::uintptr_t address, std::size_t bytes,
-                                     DeviceIndex device) {
-  Count(BackendOp::kVmSetAccess);
-  if (!options_.virtual_memory) return VmNotSupported();
-  GPUALLOC_RETURN_IF_ERROR(CheckDevice(device));
-  std::lock_guard<std::mutex> lock(mu_);
-  auto r = reservations_.upper_bound(address);
-  if (r == reservations_.begin()) {
-    return SimError(absl::StatusCode::kInvalidArgument, "simErrorInvalidValue",
-                    absl::StrFormat("%#x is not inside a VM reservation", address));
-  }
-  --r;
-  auto& mappings = r->second.mappings;
-  // The range must start at a mapping and cover whole, contiguous mappings.
-  auto m = mappings.find(address);
-  std::uintptr_t covered = address;
-  std::vector<Reservation::Mapping*> touched;
-  for (; m != mappings.end() && m->first == covered && covered < address + bytes; ++m) {
-    covered += m->second.bytes;
-    touched.push_back(&m->second);
-  }
-  if (bytes == 0 || covered != address + bytes) {
-    return SimError(absl::StatusCode::kInvalidArgument, "simErrorInvalidValue",
-                    absl::StrFormat("[%#x, +%d) is not exactly covered by mapped chunks", address,
-                                    bytes));
-  }
-  if (mprotect(reinterpret_cast<void*>(address), bytes, PROT_READ | PROT_WRITE) != 0) {
-    return SimError(absl::StatusCode::kInternal, "simErrorUnknown",
-                    absl::StrFormat("mprotect failed: %s", std::strerror(errno)));
-  }
-  for (auto* mapping : touched) mapping->accessible = true;
-  return absl::OkStatus();
-}
-
-absl::Status SimBackend::VmUnmap(std::uintptr_t address, std::size_t bytes) {
-  Count(BackendOp::kVmUnmap);
-  if (!options_.virtual_memory) return VmNotSupported();
-  std::lock_guard<std::mutex> lock(mu_);
-  auto r = reservations_.upper_bound(address);
-  if (r == reservations_.begin()) {
-    return SimError(absl::StatusCode::kInvalidArgument, "simErrorInvalidValue",
-                    absl::StrFormat("%#x is not inside a VM reservation", address));
-  }
-  --r;
-  auto& mappings = r->second.mappings;
-  auto first = mappings.find(address);
-  auto m = first;
-  std::uintptr_t covered = address;
-  for (; m != mappings.end() && m->first == covered && covered < address + bytes; ++m) {
-    covered += m->second.bytes;
-  }
-  if (bytes == 0 || covered != address + bytes) {
-    return SimError(absl::StatusCode::kInvalidArgument, "simErrorInvalidValue",
-                    absl::StrFormat("[%#x, +%d) is not exactly covered by mapped chunks", address,
-                                    bytes));
-  }
-  // Put the reservation back (PROT_NONE, no backing) over the whole range.
-  mmap(reinterpret_cast<void*>(address), bytes, PROT_NONE,
-       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
-  for (auto it = first; it != m;) {
-    auto c = chunks_.find(it->second.chunk);
-    if (c != chunks_.end() && --c->second->map_count == 0 && c->second->released) {
-      DestroyChunkLocked(c);
+absl::Status SimBackend::LaunchKernel(Stream stream, std::vector<KernelArg> args,
+                                      std::int64_t duration_ns, const char* name) {
+  GPUALLOC_ASSIGN_OR_RETURN(std::shared_ptr<SimStreamWorker> worker, WorkerFor(stream));
+  std::vector<RangeAccess> accesses;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const KernelArg& arg : args) {
+      DeviceIndex device = 0;
+      const Location at =
+          arg.ptr != nullptr && arg.bytes > 0 ? Locate(arg.ptr, arg.bytes, &device)
+                                              : Location::kInvalid;
+      if (at == Location::kInvalid || at == Location::kPageableHost) {
+        return SimError(absl::StatusCode::kInvalidArgument, "simErrorInvalidValue",
+                        absl::StrFormat("kernel %s: argument [%s, +%d) is not within device, "
+                                        "managed or pinned memory",
+                                        name, Hex(arg.ptr), arg.bytes));
+      }
+      AddAccess(arg.ptr, arg.bytes, arg.mode, &accesses);
     }
-    it = mappings.erase(it);
   }
+  EnqueueChecked(*worker, std::move(accesses), name, [args = std::move(args), duration_ns] {
+    SimulateLatency(duration_ns);
+    for (const KernelArg& arg : args) {
+      auto* p = static_cast<volatile unsigned char*>(arg.ptr);
+      if (arg.mode == AccessMode::kWrite) {
+        std::memset(arg.ptr, arg.fill, arg.bytes);
+      } else {
+        unsigned char sum = 0;  // a real read, so ASan sees the bytes touched
+        for (std::size_t i = 0; i < arg.bytes; i += 64) sum = static_cast<unsigned char>(sum + p[i]);
+        (void)sum;
+      }
+    }
+  });
+  return absl::OkStatus();
+}
+
+absl::Status SimBackend::NoteHostAccess(const void* ptr, std::size_t bytes, AccessMode mode) {
+  if (!checker_ || ptr == nullptr || bytes == 0) return absl::OkStatus();
+  std::vector<RangeAccess> accesses;
+  DeviceIndex device = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    const Location at = Locate(ptr, bytes, &device);
+    if (at != Location::kPinnedHost && at != Location::kManaged) {
+      return SimError(absl::StatusCode::kInvalidArgument, "simErrorInvalidValue",
+                      absl::StrFormat("host access to [%s, +%d): not within pinned or managed "
+                                      "memory",
+                                      Hex(ptr), bytes));
+    }
+    AddAccess(ptr, bytes, mode, &accesses);
+  }
+  checker_->HostAccess(accesses, mode == AccessMode::kWrite ? "host write" : "host read");
   return absl::OkStatus();
 }
 

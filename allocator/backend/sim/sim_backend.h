@@ -14,7 +14,12 @@
 //    VmSetAccess;
 //  - managed memory tracks per-page residency and counts migrations;
 //  - a cost model adds latency per call, and Accounting() counts every call
-//    and every byte outstanding, which the harness uses as ground truth.
+//    and every byte outstanding, which the harness uses as ground truth;
+//  - a stream-order checker (stream_order_checker.h), on by default, judges
+//    every asynchronous access, release and host access by happens-before,
+//    so memory reused, unmapped or rewritten while queued work may still
+//    touch it is reported, naming both accesses. An access that finds its
+//    memory gone when it runs is skipped and reported instead of crashing.
 //
 // Thread-safe: all methods may be called from any thread.
 #ifndef GPUALLOC_ALLOCATOR_BACKEND_SIM_SIM_BACKEND_H_
@@ -24,9 +29,11 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <shared_mutex>
 #include <string>
 #include <vector>
 
@@ -34,6 +41,7 @@
 #include "allocator/backend/backend.h"
 #include "allocator/backend/sim/address_space.h"
 #include "allocator/backend/sim/sim_options.h"
+#include "allocator/backend/sim/stream_order_checker.h"
 #include "allocator/backend/sim/stream_worker.h"
 
 namespace gpualloc {
@@ -58,10 +66,14 @@ struct SimAccounting {
   std::size_t live_events = 0;
   std::uint64_t guard_violations = 0;
 
+  // The stream-order checker's totals (all zero when it is switched off).
+  StreamOrderStats stream_order;
+
   std::uint64_t calls_to(BackendOp op) const { return calls[static_cast<int>(op)]; }
   // True when no memory, stream or event is outstanding on any device.
   bool AllReleased() const;
-  // One line per device with anything outstanding, e.g. for a failed check.
+  // One line per device with anything outstanding (and the stream-order
+  // violations, if any), e.g. for a failed check.
   std::string Describe() const;
 };
 
@@ -77,6 +89,25 @@ class SimBackend final : public Backend {
   const SimOptions& options() const { return options_; }
   // Thread-safe snapshot. Cheap enough to call after every harness step.
   SimAccounting Accounting() const;
+
+  // The stream-order checker; null when SimOptions::check_stream_order is off.
+  const StreamOrderChecker* stream_order() const { return checker_.get(); }
+  // OK, or FailedPrecondition carrying the checker's report of every
+  // stream-order violation so far (what the shared invariants call).
+  absl::Status CheckStreamOrder() const;
+
+  // A sim-only "kernel": work on `stream` that reads or writes each of
+  // `args` (device, managed or pinned memory) and takes `duration_ns` of
+  // simulated time, so tests can model compute. A write sets its bytes to
+  // `fill`. Checked like any other stream work.
+  struct KernelArg {
+    void* ptr = nullptr;
+    std::size_t bytes = 0;
+    AccessMode mode = AccessMode::kRead;
+    unsigned char fill = 0;
+  };
+  absl::Status LaunchKernel(Stream stream, std::vector<KernelArg> args,
+                            std::int64_t duration_ns = 0, const char* name = "kernel");
 
   absl::string_view name() const override { return "sim"; }
   absl::StatusOr<int> DeviceCount() override;
@@ -120,6 +151,7 @@ class SimBackend final : public Backend {
   absl::Status VmSetAccess(std::uintptr_t address, std::size_t bytes,
                            DeviceIndex device) override;
   absl::Status VmUnmap(std::uintptr_t address, std::size_t bytes) override;
+  absl::Status NoteHostAccess(const void* ptr, std::size_t bytes, AccessMode mode) override;
 
  private:
   enum class MemoryKind { kDevice, kAsync, kManaged, kPinned };
@@ -142,12 +174,27 @@ class SimBackend final : public Backend {
   void DrainDevice(DeviceIndex device);
   // Where `event` was recorded: its stream (null if never recorded) and seq.
   absl::Status RecordedPosition(Event event, std::shared_ptr<SimStreamWorker>* worker,
-                                std::uint64_t* seq) const;
+                                std::uint64_t* seq, VectorClock* clock = nullptr) const;
   absl::StatusOr<void*> AllocateBacked(MemoryKind kind, DeviceIndex device, std::size_t bytes);
   // Releases a live allocation; mu_ must be held.
   absl::Status ReleaseLocked(std::map<std::uintptr_t, Allocation>::iterator it);
   void DestroyChunkLocked(ChunkMap::iterator it);  // mu_ held
-  Location Locate(const void* ptr, std::size_t bytes, DeviceIndex* device) const;
+  // mu_ held. `ref` (optional) receives the allocation the range lies in.
+  Location Locate(const void* ptr, std::size_t bytes, DeviceIndex* device,
+                  AllocationRef* ref = nullptr) const;
+  // --- stream-order checking (no-ops when the checker is off) ---
+  // The accesses of [ptr, ptr+bytes) in `mode`, if it is memory the device
+  // knows (pageable host memory is the program's own and is not tracked).
+  void AddAccess(const void* ptr, std::size_t bytes, AccessMode mode,
+                 std::vector<RangeAccess>* out) const;  // mu_ held
+  int ActorOf(const SimStreamWorker& worker) const { return worker.checker_actor(); }
+  // Enqueues `body` on `worker` after checking `accesses`; when it runs,
+  // each access's memory must still be there, or it is skipped and reported.
+  std::uint64_t EnqueueChecked(SimStreamWorker& worker, std::vector<RangeAccess> accesses,
+                               const char* what, std::function<void()> body);
+  // The host has waited for everything enqueued so far on `workers`.
+  void HostWaited(const std::vector<std::shared_ptr<SimStreamWorker>>& workers);
+  std::shared_ptr<SimStreamWorker> NewWorker(Stream stream);
   // OK when [dst, dst+bytes) is device or managed memory; sets its device.
   absl::Status CheckMemsetTarget(void* dst, std::size_t bytes, DeviceIndex* device) const;
   absl::Status CheckCopy(void* dst, const void* src, std::size_t bytes, CopyKind kind,
@@ -164,6 +211,11 @@ class SimBackend final : public Backend {
 
   const SimOptions options_;
   const std::uint64_t instance_id_;
+  const std::unique_ptr<StreamOrderChecker> checker_;  // null when off
+  // Held shared by stream work while it touches memory, exclusively by
+  // whatever unmaps or frees memory: queued work never touches memory that
+  // is being taken away (it finds it gone, and is reported, instead).
+  mutable std::shared_mutex exec_mu_;
 
   mutable std::mutex mu_;  // guards everything below, except the workers' own state
   std::vector<std::unique_ptr<DeviceState>> devices_;

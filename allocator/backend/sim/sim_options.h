@@ -64,6 +64,11 @@ struct SimOptions {
   bool stream_ordered_alloc = true;
   bool managed_memory = true;
   bool virtual_memory = true;
+  // The stream-order checker (stream_order_checker.h): on in every test and
+  // in the stress runner; benchmarks may switch it off.
+  bool check_stream_order = true;
+  // Abort at the first stream-order violation, printing its report.
+  bool abort_on_stream_order_violation = false;
   // Deterministic-schedule runs (harness/concurrency): the stream workers
   // become participants of this scheduler. Not owned; must outlive the sim.
   CooperativeScheduler* scheduler = nullptr;

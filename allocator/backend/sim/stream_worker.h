@@ -33,6 +33,9 @@ class SimStreamWorker {
   SimStreamWorker& operator=(const SimStreamWorker&) = delete;
 
   DeviceIndex device() const { return device_; }
+  // The stream-order checker's actor for this stream (set once, at creation).
+  int checker_actor() const { return checker_actor_; }
+  void set_checker_actor(int actor) { checker_actor_ = actor; }
 
   // Appends `task` and returns its sequence number (1, 2, ...). Tasks must not
   // throw; one that does is stopped at the worker and counted.
@@ -58,6 +61,7 @@ class SimStreamWorker {
   }
 
   const DeviceIndex device_;
+  int checker_actor_ = 0;
   CooperativeScheduler* const scheduler_;
   mutable std::mutex mu_;
   mutable std::condition_variable work_cv_;
