@@ -575,6 +575,11 @@ std::size_t CachingAllocator::ShrinkExpandable(Segment* segment, std::size_t cut
   Block* tail = segment->head;
   while (tail->next != nullptr) tail = tail->next;
   if (tail->state != BlockState::kFree || cut == 0 || cut > tail->size) return 0;
+  // Unmapping does not wait for the device (cudaFree does): work still queued
+  // on the tail's stream may touch it. Blocks of other streams reach a free
+  // set only once their events completed, and blocks merged across streams
+  // only after a device synchronise, so the tail's stream is the one to wait for.
+  if (!WaitForStreamWork(tail->stream).ok()) return 0;  // cannot be sure: keep it mapped
   EraseFree(tail);
   const std::size_t before = segment->range->mapped_bytes();
   // A partial failure still releases some chunks: account for what went.
@@ -613,6 +618,14 @@ std::size_t CachingAllocator::ShrinkExpandable(Segment* segment, std::size_t cut
     InsertFree(tail);
   }
   return released;
+}
+
+absl::Status CachingAllocator::WaitForStreamWork(Stream stream) {
+  absl::Status synced =
+      CallAtBoundary("stream synchronize", [&] { return backend_->SynchronizeStream(stream); });
+  if (synced.ok()) return synced;
+  // The stream may have been destroyed by its user: the whole device, then.
+  return CallAtBoundary("device synchronize", [&] { return backend_->DeviceSynchronize(device_); });
 }
 
 void CachingAllocator::RetryRetiredRanges() {
@@ -702,15 +715,20 @@ absl::Status CachingAllocator::DoDeallocate(const Allocation& allocation, Stream
         "caching allocator (device %d): %p freed as %d bytes but was allocated as %d", device_,
         allocation.ptr, allocation.bytes, block->requested));
   }
-  // Other streams that used the block: the free waits for each of them.
+  // Every other stream that used the block, its allocation stream included
+  // (the free may come on a recorded stream): the free waits for each.
   std::vector<Stream> waits;
   std::vector<Event> events;
-  for (Stream s : block->stream_uses) {
-    if (s != stream) {
-      Hook();
-      waits.push_back(s);
+  auto must_wait = [&](Stream s) {
+    if (s.handle == stream.handle) return;
+    for (Stream w : waits) {
+      if (w.handle == s.handle) return;
     }
-  }
+    Hook();
+    waits.push_back(s);
+  };
+  must_wait(block->stream);
+  for (Stream s : block->stream_uses) must_wait(s);
   if (!waits.empty()) {
     Hook();
     events.reserve(waits.size());

@@ -17,6 +17,12 @@
 //    only as CachingOptions::cross_stream allows (after an event recorded on
 //    S has completed, or with the new stream waiting on that event).
 //    RecordStream(a, T) makes a block wait, when freed, for T's work too.
+//  - A free on stream F waits for every other stream that used the block:
+//    its allocation stream and every stream given to RecordStream. Events
+//    recorded on them must all complete before the block is reused (on any
+//    stream); if an event cannot be recorded, the free waits on the host
+//    for those streams instead. Expandable segments never unmap a free tail
+//    while work queued on its stream may still touch it.
 //  - Strong guarantee on Allocate: if the backend fails or throws at any
 //    point, or host metadata allocation throws, no device memory leaks and
 //    the allocator's state and stats are as before.
@@ -147,6 +153,9 @@ class CachingAllocator final : public MemoryResource {
   // the bytes released.
   std::size_t ShrinkExpandable(Segment* segment, std::size_t cut);
   std::size_t TrimExpandableTails(const Segment* exclude);
+  // The host waits for the work queued on `stream` (or, if that fails, on
+  // the whole device): before memory is unmapped under that work.
+  absl::Status WaitForStreamWork(Stream stream);
   void RetryRetiredRanges();
   std::size_t TrimmableTailBytes() const;
   // Takes `block` (already out of its free set) for a request, splitting off

@@ -200,27 +200,136 @@ SimCostModel SlowCopies() {
   return c;
 }
 
-TEST(CachingAllocator, FreedBlockIsNotReusedOnOtherStreamBeforeEvent) {
-  auto sim = Sim(256 * kMiB, SlowCopies());
+// The sim's stream-order checker judges every reuse by happens-before, not by
+// how fast the streams ran: each test below fails on every run when the wait
+// it covers is removed from the allocator.
+void ExpectNoStreamOrderViolation(const SimBackend& sim) {
+  absl::Status st = sim.CheckStreamOrder();
+  EXPECT_TRUE(st.ok()) << st;
+}
+
+// One request fills one segment, so a second stream has no free block of its
+// own and must take the first stream's or make a new segment.
+CachingOptions OneBlockPerSegment(CrossStreamReuse reuse) {
   CachingOptions o;
-  o.cross_stream = CrossStreamReuse::kOpportunistic;
-  // One request fills one segment, so stream t has no free block of its own.
+  o.cross_stream = reuse;
   o.small_request_max = 512 * kKiB;
   o.small_segment_bytes = 512 * kKiB;
-  auto cache = Cache(sim, o);
+  return o;
+}
+
+TEST(CachingAllocator, OpportunisticReuseOnAnotherStreamOnlyOnceTheOldWorkIsSeenComplete) {
+  auto sim = Sim(256 * kMiB);
+  auto cache = Cache(sim, OneBlockPerSegment(CrossStreamReuse::kOpportunistic));
   Stream s = sim->CreateStream(0).value();
   Stream t = sim->CreateStream(0).value();
   Allocation a = cache->Allocate(512 * kKiB, s).value();
-  SlowStream busy(*sim, s, a, 30);
+  ASSERT_TRUE(sim->LaunchKernel(s, {{a.ptr, a.bytes, AccessMode::kWrite, 1}}, 2'000'000).ok());
   ASSERT_TRUE(cache->Deallocate(a).ok());
+  // Reused or not, t's write must be ordered after s's kernel.
   Allocation on_t = cache->Allocate(512 * kKiB, t).value();
-  EXPECT_NE(on_t.ptr, a.ptr) << "stream s has not passed the free yet";
+  ASSERT_TRUE(sim->MemsetAsync(on_t.ptr, 2, on_t.bytes, t).ok());
+  ExpectNoStreamOrderViolation(*sim);
   ASSERT_TRUE(sim->SynchronizeStream(s).ok());
   Allocation after = cache->Allocate(512 * kKiB, t).value();
-  EXPECT_EQ(after.ptr, a.ptr) << "reusable once s's work completed";
+  EXPECT_TRUE(after.ptr == a.ptr || on_t.ptr == a.ptr) << "reusable once s's work completed";
   EXPECT_EQ(cache->stats().cross_stream_reuses, 1u);
+  ASSERT_TRUE(sim->MemsetAsync(after.ptr, 3, after.bytes, t).ok());
+  ExpectNoStreamOrderViolation(*sim);
   ASSERT_TRUE(cache->Deallocate(on_t).ok());
   ASSERT_TRUE(cache->Deallocate(after).ok());
+  ASSERT_TRUE(cache->EmptyCache().ok());
+  ASSERT_TRUE(sim->DestroyStream(s).ok());
+  ASSERT_TRUE(sim->DestroyStream(t).ok());
+}
+
+TEST(CachingAllocator, FollowEventsReuseIsOrderedAfterTheOldStreamsWork) {
+  auto sim = Sim();
+  auto cache = Cache(sim, OneBlockPerSegment(CrossStreamReuse::kFollowEvents));
+  Stream s = sim->CreateStream(0).value();
+  Stream t = sim->CreateStream(0).value();
+  Allocation a = cache->Allocate(512 * kKiB, s).value();
+  ASSERT_TRUE(sim->LaunchKernel(s, {{a.ptr, a.bytes, AccessMode::kWrite, 1}}, 1'000'000).ok());
+  ASSERT_TRUE(cache->Deallocate(a).ok());
+  Allocation b = cache->Allocate(512 * kKiB, t).value();
+  EXPECT_EQ(b.ptr, a.ptr) << "reused at once, t made to wait on the device";
+  ASSERT_TRUE(sim->MemsetAsync(b.ptr, 2, b.bytes, t).ok());
+  ExpectNoStreamOrderViolation(*sim);
+  ASSERT_TRUE(cache->Deallocate(b).ok());
+  ASSERT_TRUE(cache->EmptyCache().ok());
+  ASSERT_TRUE(sim->DestroyStream(s).ok());
+  ASSERT_TRUE(sim->DestroyStream(t).ok());
+}
+
+// Bug: a block recorded on stream B and freed on B waited for B only; its
+// allocation stream A (still running) was forgotten, and B reused it at once.
+TEST(CachingAllocator, AFreeOnARecordedStreamStillWaitsForTheAllocationStream) {
+  auto sim = Sim();
+  auto cache = Cache(sim);
+  Stream a_stream = sim->CreateStream(0).value();
+  Stream b_stream = sim->CreateStream(0).value();
+  Allocation a = cache->Allocate(256 * kKiB, a_stream).value();
+  ASSERT_TRUE(sim->MemsetAsync(a.ptr, 1, a.bytes, a_stream).ok());
+  Event written = sim->CreateEvent(0).value();
+  ASSERT_TRUE(sim->RecordEvent(written, a_stream).ok());
+  ASSERT_TRUE(sim->StreamWaitEvent(b_stream, written).ok());
+  ASSERT_TRUE(sim->LaunchKernel(b_stream, {{a.ptr, a.bytes, AccessMode::kRead, 0}}).ok());
+  ASSERT_TRUE(cache->RecordStream(a, b_stream).ok());
+  // A keeps reading after B is done with it.
+  ASSERT_TRUE(
+      sim->LaunchKernel(a_stream, {{a.ptr, a.bytes, AccessMode::kRead, 0}}, 2'000'000).ok());
+  ASSERT_TRUE(cache->Deallocate(a, b_stream).ok());
+  Allocation next = cache->Allocate(256 * kKiB, b_stream).value();
+  ASSERT_TRUE(sim->MemsetAsync(next.ptr, 2, next.bytes, b_stream).ok());
+  ExpectNoStreamOrderViolation(*sim);
+  ASSERT_TRUE(cache->Deallocate(next).ok());
+  ASSERT_TRUE(cache->EmptyCache().ok());
+  ASSERT_TRUE(sim->DestroyEvent(written).ok());
+  ASSERT_TRUE(sim->DestroyStream(a_stream).ok());
+  ASSERT_TRUE(sim->DestroyStream(b_stream).ok());
+}
+
+TEST(CachingAllocator, ABlockRecordedOnSeveralStreamsWaitsForEveryOneOfThem) {
+  auto sim = Sim();
+  auto cache = Cache(sim);
+  Stream s = sim->CreateStream(0).value();
+  Stream quick = sim->CreateStream(0).value();
+  Stream slow = sim->CreateStream(0).value();
+  Allocation a = cache->Allocate(256 * kKiB, s).value();
+  ASSERT_TRUE(sim->Memset(a.ptr, 1, a.bytes).ok());
+  for (Stream u : {quick, slow}) ASSERT_TRUE(cache->RecordStream(a, u).ok());
+  ASSERT_TRUE(sim->LaunchKernel(quick, {{a.ptr, a.bytes, AccessMode::kRead, 0}}).ok());
+  ASSERT_TRUE(
+      sim->LaunchKernel(slow, {{a.ptr, a.bytes, AccessMode::kRead, 0}}, 200'000'000).ok());
+  ASSERT_TRUE(cache->Deallocate(a, s).ok());
+  ASSERT_TRUE(sim->SynchronizeStream(quick).ok());  // the first event is complete, the second not
+  Allocation next = cache->Allocate(256 * kKiB, s).value();
+  ASSERT_TRUE(sim->MemsetAsync(next.ptr, 2, next.bytes, s).ok());
+  ExpectNoStreamOrderViolation(*sim);
+  ASSERT_TRUE(cache->Deallocate(next).ok());
+  ASSERT_TRUE(cache->EmptyCache().ok());
+  for (Stream u : {s, quick, slow}) ASSERT_TRUE(sim->DestroyStream(u).ok());
+}
+
+TEST(CachingAllocator, WhenNoEventCanBeRecordedAFreeWaitsOnTheHostInstead) {
+  auto sim = Sim();
+  auto faulty = std::make_shared<FailpointBackend>(sim, 1);
+  auto cache = Cache(faulty);
+  Stream s = sim->CreateStream(0).value();
+  Stream t = sim->CreateStream(0).value();
+  Allocation a = cache->Allocate(256 * kKiB, s).value();
+  ASSERT_TRUE(sim->Memset(a.ptr, 1, a.bytes).ok());
+  ASSERT_TRUE(cache->RecordStream(a, t).ok());
+  ASSERT_TRUE(sim->LaunchKernel(t, {{a.ptr, a.bytes, AccessMode::kRead, 0}}, 2'000'000).ok());
+  faulty->AddRule(FaultRule::EveryNth(BackendOp::kEventRecord, 1, FaultAction::kReturnError));
+  ASSERT_TRUE(cache->Deallocate(a, s).ok());
+  faulty->ClearRules();
+  EXPECT_GE(sim->Accounting().calls_to(BackendOp::kStreamSynchronize), 1u);
+  Allocation next = cache->Allocate(256 * kKiB, s).value();
+  EXPECT_EQ(next.ptr, a.ptr) << "t was waited for on the host: the block is free at once";
+  ASSERT_TRUE(sim->MemsetAsync(next.ptr, 2, next.bytes, s).ok());
+  ExpectNoStreamOrderViolation(*sim);
+  ASSERT_TRUE(cache->Deallocate(next).ok());
   ASSERT_TRUE(cache->EmptyCache().ok());
   ASSERT_TRUE(sim->DestroyStream(s).ok());
   ASSERT_TRUE(sim->DestroyStream(t).ok());

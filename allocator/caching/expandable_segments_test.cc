@@ -64,6 +64,44 @@ TEST(ExpandableSegments, FreeTailIsUnmappedWhenMemoryIsWantedBack) {
   ASSERT_TRUE(cache->Deallocate(c).ok());
 }
 
+// Bug: free tails were unmapped (limit lowered, another pool growing under
+// OOM) without waiting for work still queued on them. The checker reports an
+// unmap that is not ordered after that work, whatever the streams' speed.
+TEST(ExpandableSegments, LoweringTheLimitNeverUnmapsMemoryWithWorkQueuedOnIt) {
+  auto sim = Sim();
+  auto cache = CachingAllocator::Create(sim, 0, Expandable()).value();
+  const Stream s = sim->CreateStream(0).value();
+  Allocation a = cache->Allocate(8 * kMiB, s).value();
+  ASSERT_TRUE(sim->LaunchKernel(s, {{a.ptr, a.bytes, AccessMode::kWrite, 1}}, 2'000'000).ok());
+  ASSERT_TRUE(cache->Deallocate(a).ok());  // legal: s's own work is ordered before reuse on s
+  ASSERT_TRUE(cache->SetReservedLimit(2 * kMiB).ok());
+  EXPECT_LE(cache->stats().reserved_bytes.current, static_cast<std::int64_t>(2 * kMiB));
+  absl::Status st = sim->CheckStreamOrder();
+  EXPECT_TRUE(st.ok()) << st;
+  ASSERT_TRUE(cache->EmptyCache().ok());
+  ASSERT_TRUE(sim->DestroyStream(s).ok());
+}
+
+TEST(ExpandableSegments, AnotherPoolGrowingUnderPressureNeverUnmapsMemoryWithWorkQueued) {
+  auto sim = Sim(12 * kMiB);
+  auto cache = CachingAllocator::Create(sim, 0, Expandable()).value();
+  const Stream s = sim->CreateStream(0).value();
+  const Stream t = sim->CreateStream(0).value();
+  Allocation big = cache->Allocate(12 * kMiB, s).value();
+  ASSERT_TRUE(
+      sim->LaunchKernel(s, {{big.ptr, big.bytes, AccessMode::kWrite, 1}}, 2'000'000).ok());
+  ASSERT_TRUE(cache->Deallocate(big).ok());
+  // The small pool needs 2 MiB the device no longer has: the large pool's
+  // free memory is given back, after s's kernel.
+  Allocation small = cache->Allocate(64 * 1024, t).value();
+  absl::Status st = sim->CheckStreamOrder();
+  EXPECT_TRUE(st.ok()) << st;
+  ASSERT_TRUE(cache->Deallocate(small).ok());
+  ASSERT_TRUE(cache->EmptyCache().ok());
+  ASSERT_TRUE(sim->DestroyStream(s).ok());
+  ASSERT_TRUE(sim->DestroyStream(t).ok());
+}
+
 TEST(ExpandableSegments, GrowingWorkloadReservesLessThanSeparateSegments) {
   auto run = [](CachingOptions o) {
     auto sim = Sim(1024 * kMiB);

@@ -52,6 +52,12 @@ absl::StatusOr<PinnedBlock> PinnedHostAllocator::Allocate(std::size_t bytes, Dev
   const DeviceIndex current = CurrentDevice();
   if (current == owner) OnDeviceCurrent(owner);  // the owner is current: its queue can go
   {
+    // Blocks whose streams have passed their free are reusable again.
+    std::vector<std::pair<DeviceIndex, std::vector<PinnedBlock>>> now;
+    ReapInFlight(/*wait=*/false, &now);
+    for (auto& [o, blocks] : now) ReleaseBatch(o, std::move(blocks));
+  }
+  {
     std::lock_guard<Mutex> lock(mu_);
     live_.reserve(live_.size() + 1);
     Owner& o = owners_[owner];
@@ -64,7 +70,7 @@ absl::StatusOr<PinnedBlock> PinnedHostAllocator::Allocate(std::size_t bytes, Dev
       stats_.cached_bytes -= block.bytes;
       stats_.live_bytes += block.bytes;
       ++stats_.hits;
-      live_.emplace(block.ptr, block);
+      live_.emplace(block.ptr, LiveBlock{block, {}});
       return block;
     }
   }
@@ -78,7 +84,7 @@ absl::StatusOr<PinnedBlock> PinnedHostAllocator::Allocate(std::size_t bytes, Dev
   std::lock_guard<Mutex> lock(mu_);
   PinnedBlock block{*p, size, owner};
   try {
-    live_.emplace(block.ptr, block);
+    live_.emplace(block.ptr, LiveBlock{block, {}});
   } catch (...) {
     CallAtBoundary("host free", [&] { return backend_->HostFree(owner, block.ptr); }).IgnoreError();
     throw;
@@ -88,33 +94,135 @@ absl::StatusOr<PinnedBlock> PinnedHostAllocator::Allocate(std::size_t bytes, Dev
   return block;
 }
 
+absl::Status PinnedHostAllocator::RecordStream(const PinnedBlock& block, Stream stream) {
+  std::lock_guard<Mutex> lock(mu_);
+  auto it = live_.find(block.ptr);
+  if (it == live_.end() || it->second.block.owner != block.owner) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "pinned host allocator: RecordStream on %p (owner %d), which is not a live block",
+        block.ptr, block.owner));
+  }
+  for (Stream s : it->second.streams) {
+    if (s == stream) return absl::OkStatus();
+  }
+  it->second.streams.push_back(stream);
+  return absl::OkStatus();
+}
+
 absl::Status PinnedHostAllocator::Deallocate(const PinnedBlock& block) {
-  std::vector<std::pair<DeviceIndex, std::vector<PinnedBlock>>> now;
+  auto not_live = [&] {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "pinned host allocator: %p (owner %d) is not a live block (foreign pointer, double "
+        "free, or the wrong owner)",
+        block.ptr, block.owner));
+  };
+  std::vector<Stream> streams;
   {
     std::lock_guard<Mutex> lock(mu_);
     auto it = live_.find(block.ptr);
-    if (it == live_.end() || it->second.owner != block.owner) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "pinned host allocator: %p (owner %d) is not a live block (foreign pointer, double "
-          "free, or the wrong owner)",
-          block.ptr, block.owner));
+    if (it == live_.end() || it->second.block.owner != block.owner) return not_live();
+    streams = it->second.streams;
+  }
+  // Order the reuse after the streams that used the block: an event on each
+  // (outside the lock: these are runtime calls), or a host wait.
+  std::vector<Event> events;
+  std::uint64_t host_waits = 0;
+  for (Stream s : streams) {
+    absl::StatusOr<Event> e =
+        CallAtBoundary("event create", [&] { return backend_->CreateEvent(s.device); });
+    if (e.ok() &&
+        CallAtBoundary("event record", [&] { return backend_->RecordEvent(*e, s); }).ok()) {
+      events.push_back(*e);
+      continue;
     }
-    const PinnedBlock live = it->second;
-    // Cache it: bookkeeping only, no device needed, any thread.
-    lru_.push_back(live);
-    try {
-      owners_[live.owner].by_size.emplace(live.bytes, std::prev(lru_.end()));
-    } catch (...) {
-      lru_.pop_back();
-      throw;
+    if (e.ok()) DestroyEvents({*e});
+    absl::Status synced =
+        CallAtBoundary("stream synchronize", [&] { return backend_->SynchronizeStream(s); });
+    if (!synced.ok()) {
+      DestroyEvents(events);
+      return absl::Status(synced.code(),
+                          absl::StrFormat("pinned host allocator: cannot order the free of %p "
+                                          "after stream %d: %s",
+                                          block.ptr, s.handle, synced.message()));
+    }
+    ++host_waits;
+  }
+  std::vector<std::pair<DeviceIndex, std::vector<PinnedBlock>>> now;
+  {
+    std::lock_guard<Mutex> lock(mu_);
+    stats_.host_waits += host_waits;
+    auto it = live_.find(block.ptr);
+    if (it == live_.end() || it->second.block.owner != block.owner) {  // a racing double free
+      DestroyEvents(events);
+      return not_live();
+    }
+    const PinnedBlock live = it->second.block;
+    if (events.empty()) {
+      CacheLocked(live);  // bookkeeping only, no device needed, any thread
+    } else {
+      in_flight_.push_back(InFlight{live, std::move(events)});
+      stats_.stream_waits += in_flight_.back().events.size();
+      ++stats_.in_flight_blocks;
     }
     live_.erase(it);
     stats_.live_bytes -= live.bytes;
-    stats_.cached_bytes += live.bytes;
     EvictLocked(&now);
   }
   for (auto& [owner, blocks] : now) ReleaseBatch(owner, std::move(blocks));
   return absl::OkStatus();
+}
+
+void PinnedHostAllocator::CacheLocked(const PinnedBlock& block) {
+  lru_.push_back(block);
+  try {
+    owners_[block.owner].by_size.emplace(block.bytes, std::prev(lru_.end()));
+  } catch (...) {
+    lru_.pop_back();
+    throw;
+  }
+  stats_.cached_bytes += block.bytes;
+}
+
+void PinnedHostAllocator::DestroyEvents(const std::vector<Event>& events) {
+  for (Event e : events) {
+    CallAtBoundary("event destroy", [&] { return backend_->DestroyEvent(e); }).IgnoreError();
+  }
+}
+
+void PinnedHostAllocator::ReapInFlight(
+    bool wait, std::vector<std::pair<DeviceIndex, std::vector<PinnedBlock>>>* now) {
+  std::vector<InFlight> taken;
+  {
+    std::lock_guard<Mutex> lock(mu_);
+    if (in_flight_.empty()) return;
+    taken.swap(in_flight_);
+  }
+  // Runtime calls outside the lock; a block is done when every event is.
+  std::vector<InFlight> done, waiting;
+  for (InFlight& f : taken) {
+    bool complete = true;
+    for (Event e : f.events) {
+      if (wait) {
+        complete = CallAtBoundary("event synchronize", [&] {
+                     return backend_->SynchronizeEvent(e);
+                   }).ok();
+      } else {
+        absl::StatusOr<bool> q =
+            CallAtBoundary("event query", [&] { return backend_->QueryEvent(e); });
+        complete = q.ok() && *q;
+      }
+      if (!complete) break;
+    }
+    (complete ? done : waiting).push_back(std::move(f));
+  }
+  for (const InFlight& f : done) DestroyEvents(f.events);
+  std::lock_guard<Mutex> lock(mu_);
+  for (InFlight& f : waiting) in_flight_.push_back(std::move(f));
+  for (const InFlight& f : done) {
+    CacheLocked(f.block);
+    --stats_.in_flight_blocks;
+  }
+  EvictLocked(now);
 }
 
 void PinnedHostAllocator::EvictLocked(
@@ -194,6 +302,8 @@ void PinnedHostAllocator::OnDeviceCurrent(DeviceIndex owner) {
 
 absl::Status PinnedHostAllocator::Flush(bool release_cache) {
   std::vector<std::pair<DeviceIndex, std::vector<PinnedBlock>>> batches;
+  // Blocks still in flight come back once their streams pass their frees.
+  ReapInFlight(/*wait=*/true, &batches);
   {
     std::lock_guard<Mutex> lock(mu_);
     if (release_cache) {
@@ -213,6 +323,11 @@ absl::Status PinnedHostAllocator::Flush(bool release_cache) {
   }
   for (auto& [owner, blocks] : batches) ReleaseBatch(owner, std::move(blocks));
   std::lock_guard<Mutex> lock(mu_);
+  if (stats_.in_flight_blocks != 0) {
+    return absl::InternalError(absl::StrFormat(
+        "pinned host allocator: %d freed blocks still wait for their streams' events",
+        stats_.in_flight_blocks));
+  }
   if (stats_.pending_blocks != 0) {
     return absl::InternalError(absl::StrFormat(
         "pinned host allocator: %d blocks could not be released yet; they stay queued",

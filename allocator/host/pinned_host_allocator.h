@@ -16,6 +16,16 @@
 //    cached blocks are evicted.
 //  - Rounding wastes at most 1/8 of a request: sizes round up to 8 steps per
 //    power of two (20 GiB stays 20 GiB, never 32).
+//  - Stream-aware, like PyTorch's CachingHostAllocator: a block used by
+//    device work (an async copy reading or writing it) must be named with
+//    RecordStream(block, stream). When it is freed, an event is recorded on
+//    each such stream, and the block is reused (or released) only once
+//    every one of those events has completed; the allocator polls them on
+//    each Allocate and waits for them in Flush and at destruction. If an
+//    event cannot be created or recorded, Deallocate waits on the host for
+//    that stream instead, so the block is never reused early. Without
+//    RecordStream, a block is reused at once: the caller promises no device
+//    work still uses it.
 // Thread-safe. Counts (stats): hits, misses, releases, device switches made
 // for batches, the largest pending queue seen.
 #ifndef GPUALLOC_ALLOCATOR_HOST_PINNED_HOST_ALLOCATOR_H_
@@ -57,6 +67,9 @@ struct PinnedHostStats {
   std::size_t pending_blocks = 0;       // queued for an owner not current
   std::size_t max_pending_seen = 0;
   std::uint64_t failed_releases = 0;    // kept and retried
+  std::size_t in_flight_blocks = 0;     // freed, waiting for their streams' events
+  std::uint64_t stream_waits = 0;       // events recorded for freed blocks
+  std::uint64_t host_waits = 0;         // fallbacks: streams synchronised on the host
 };
 
 // Rounds up so that the waste is at most 1/8 of `bytes` (and 4 KiB minimum).
@@ -74,6 +87,10 @@ class PinnedHostAllocator {
   // Pinned memory owned by `owner`. InvalidArgument for 0 bytes; the
   // runtime's error (after releasing this owner's cache once) on exhaustion.
   absl::StatusOr<PinnedBlock> Allocate(std::size_t bytes, DeviceIndex owner);
+  // Marks `block` as used by work on `stream`: when freed, it is not reused
+  // until that stream's work enqueued before the free has completed.
+  // InvalidArgument for a block that is not live.
+  absl::Status RecordStream(const PinnedBlock& block, Stream stream);
   // Returns a block from any thread, whatever device is current. A foreign
   // or double free is InvalidArgument and changes nothing.
   absl::Status Deallocate(const PinnedBlock& block);
@@ -87,6 +104,15 @@ class PinnedHostAllocator {
   PinnedHostStats stats() const;
 
  private:
+  struct LiveBlock {
+    PinnedBlock block;
+    std::vector<Stream> streams;  // RecordStream
+  };
+  // A freed block waiting for the events recorded on its streams.
+  struct InFlight {
+    PinnedBlock block;
+    std::vector<Event> events;
+  };
   struct Owner {
     std::multimap<std::size_t, std::list<PinnedBlock>::iterator> by_size;  // cached
     std::vector<PinnedBlock> pending;  // evicted, awaiting the owner current
@@ -98,13 +124,21 @@ class PinnedHostAllocator {
   // release after unlocking (owner -> blocks) for owners that are current.
   void EvictLocked(std::vector<std::pair<DeviceIndex, std::vector<PinnedBlock>>>* now);
   DeviceIndex CurrentDevice() const;
+  // Moves in-flight blocks whose events have all completed into the cache
+  // (with `wait`, waits for them first). Evicts as caching does; returns
+  // batches to release after unlocking.
+  void ReapInFlight(bool wait, std::vector<std::pair<DeviceIndex, std::vector<PinnedBlock>>>* now);
+  // Caches a block that no device work uses any more; mu_ held.
+  void CacheLocked(const PinnedBlock& block);
+  void DestroyEvents(const std::vector<Event>& events);
 
   const std::shared_ptr<Backend> backend_;
   const PinnedHostOptions options_;
   mutable Mutex mu_;
   std::list<PinnedBlock> lru_;  // cached blocks, least recently cached first
   absl::flat_hash_map<DeviceIndex, Owner> owners_;
-  absl::flat_hash_map<void*, PinnedBlock> live_;
+  absl::flat_hash_map<void*, LiveBlock> live_;
+  std::vector<InFlight> in_flight_;
   PinnedHostStats stats_;
 };
 

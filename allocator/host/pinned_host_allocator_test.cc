@@ -42,6 +42,88 @@ TEST(PinnedHostAllocator, ReusesCachedBlocksWithoutCallingTheRuntime) {
   ASSERT_TRUE(pinned.Deallocate(b).ok());
 }
 
+// Bug: a pinned block freed while an async copy still read it was handed out
+// again at once, and the next owner's writes reached the device instead of
+// the original data.
+TEST(PinnedHostAllocator, ABlockFreedWhileACopyReadsItIsNotReusedBeforeTheCopyIsDone) {
+  auto sim = Sim();
+  PinnedHostAllocator pinned(sim);
+  const Stream s = sim->CreateStream(0).value();
+  constexpr std::size_t n = 64 * 1024;
+  void* dev = sim->Malloc(0, n).value();
+  PinnedBlock a = pinned.Allocate(n, 0).value();
+  ASSERT_TRUE(sim->NoteHostAccess(a.ptr, n, AccessMode::kWrite).ok());
+  std::memset(a.ptr, 1, n);
+  // Work ahead of the copy keeps it queued while the block changes hands.
+  ASSERT_TRUE(sim->LaunchKernel(s, {{dev, n, AccessMode::kRead, 0}}, 2'000'000).ok());
+  ASSERT_TRUE(sim->MemcpyAsync(dev, a.ptr, n, CopyKind::kHostToDevice, s).ok());
+  ASSERT_TRUE(pinned.RecordStream(a, s).ok());
+  ASSERT_TRUE(pinned.Deallocate(a).ok());
+  EXPECT_EQ(pinned.stats().in_flight_blocks + pinned.stats().cached_bytes / n, 1u);
+  PinnedBlock b = pinned.Allocate(n, 0).value();
+  ASSERT_TRUE(sim->NoteHostAccess(b.ptr, n, AccessMode::kWrite).ok());
+  std::memset(b.ptr, 2, n);
+  absl::Status st = sim->CheckStreamOrder();
+  EXPECT_TRUE(st.ok()) << st;
+  std::vector<unsigned char> seen(n);
+  ASSERT_TRUE(sim->MemcpyAsync(seen.data(), dev, n, CopyKind::kDeviceToHost, s).ok());
+  ASSERT_TRUE(sim->SynchronizeStream(s).ok());
+  EXPECT_EQ(seen, std::vector<unsigned char>(n, 1)) << "the copy read the first owner's data";
+  ASSERT_TRUE(pinned.Deallocate(b).ok());
+  ASSERT_TRUE(pinned.Flush(/*release_cache=*/true).ok());
+  EXPECT_EQ(pinned.stats().in_flight_blocks, 0u);
+  ASSERT_TRUE(sim->Free(0, dev).ok());
+  ASSERT_TRUE(sim->DestroyStream(s).ok());
+}
+
+TEST(PinnedHostAllocator, AFreedBlockComesBackOnceItsStreamsPassedTheFree) {
+  auto sim = Sim();
+  PinnedHostAllocator pinned(sim);
+  const Stream s = sim->CreateStream(0).value();
+  const Stream t = sim->CreateStream(1).value();
+  PinnedBlock a = pinned.Allocate(8192, 0).value();
+  ASSERT_TRUE(pinned.RecordStream(a, s).ok());
+  ASSERT_TRUE(pinned.RecordStream(a, t).ok());
+  ASSERT_TRUE(pinned.RecordStream(a, t).ok());  // once is enough
+  ASSERT_TRUE(pinned.Deallocate(a).ok());
+  EXPECT_EQ(pinned.stats().stream_waits, 2u) << "one event per stream";
+  ASSERT_TRUE(sim->DeviceSynchronize(0).ok());
+  ASSERT_TRUE(sim->DeviceSynchronize(1).ok());
+  PinnedBlock b = pinned.Allocate(8192, 0).value();
+  EXPECT_EQ(b.ptr, a.ptr) << "both streams passed the free: the block is reusable";
+  EXPECT_EQ(pinned.stats().in_flight_blocks, 0u);
+  EXPECT_EQ(pinned.RecordStream(PinnedBlock{&b, 1, 0}, s).code(),
+            absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(pinned.Deallocate(b).ok());
+  ASSERT_TRUE(sim->DestroyStream(s).ok());
+  ASSERT_TRUE(sim->DestroyStream(t).ok());
+}
+
+TEST(PinnedHostAllocator, WhenNoEventCanBeRecordedAFreeWaitsForTheStreamOnTheHost) {
+  auto sim = Sim();
+  auto faulty = std::make_shared<FailpointBackend>(sim, 1);
+  PinnedHostAllocator pinned(faulty);
+  const Stream s = sim->CreateStream(0).value();
+  constexpr std::size_t n = 64 * 1024;
+  void* dev = sim->Malloc(0, n).value();
+  PinnedBlock a = pinned.Allocate(n, 0).value();
+  ASSERT_TRUE(sim->LaunchKernel(s, {{dev, n, AccessMode::kRead, 0}}, 2'000'000).ok());
+  ASSERT_TRUE(sim->MemcpyAsync(dev, a.ptr, n, CopyKind::kHostToDevice, s).ok());
+  ASSERT_TRUE(pinned.RecordStream(a, s).ok());
+  faulty->AddRule(FaultRule::EveryNth(BackendOp::kEventRecord, 1, FaultAction::kReturnError));
+  ASSERT_TRUE(pinned.Deallocate(a).ok());
+  faulty->ClearRules();
+  EXPECT_EQ(pinned.stats().host_waits, 1u);
+  PinnedBlock b = pinned.Allocate(n, 0).value();
+  EXPECT_EQ(b.ptr, a.ptr) << "waited for on the host: reusable at once";
+  ASSERT_TRUE(sim->NoteHostAccess(b.ptr, n, AccessMode::kWrite).ok());
+  absl::Status st = sim->CheckStreamOrder();
+  EXPECT_TRUE(st.ok()) << st;
+  ASSERT_TRUE(pinned.Deallocate(b).ok());
+  ASSERT_TRUE(sim->Free(0, dev).ok());
+  ASSERT_TRUE(sim->DestroyStream(s).ok());
+}
+
 TEST(PinnedHostAllocator, CacheIsBoundedLeastRecentlyCachedFirst) {
   auto sim = Sim();
   PinnedHostOptions o;
