@@ -55,6 +55,11 @@ struct OpCommand : Command {
             {{1, rc::gen::just<std::uint64_t>(0)},
              {2, rc::gen::inRange<std::uint64_t>(16, 1024)}});  // x 64 KiB
         break;
+      case OpKind::kEnqueueWork:
+      case OpKind::kPinnedCopy:  // the flag bits too (write, order back, direction)
+        op.a = *rc::gen::inRange<std::uint64_t>(0, 1 << 13);
+        op.b = *rc::gen::inRange<std::uint64_t>(0, 1 << 13);
+        break;
       default:
         op.a = *rc::gen::inRange<std::uint64_t>(0, 1 << 12);
         op.b = *rc::gen::inRange<std::uint64_t>(0, m.streams);
@@ -85,7 +90,10 @@ void CheckRandomCommandSequences(CrossStreamReuse policy,
                        OpCommand<OpKind::kInjectFault>, OpCommand<OpKind::kBadFree>,
                        OpCommand<OpKind::kPinnedAllocate>, OpCommand<OpKind::kPinnedFree>,
                        OpCommand<OpKind::kSwitchDevice>, OpCommand<OpKind::kCopy>,
-                       OpCommand<OpKind::kSharedView>>());
+                       OpCommand<OpKind::kSharedView>, OpCommand<OpKind::kEnqueueWork>,
+                       OpCommand<OpKind::kEnqueueWork>, OpCommand<OpKind::kWaitEvent>,
+                       OpCommand<OpKind::kFreeInFlight>, OpCommand<OpKind::kHostSync>,
+                       OpCommand<OpKind::kPinnedCopy>>());
   const absl::Status st = sut.Finish();
   if (!st.ok()) RC_FAIL(std::string(st.message()));
 }

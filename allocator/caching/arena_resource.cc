@@ -83,6 +83,7 @@ absl::StatusOr<Allocation> ArenaResource::DoAllocate(std::size_t bytes, Stream s
     return *at - base;
   };
   for (auto& [base, c] : chunks_) {
+    if (c->allocation.stream != stream) continue;  // safe on its own stream only
     if (std::optional<std::size_t> at = aligned_offset(*c)) {
       chunk = c.get();
       offset = *at;
@@ -91,10 +92,10 @@ absl::StatusOr<Allocation> ArenaResource::DoAllocate(std::size_t bytes, Stream s
   }
   if (chunk == nullptr) {
     auto fresh = std::make_unique<Chunk>();
-    absl::StatusOr<Allocation> a = upstream_->Allocate(options_.chunk_bytes, Stream::Default(device()));
+    absl::StatusOr<Allocation> a = upstream_->Allocate(options_.chunk_bytes, stream);
     for (std::size_t size = options_.chunk_bytes / 2; !a.ok() && size >= *aligned; size /= 2) {
       if (a.status().code() != absl::StatusCode::kResourceExhausted) break;
-      a = upstream_->Allocate(std::max(size, *aligned), Stream::Default(device()));  // smaller chunk
+      a = upstream_->Allocate(std::max(size, *aligned), stream);  // smaller chunk
     }
     if (!a.ok()) return a.status();
     fresh->allocation = *a;

@@ -14,7 +14,9 @@
 //  - Offsets are computed with checked arithmetic: an offset that would wrap
 //    is an error, never a pointer.
 // Packed space is bump-allocated and not reused while its chunk lives
-// (weights are freed together, at unload); a chunk goes back upstream when
+// (weights are freed together, at unload). A chunk is obtained on the stream
+// that needs it and packs requests of that stream only (the upstream made it
+// safe there, and nowhere else); a chunk goes back upstream when
 // its last tensor is freed. Thread-safe: one mutex.
 #ifndef GPUALLOC_ALLOCATOR_CACHING_ARENA_RESOURCE_H_
 #define GPUALLOC_ALLOCATOR_CACHING_ARENA_RESOURCE_H_

@@ -79,9 +79,11 @@ absl::StatusOr<Allocation> SizeClassPool::DoAllocate(std::size_t bytes, Stream s
     free_list->second.pop_back();
     ++c->stats.hits;
   } else {
-    // A slab with never-used room, else a new one.
+    // A slab of this stream with never-used room, else a new one on this
+    // stream: the upstream made the slab safe on its own stream only.
     for (auto& [base, slab] : c->slabs) {
-      if (slab->next_unused + c->bytes <= slab->allocation.bytes) {
+      if (slab->allocation.stream == stream &&
+          slab->next_unused + c->bytes <= slab->allocation.bytes) {
         block = FreeBlock{base + slab->next_unused, slab.get()};
         slab->next_unused += c->bytes;
         break;
@@ -89,8 +91,7 @@ absl::StatusOr<Allocation> SizeClassPool::DoAllocate(std::size_t bytes, Stream s
     }
     if (block.slab == nullptr) {
       auto slab = std::make_unique<Slab>();  // before the upstream call: may throw
-      absl::StatusOr<Allocation> s =
-          upstream_->Allocate(options_.slab_bytes, Stream::Default(upstream_->device()));
+      absl::StatusOr<Allocation> s = upstream_->Allocate(options_.slab_bytes, stream);
       if (!s.ok()) return s.status();
       slab->allocation = *s;
       slab->next_unused = c->bytes;

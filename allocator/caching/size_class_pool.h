@@ -4,7 +4,10 @@
 // 1 KiB, 4 KiB, 16 KiB, 64 KiB) and carved from slabs (default 2 MiB) that
 // the pool obtains from its upstream resource; larger requests pass straight
 // through. Each class has its own mutex, so threads allocating different
-// sizes do not contend. A block freed on stream S is reused on S only.
+// sizes do not contend. A block freed on stream S is reused on S only. A slab
+// is obtained on the stream that first needs it, and its never-used room goes
+// to requests on that stream only (the upstream made it safe there, and
+// nowhere else).
 // Empty slabs stay cached up to `max_cached_empty_bytes` per class; beyond
 // that the least recently used empty slab goes back upstream (after the
 // device is synchronised, since its blocks may have been used on any stream).

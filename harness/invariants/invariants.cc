@@ -141,14 +141,20 @@ absl::Status WriteCookie(Backend& backend, const Allocation& a, std::uint64_t se
                          std::size_t bytes) {
   if (bytes == 0) return absl::OkStatus();
   const std::vector<unsigned char> pattern = Pattern(seed, bytes);
-  return backend.Memcpy(a.ptr, pattern.data(), bytes, CopyKind::kHostToDevice);
+  // On the allocation's stream, where it may be used at once; the host
+  // waits because `pattern` is pageable memory that dies with this call.
+  GPUALLOC_RETURN_IF_ERROR(
+      backend.MemcpyAsync(a.ptr, pattern.data(), bytes, CopyKind::kHostToDevice, a.stream));
+  return backend.SynchronizeStream(a.stream);
 }
 
 absl::Status VerifyCookie(Backend& backend, const Allocation& a, std::uint64_t seed,
                           std::size_t bytes) {
   if (bytes == 0) return absl::OkStatus();
   std::vector<unsigned char> seen(bytes);
-  GPUALLOC_RETURN_IF_ERROR(backend.Memcpy(seen.data(), a.ptr, bytes, CopyKind::kDeviceToHost));
+  GPUALLOC_RETURN_IF_ERROR(
+      backend.MemcpyAsync(seen.data(), a.ptr, bytes, CopyKind::kDeviceToHost, a.stream));
+  GPUALLOC_RETURN_IF_ERROR(backend.SynchronizeStream(a.stream));
   if (seen != Pattern(seed, bytes)) {
     std::size_t first = 0;
     const std::vector<unsigned char> want = Pattern(seed, bytes);
@@ -159,6 +165,12 @@ absl::Status VerifyCookie(Backend& backend, const Allocation& a, std::uint64_t s
         a.ptr, first));
   }
   return absl::OkStatus();
+}
+
+absl::Status CheckStreamOrder(const SimBackend& sim) {
+  absl::Status st = sim.CheckStreamOrder();
+  if (st.ok()) return st;
+  return Broken(std::string(st.message()));
 }
 
 }  // namespace gpualloc::harness

@@ -9,7 +9,11 @@
 //  - LiveSet: a shadow model of live allocations (tcmalloc's idea): no two
 //    overlap, each is aligned and, with a snapshot, lies in an allocated
 //    block of a live segment (RMM's checks); each carries a content cookie
-//    written at allocation and verified at free (mimalloc's).
+//    written at allocation and verified at free (mimalloc's), in the order
+//    of the allocation's stream.
+//  - CheckStreamOrder: the sim's stream-order checker found no memory
+//    reused, unmapped or rewritten while work queued on a stream could
+//    still touch it.
 #ifndef GPUALLOC_HARNESS_INVARIANTS_INVARIANTS_H_
 #define GPUALLOC_HARNESS_INVARIANTS_INVARIANTS_H_
 
@@ -19,6 +23,7 @@
 
 #include "absl/status/status.h"
 #include "allocator/backend/backend.h"
+#include "allocator/backend/sim/sim_backend.h"
 #include "allocator/resource/memory_resource.h"
 #include "allocator/stats/memory_snapshot.h"
 #include "allocator/stats/memory_stats.h"
@@ -49,8 +54,13 @@ class LiveSet {
   std::size_t bytes_ = 0;
 };
 
+// OK, or FailedPrecondition with the checker's report (both accesses of
+// each violation).
+absl::Status CheckStreamOrder(const SimBackend& sim);
+
 // Content cookies: a pattern derived from `seed` written over the first
-// `bytes` of `a` through the backend (H2D), and verified (D2H) later. A
+// `bytes` of `a` through the backend (H2D on a.stream), and verified (D2H on
+// a.stream) later; each waits for its stream. A
 // mismatch means someone else wrote into the allocation: overlap or reuse
 // while live.
 absl::Status WriteCookie(Backend& backend, const Allocation& a, std::uint64_t seed,

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <tuple>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_format.h"
@@ -60,7 +61,28 @@ absl::Status OpInterpreter::Violation(const absl::Status& st) const {
       "%s\n  after %d ops: %s", st.message(), history_.size(), OpsToString(history_)));
 }
 
+std::pair<void*, std::size_t> OpInterpreter::WorkRegion(const Allocation& a) {
+  const std::size_t skip = std::min(kCookieBytes, a.bytes);
+  return {static_cast<char*>(a.ptr) + skip, a.bytes - skip};
+}
+
+absl::Status OpInterpreter::Order(Stream from, Stream to) {
+  if (from == to) return absl::OkStatus();
+  GPUALLOC_ASSIGN_OR_RETURN(Event e, sim_->CreateEvent(from.device));
+  absl::Status st = sim_->RecordEvent(e, from);
+  if (st.ok()) st = sim_->StreamWaitEvent(to, e);
+  absl::Status destroyed = sim_->DestroyEvent(e);
+  return st.ok() ? destroyed : st;
+}
+
+absl::Status OpInterpreter::JoinReaders(Live& l, Stream to) {
+  for (Stream r : l.readers) GPUALLOC_RETURN_IF_ERROR(Order(r, to));
+  if (to == l.allocation.stream) l.readers.clear();
+  return absl::OkStatus();
+}
+
 absl::Status OpInterpreter::Check() {
+  GPUALLOC_RETURN_IF_ERROR(CheckStreamOrder(*sim_));
   const MemorySnapshot snap = cache_->Snapshot();
   GPUALLOC_RETURN_IF_ERROR(CheckSnapshot(snap));
   if (top_ == cache_) GPUALLOC_RETURN_IF_ERROR(shadow_.CheckAgainst(snap));
@@ -74,7 +96,7 @@ absl::Status OpInterpreter::Check() {
         shadow_.size(), shadow_.bytes(), top.active_blocks.current, top.requested_bytes.current));
   }
   std::size_t pinned_bytes = 0;
-  for (const PinnedBlock& b : pinned_live_) pinned_bytes += b.bytes;
+  for (const LivePinned& b : pinned_live_) pinned_bytes += b.block.bytes;
   if (pinned_->stats().live_bytes != pinned_bytes) {
     return absl::FailedPreconditionError(absl::StrFormat(
         "pinned model disagrees: %d bytes live, the pinned allocator reports %d", pinned_bytes,
@@ -123,7 +145,7 @@ absl::Status OpInterpreter::Apply(const Op& op) {
       const std::size_t bytes = std::max<std::uint64_t>(1, op.a);
       absl::StatusOr<Allocation> a = top_->Allocate(bytes, StreamAt(op.b));
       if (a.ok()) {
-        Live l{*a, next_cookie_++};
+        Live l{*a, next_cookie_++, {}};
         result = shadow_.Add(*a, top_->alignment());
         if (result.ok()) {
           result = WriteCookie(*sim_, *a, l.cookie, std::min(kCookieBytes, a->bytes));
@@ -194,8 +216,10 @@ absl::Status OpInterpreter::Apply(const Op& op) {
       absl::StatusOr<PinnedBlock> b = pinned_->Allocate(std::max<std::uint64_t>(op.a, 1),
                                                         static_cast<DeviceIndex>(op.b % 2));
       if (b.ok()) {
-        std::memset(b->ptr, 0x5A, std::min<std::size_t>(b->bytes, 64));  // host-accessible
-        pinned_live_.push_back(*b);
+        const std::size_t n = std::min<std::size_t>(b->bytes, 64);
+        result = sim_->NoteHostAccess(b->ptr, n, AccessMode::kWrite);
+        std::memset(b->ptr, 0x5A, n);  // host-accessible
+        pinned_live_.push_back(LivePinned{*b, std::nullopt});
       } else if (!ExpectedFailure(b.status())) {
         result = b.status();
       }
@@ -204,8 +228,10 @@ absl::Status OpInterpreter::Apply(const Op& op) {
     case OpKind::kPinnedFree:
       if (!pinned_live_.empty()) {
         const std::size_t k = op.a % pinned_live_.size();
-        result = pinned_->Deallocate(pinned_live_[k]);  // whatever device is current
-        if (result.ok()) {
+        result = pinned_->Deallocate(pinned_live_[k].block);  // whatever device is current
+        if (!result.ok() && ExpectedFailure(result)) {
+          result = absl::OkStatus();  // could not be ordered (a lost device): still live
+        } else if (result.ok()) {
           pinned_live_[k] = pinned_live_.back();
           pinned_live_.pop_back();
         }
@@ -257,6 +283,99 @@ absl::Status OpInterpreter::Apply(const Op& op) {
       }
       break;  // `m` and its views are freed here, exactly once
     }
+    case OpKind::kEnqueueWork: {
+      if (live_.empty()) break;
+      Live& l = live_[op.a % live_.size()];
+      const Stream own = l.allocation.stream;
+      const Stream on = StreamAt(op.b);
+      auto [region, n] = WorkRegion(l.allocation);
+      const bool write = (op.b >> 4) % 2 == 1 && n > 0;
+      if (n == 0) std::tie(region, n) = std::pair<void*, std::size_t>{l.allocation.ptr, l.allocation.bytes};
+      result = Order(own, on);  // used elsewhere only after the allocation's stream
+      if (result.ok() && write) result = JoinReaders(l, on);  // and a write after every reader
+      if (result.ok()) {
+        result = sim_->LaunchKernel(
+            on, {{region, n, write ? AccessMode::kWrite : AccessMode::kRead, 0x33}}, kWorkNs,
+            write ? "work_write" : "work_read");
+      }
+      if (result.ok() && on != own) {
+        // The allocator must hear of the other stream, or the free must follow it.
+        // A read may stay unjoined (RecordStream tells the allocator); a write
+        // is always waited for by the allocation's stream.
+        const bool record = top_ == cache_ && (op.a >> 12) % 2 == 0 && !write;
+        result = record ? cache_->RecordStream(l.allocation, on) : Order(on, own);
+        if (!result.ok() && ExpectedFailure(result)) {
+          result = Order(on, own);
+        } else if (result.ok() && record) {
+          l.readers.push_back(on);
+        }
+      }
+      break;
+    }
+    case OpKind::kWaitEvent:
+      result = Order(StreamAt(op.a), StreamAt(op.b));
+      break;
+    case OpKind::kFreeInFlight:
+      if (auto l = take_live(op.a)) {
+        result = VerifyCookie(*sim_, l->allocation, l->cookie,
+                              std::min(kCookieBytes, l->allocation.bytes));
+        // A last read of what only the allocation's stream writes (the cookie):
+        // other streams' work on the rest was ordered or recorded already.
+        if (result.ok()) {
+          result = sim_->LaunchKernel(l->allocation.stream,
+                                      {{l->allocation.ptr,
+                                        std::min(kCookieBytes, l->allocation.bytes),
+                                        AccessMode::kRead, 0}},
+                                      kWorkNs * 5, "last_read");
+        }
+        // The caching allocator waits for the allocation's stream when freed on
+        // another; a pool or arena above it promises only the free stream.
+        const Stream free_on = top_ == cache_ ? StreamAt(op.b) : l->allocation.stream;
+        if (result.ok()) {
+          absl::Status st = top_->Deallocate(l->allocation, free_on);
+          if (st.ok()) {
+            result = shadow_.Remove(l->allocation);
+          } else if (ExpectedFailure(st)) {
+            live_.push_back(*l);
+          } else {
+            result = st;
+          }
+        } else {
+          live_.push_back(*l);
+        }
+      }
+      break;
+    case OpKind::kHostSync:
+      result = sim_->DeviceSynchronize(0);
+      break;
+    case OpKind::kPinnedCopy: {
+      if (pinned_live_.empty() || live_.empty()) break;
+      LivePinned& p = pinned_live_[op.a % pinned_live_.size()];
+      Live& l = live_[op.b % live_.size()];
+      auto [region, room] = WorkRegion(l.allocation);
+      const std::size_t n = std::min(room, p.block.bytes);
+      if (n == 0) break;
+      const Stream on = l.allocation.stream;
+      if ((op.b >> 12) % 2 == 0) {
+        // The host fills the block first: any copy still using it must be done.
+        if (p.used_on) result = sim_->SynchronizeStream(*p.used_on);
+        if (result.ok()) result = sim_->NoteHostAccess(p.block.ptr, n, AccessMode::kWrite);
+        if (!result.ok()) break;
+        std::memset(p.block.ptr, static_cast<int>(op.a & 0xFF), n);
+        result = JoinReaders(l, on);  // the copy writes the allocation
+        if (result.ok()) {
+          result = sim_->MemcpyAsync(region, p.block.ptr, n, CopyKind::kHostToDevice, on);
+        }
+      } else {
+        if (p.used_on && *p.used_on != on) result = Order(*p.used_on, on);
+        if (result.ok()) {
+          result = sim_->MemcpyAsync(p.block.ptr, region, n, CopyKind::kDeviceToHost, on);
+        }
+      }
+      if (result.ok()) result = pinned_->RecordStream(p.block, on);
+      if (result.ok()) p.used_on = on;
+      break;
+    }
     case OpKind::kCount:
       break;
   }
@@ -284,8 +403,8 @@ absl::Status OpInterpreter::Finish() {
     if (!st.ok() && result.ok()) result = st;
   }
   live_.clear();
-  for (const PinnedBlock& b : pinned_live_) {
-    if (absl::Status st = pinned_->Deallocate(b); !st.ok() && result.ok()) result = st;
+  for (const LivePinned& b : pinned_live_) {
+    if (absl::Status st = pinned_->Deallocate(b.block); !st.ok() && result.ok()) result = st;
   }
   pinned_live_.clear();
   if (result.ok()) result = Check();
@@ -296,6 +415,7 @@ absl::Status OpInterpreter::Finish() {
   for (Stream s : streams_) {
     if (!s.is_default()) sim_->DestroyStream(s).IgnoreError();
   }
+  if (result.ok()) result = CheckStreamOrder(*sim_);
   const SimAccounting acc = sim_->Accounting();
   if (result.ok() && (!acc.AllReleased() || acc.guard_violations != 0)) {
     result = absl::FailedPreconditionError("leak at teardown: " + acc.Describe());

@@ -5,6 +5,13 @@
 // allocation is freed, the cache emptied, and the sim's own accounting must
 // say nothing is outstanding.
 //
+// Memory is used on streams as a GPU program uses it: written and checked in
+// its allocation stream's order, used on other streams after an event and a
+// stream wait (then RecordStream, or an event back), freed with kernels still
+// queued, pinned blocks used as async copy sources and destinations and freed
+// while the copies are in flight. The sim's stream-order checker's verdict is
+// part of every Check().
+//
 // Expected failures (out of memory, an injected fault surfacing, a limit
 // refusing) are not violations: the model simply records no change, and the
 // allocator must show none either (strong guarantee).
@@ -12,6 +19,8 @@
 #define GPUALLOC_HARNESS_OPS_INTERPRETER_H_
 
 #include <memory>
+#include <optional>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -56,7 +65,23 @@ class OpInterpreter {
   struct Live {
     Allocation allocation;
     std::uint64_t cookie;
+    // Streams that read it after waiting for its stream, known to the
+    // allocator by RecordStream but not waited for by its stream since.
+    std::vector<Stream> readers;
   };
+  // Orders `to` after every reader of `l` (before `to` writes it).
+  absl::Status JoinReaders(Live& l, Stream to);
+  struct LivePinned {
+    PinnedBlock block;
+    std::optional<Stream> used_on;  // last stream an async copy used it on
+  };
+  // Kernel-length stream work, so memory changes hands with work in flight.
+  static constexpr std::int64_t kWorkNs = 20'000;
+  // The bytes of an allocation past its cookie (free for stream work).
+  static std::pair<void*, std::size_t> WorkRegion(const Allocation& a);
+  // Records an event on `from` and makes `to` wait for it (the user's side
+  // of the stream contract; straight on the sim, never faulted).
+  absl::Status Order(Stream from, Stream to);
   absl::Status Check();
   absl::Status Violation(const absl::Status& st) const;
   Stream StreamAt(std::uint64_t i) const { return streams_[i % streams_.size()]; }
@@ -67,7 +92,7 @@ class OpInterpreter {
   std::shared_ptr<CachingAllocator> cache_;
   std::shared_ptr<MemoryResource> top_;  // what allocations go through
   std::unique_ptr<PinnedHostAllocator> pinned_;
-  std::vector<PinnedBlock> pinned_live_;
+  std::vector<LivePinned> pinned_live_;
   std::vector<Stream> streams_;
   std::vector<Live> live_;
   LiveSet shadow_;

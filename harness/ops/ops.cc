@@ -10,7 +10,10 @@ constexpr const char* kNames[] = {"allocate",   "free",        "free_on_other_st
                                   "record_use", "sync_stream", "empty_cache",
                                   "set_limit",  "inject_fault", "bad_free",
                                   "pinned_allocate", "pinned_free", "switch_device",
-                                  "copy",       "shared_view"};
+                                  "copy",       "shared_view", "enqueue_work",
+                                  "wait_event", "free_in_flight", "host_sync",
+                                  "pinned_copy"};
+static_assert(sizeof(kNames) / sizeof(kNames[0]) == static_cast<int>(OpKind::kCount));
 
 class ByteReader {
  public:

@@ -27,6 +27,15 @@ enum class OpKind : std::uint8_t {
   kSwitchDevice,       // b: the device this thread makes current
   kCopy,               // a: source live index, b: destination live index (Transfers)
   kSharedView,         // a: size, b: view selector (SharedMemory and checked views)
+  // Stream work (the sim's stream-order checker judges every reuse):
+  kEnqueueWork,        // a: live index (bit 12: order back instead of RecordStream),
+                       // b: stream index (bit 4: a write; else a read); on another
+                       // stream it first waits for the allocation's stream
+  kWaitEvent,          // a: stream index that records, b: stream index that waits
+  kFreeInFlight,       // a: live index, b: stream index: free with a kernel still queued
+  kHostSync,           // the host waits for the whole device
+  kPinnedCopy,         // a: live pinned index, b: live index (bit 12: device to host):
+                       // an async copy between them, the pinned block recorded on it
   kCount,
 };
 
