@@ -19,6 +19,10 @@ void ResourceConformance::TearDown() {
   }
   under_test_.resource.reset();
   if (under_test_.sim) {
+    // Whatever the case did, nothing was reused, unmapped or overwritten
+    // while queued work could still touch it.
+    absl::Status ordered = CheckStreamOrder(*under_test_.sim);
+    EXPECT_TRUE(ordered.ok()) << ordered;
     const SimAccounting acc = under_test_.sim->Accounting();
     EXPECT_EQ(acc.guard_violations, 0u);
     for (const auto& d : acc.devices) {
@@ -102,6 +106,118 @@ TEST_P(ResourceConformance, FreesOnAnotherStreamAndFromAnotherThreadWork) {
   EXPECT_TRUE(from_thread.ok()) << from_thread;
   ASSERT_TRUE(under_test_.sim->SynchronizeStream(other).ok());
   ASSERT_TRUE(under_test_.sim->DestroyStream(other).ok());
+}
+
+// --- stream order ------------------------------------------------------------
+// Kernels take simulated time, so memory changes hands with work in flight;
+// the checker's verdict does not depend on that timing.
+constexpr std::int64_t kKernelNs = 200'000;
+
+absl::Status Write(SimBackend& sim, const Allocation& a, Stream s, unsigned char fill) {
+  return sim.LaunchKernel(s, {{a.ptr, a.bytes, AccessMode::kWrite, fill}}, kKernelNs, "write");
+}
+absl::Status Read(SimBackend& sim, const Allocation& a, Stream s) {
+  return sim.LaunchKernel(s, {{a.ptr, a.bytes, AccessMode::kRead, 0}}, kKernelNs, "read");
+}
+absl::Status Order(SimBackend& sim, Stream from, Stream to) {
+  absl::StatusOr<Event> e = sim.CreateEvent(from.device);
+  if (!e.ok()) return e.status();
+  absl::Status st = sim.RecordEvent(*e, from);
+  if (st.ok()) st = sim.StreamWaitEvent(to, *e);
+  absl::Status destroyed = sim.DestroyEvent(*e);
+  return st.ok() ? destroyed : st;
+}
+
+TEST_P(ResourceConformance, FreedWithWorkQueuedAndReusedOnTheSameStream) {
+  if (!under_test_.sim) GTEST_SKIP() << "needs the simulated device";
+  SimBackend& sim = *under_test_.sim;
+  const Stream s = sim.CreateStream(resource().device()).value();
+  for (int round = 0; round < 8; ++round) {
+    absl::StatusOr<Allocation> a = resource().Allocate(64 * 1024, s);
+    ASSERT_TRUE(a.ok()) << a.status();
+    ASSERT_TRUE(Write(sim, *a, s, static_cast<unsigned char>(round)).ok());
+    ASSERT_TRUE(resource().Deallocate(*a, s).ok());  // the kernel is still queued
+  }
+  ASSERT_TRUE(sim.DestroyStream(s).ok());
+}
+
+TEST_P(ResourceConformance, ReuseOnAnotherStreamIsOrderedAfterTheOldWork) {
+  if (!under_test_.sim) GTEST_SKIP() << "needs the simulated device";
+  SimBackend& sim = *under_test_.sim;
+  const Stream s = sim.CreateStream(resource().device()).value();
+  const Stream t = sim.CreateStream(resource().device()).value();
+  for (std::size_t bytes : {512u, 64u * 1024, 3u << 20}) {
+    std::vector<Allocation> on_s;
+    for (int i = 0; i < 4; ++i) {
+      absl::StatusOr<Allocation> a = resource().Allocate(bytes, s);
+      ASSERT_TRUE(a.ok()) << a.status();
+      ASSERT_TRUE(Write(sim, *a, s, 1).ok());
+      on_s.push_back(*a);
+    }
+    for (const Allocation& a : on_s) ASSERT_TRUE(resource().Deallocate(a, s).ok());
+    // Whatever t gets, its writes must come after s's (a wait, or new memory).
+    std::vector<Allocation> on_t;
+    for (int i = 0; i < 4; ++i) {
+      absl::StatusOr<Allocation> b = resource().Allocate(bytes, t);
+      ASSERT_TRUE(b.ok()) << b.status();
+      ASSERT_TRUE(Write(sim, *b, t, 2).ok());
+      on_t.push_back(*b);
+    }
+    for (const Allocation& b : on_t) ASSERT_TRUE(resource().Deallocate(b, t).ok());
+  }
+  for (Stream x : {s, t}) ASSERT_TRUE(sim.DestroyStream(x).ok());
+}
+
+TEST_P(ResourceConformance, UsedOnSeveralStreamsItIsReusedOnlyAfterAllOfThem) {
+  if (!under_test_.sim) GTEST_SKIP() << "needs the simulated device";
+  SimBackend& sim = *under_test_.sim;
+  const Stream s = sim.CreateStream(resource().device()).value();
+  const Stream t = sim.CreateStream(resource().device()).value();
+  const Stream u = sim.CreateStream(resource().device()).value();
+  for (int round = 0; round < 4; ++round) {
+    absl::StatusOr<Allocation> a = resource().Allocate(256 * 1024, s);
+    ASSERT_TRUE(a.ok()) << a.status();
+    ASSERT_TRUE(Write(sim, *a, s, 1).ok());
+    for (Stream other : {t, u}) {
+      ASSERT_TRUE(Order(sim, s, other).ok());  // read only after the write
+      ASSERT_TRUE(Read(sim, *a, other).ok());
+      if (under_test_.record_stream) {
+        ASSERT_TRUE(under_test_.record_stream(*a, other).ok());
+      } else {
+        ASSERT_TRUE(Order(sim, other, s).ok());  // the free follows the reads
+      }
+    }
+    ASSERT_TRUE(resource().Deallocate(*a, s).ok());
+    for (Stream next : {s, t, u}) {
+      absl::StatusOr<Allocation> b = resource().Allocate(256 * 1024, next);
+      ASSERT_TRUE(b.ok()) << b.status();
+      ASSERT_TRUE(Write(sim, *b, next, 3).ok());
+      ASSERT_TRUE(resource().Deallocate(*b, next).ok());
+    }
+  }
+  for (Stream x : {s, t, u}) ASSERT_TRUE(sim.DestroyStream(x).ok());
+}
+
+TEST_P(ResourceConformance, FreedOnARecordedStreamItStillWaitsForItsOwnStream) {
+  if (!under_test_.sim || !under_test_.record_stream) {
+    GTEST_SKIP() << "for resources with RecordStream";
+  }
+  SimBackend& sim = *under_test_.sim;
+  const Stream s = sim.CreateStream(resource().device()).value();
+  const Stream t = sim.CreateStream(resource().device()).value();
+  absl::StatusOr<Allocation> a = resource().Allocate(128 * 1024, s);
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_TRUE(Write(sim, *a, s, 1).ok());
+  ASSERT_TRUE(Order(sim, s, t).ok());
+  ASSERT_TRUE(Read(sim, *a, t).ok());
+  ASSERT_TRUE(under_test_.record_stream(*a, t).ok());
+  ASSERT_TRUE(Read(sim, *a, s).ok());             // s still reads after t is done
+  ASSERT_TRUE(resource().Deallocate(*a, t).ok());  // freed on t
+  absl::StatusOr<Allocation> b = resource().Allocate(128 * 1024, t);
+  ASSERT_TRUE(b.ok()) << b.status();
+  ASSERT_TRUE(Write(sim, *b, t, 2).ok());
+  ASSERT_TRUE(resource().Deallocate(*b, t).ok());
+  for (Stream x : {s, t}) ASSERT_TRUE(sim.DestroyStream(x).ok());
 }
 
 TEST_P(ResourceConformance, ManyThreadsAllocateAndFreeConcurrently) {

@@ -5,7 +5,8 @@
 //   gpualloc::harness::ResourceUnderTest MakeMine() {
 //     auto sim = std::make_shared<gpualloc::SimBackend>(
 //         gpualloc::SimOptions::WithDevices(1, 256 << 20));
-//     return {std::make_shared<MyResource>(sim, 0), sim};
+//     return {std::make_shared<MyResource>(sim, 0), sim, /*release_cache=*/nullptr,
+//             /*record_stream=*/nullptr};
 //   }
 //   GPUALLOC_INSTANTIATE_CONFORMANCE(Mine, MakeMine);
 //
@@ -13,8 +14,12 @@
 // harness/conformance/example/). The suite checks: alignment; zero and absurd
 // sizes; no two live allocations overlap; data written reads back intact;
 // frees on other streams and from other threads; stats consistency; OOM
-// reported, never a crash; bad frees rejected without changing anything; and
-// that the simulated device's accounting is back to zero at the end.
+// reported, never a crash; bad frees rejected without changing anything;
+// stream order (memory used by kernels on streams, freed with work still
+// queued, reused on the same stream and on others, used on several streams
+// and recorded or waited for: the sim's stream-order checker must find no
+// access that happens-before does not order, in any case); and that the
+// simulated device's accounting is back to zero at the end.
 #ifndef GPUALLOC_HARNESS_CONFORMANCE_CONFORMANCE_H_
 #define GPUALLOC_HARNESS_CONFORMANCE_CONFORMANCE_H_
 
@@ -36,6 +41,10 @@ struct ResourceUnderTest {
   // Returns cached memory to the device before the leak check (e.g. a
   // caching allocator's EmptyCache); may be empty.
   std::function<absl::Status()> release_cache;
+  // Tells the resource that an allocation is used on another stream too
+  // (CachingAllocator::RecordStream), for resources that can; empty for
+  // the others, whose users order other streams' work before the free.
+  std::function<absl::Status(const Allocation&, Stream)> record_stream;
 };
 
 struct ResourceFactory {

@@ -17,7 +17,7 @@ std::shared_ptr<SimBackend> TwoDevices() {
 
 ResourceUnderTest MakeBackendResource() {
   auto sim = TwoDevices();
-  return {std::make_shared<BackendResource>(sim, 0), sim, nullptr};
+  return {std::make_shared<BackendResource>(sim, 0), sim, nullptr, nullptr};
 }
 
 ResourceUnderTest MakeCaching(CrossStreamReuse policy, bool expandable = false) {
@@ -26,7 +26,8 @@ ResourceUnderTest MakeCaching(CrossStreamReuse policy, bool expandable = false) 
   o.cross_stream = policy;
   o.expandable_segments = expandable;
   std::shared_ptr<CachingAllocator> cache = CachingAllocator::Create(sim, 0, o).value();
-  return {cache, sim, [cache] { return cache->EmptyCache(); }};
+  return {cache, sim, [cache] { return cache->EmptyCache(); },
+          [cache](const Allocation& a, Stream s) { return cache->RecordStream(a, s); }};
 }
 
 // Adaptor stacks read like sentences: pressure(limiting(caching(sim))).
@@ -66,6 +67,7 @@ ResourceUnderTest MakeSizeClassPoolOverCaching() {
     return st.ok() ? release() : st;
   };
   cache.resource = pool;
+  cache.record_stream = nullptr;  // the pool's blocks are not the cache's
   return cache;
 }
 

@@ -1,5 +1,6 @@
 #include "harness/invariants/invariants.h"
 
+#include <cstring>
 #include <iterator>
 #include <vector>
 
@@ -13,7 +14,9 @@ absl::Status Broken(const std::string& what) {
   return absl::FailedPreconditionError(absl::StrCat("invariant violated: ", what));
 }
 
-std::vector<unsigned char> Pattern(std::uint64_t seed, std::size_t n) {
+}  // namespace
+
+std::vector<unsigned char> CookiePattern(std::uint64_t seed, std::size_t n) {
   std::vector<unsigned char> out(n);
   std::uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
   for (std::size_t i = 0; i < n; ++i) {
@@ -24,8 +27,6 @@ std::vector<unsigned char> Pattern(std::uint64_t seed, std::size_t n) {
   }
   return out;
 }
-
-}  // namespace
 
 absl::Status CheckSnapshot(const MemorySnapshot& snapshot) {
   const MemoryStats& stats = snapshot.stats;
@@ -140,7 +141,7 @@ absl::Status LiveSet::CheckAgainst(const MemorySnapshot& snapshot) const {
 absl::Status WriteCookie(Backend& backend, const Allocation& a, std::uint64_t seed,
                          std::size_t bytes) {
   if (bytes == 0) return absl::OkStatus();
-  const std::vector<unsigned char> pattern = Pattern(seed, bytes);
+  const std::vector<unsigned char> pattern = CookiePattern(seed, bytes);
   // On the allocation's stream, where it may be used at once; the host
   // waits because `pattern` is pageable memory that dies with this call.
   GPUALLOC_RETURN_IF_ERROR(
@@ -155,9 +156,14 @@ absl::Status VerifyCookie(Backend& backend, const Allocation& a, std::uint64_t s
   GPUALLOC_RETURN_IF_ERROR(
       backend.MemcpyAsync(seen.data(), a.ptr, bytes, CopyKind::kDeviceToHost, a.stream));
   GPUALLOC_RETURN_IF_ERROR(backend.SynchronizeStream(a.stream));
-  if (seen != Pattern(seed, bytes)) {
+  return CheckCookieBytes(a, seed, seen.data(), bytes);
+}
+
+absl::Status CheckCookieBytes(const Allocation& a, std::uint64_t seed, const unsigned char* seen,
+                              std::size_t bytes) {
+  const std::vector<unsigned char> want = CookiePattern(seed, bytes);
+  if (std::memcmp(seen, want.data(), bytes) != 0) {
     std::size_t first = 0;
-    const std::vector<unsigned char> want = Pattern(seed, bytes);
     while (first < bytes && seen[first] == want[first]) ++first;
     return Broken(absl::StrFormat(
         "contents of allocation %p changed while it was live (first difference at byte %d): "

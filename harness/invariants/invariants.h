@@ -20,6 +20,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <map>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "allocator/backend/backend.h"
@@ -65,6 +66,11 @@ absl::Status CheckStreamOrder(const SimBackend& sim);
 // while live.
 absl::Status WriteCookie(Backend& backend, const Allocation& a, std::uint64_t seed,
                          std::size_t bytes);
+// The cookie bytes for `seed` (for callers that stage them, e.g. through
+// pinned memory), and the check of bytes read back from `a`.
+std::vector<unsigned char> CookiePattern(std::uint64_t seed, std::size_t n);
+absl::Status CheckCookieBytes(const Allocation& a, std::uint64_t seed, const unsigned char* seen,
+                              std::size_t bytes);
 absl::Status VerifyCookie(Backend& backend, const Allocation& a, std::uint64_t seed,
                           std::size_t bytes);
 

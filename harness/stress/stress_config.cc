@@ -84,6 +84,13 @@ absl::Status StressConfig::Validate() const {
   if (!IsFraction(cross_thread_free_fraction)) return Bad("cross_thread_free", "not in [0, 1]");
   if (!IsFraction(cross_stream_free_fraction)) return Bad("cross_stream_free", "not in [0, 1]");
   if (!IsFraction(device_switch_fraction)) return Bad("device_switch", "not in [0, 1]");
+  if (!IsFraction(use_elsewhere_fraction)) return Bad("use_elsewhere", "not in [0, 1]");
+  if (kernel_ns < 0 || kernel_ns > 1'000'000'000) {
+    return Bad("kernel_ns", "must be in [0, 1e9] (at most one simulated second per kernel)");
+  }
+  if (expandable_segments && backend == "hip") {
+    return Bad("expandable_segments", "HIP 5.2 has no virtual-memory API");
+  }
   if (!IsFraction(fault_rate) || fault_rate > 0.5) {
     return Bad("fault_rate", "must be in [0, 0.5]");
   }
@@ -111,12 +118,14 @@ std::string StressConfig::ToFlags() const {
       "--backend=%s --devices=%d --device_capacity_mb=%d --threads=%d --streams=%d "
       "--duration=%g --ops=%d --sizes=%s --min_size=%d --max_size=%d --max_live=%d "
       "--cross_thread_free=%g --cross_stream_free=%g --device_switch=%g --fault_rate=%g "
-      "--cross_stream_reuse=%s --seed=%d%s",
+      "--cross_stream_reuse=%s --seed=%d --kernel_ns=%d --use_elsewhere=%g%s",
       backend, devices, device_capacity_mb, threads, streams_per_device, duration_s, ops,
       SizeDistributionName(sizes), min_size, max_size, max_live_per_thread,
       cross_thread_free_fraction, cross_stream_free_fraction, device_switch_fraction, fault_rate,
-      CrossStreamReuseName(cross_stream), seed,
-      std::string(inject_bug ? " --inject_bug" : "") + (track_leaks ? " --track_leaks" : ""));
+      CrossStreamReuseName(cross_stream), seed, kernel_ns, use_elsewhere_fraction,
+      std::string(inject_bug ? " --inject_bug" : "") + (track_leaks ? " --track_leaks" : "") +
+          (expandable_segments ? " --expandable_segments" : "") +
+          (check_stream_order ? "" : " --check_stream_order=false"));
 }
 
 std::size_t SizeSampler::Next(std::mt19937_64& rng) const {

@@ -65,6 +65,18 @@ struct StressConfig {
   // Route every allocation through a TrackingAdaptor (leak tracking, stacks
   // off); the report then also says nothing was left in its table.
   bool track_leaks = false;
+  // The sim's stream-order checker (on in every real run; off only to
+  // measure what it costs).
+  bool check_stream_order = true;
+  // Simulated duration of the kernels the workload queues on each
+  // allocation (its last use before a free, and uses on other streams).
+  std::int64_t kernel_ns = 2000;
+  // Fraction of allocations also used on another stream (after an event and
+  // a stream wait; then RecordStream, or an event back before the free).
+  double use_elsewhere_fraction = 0.2;
+  // Grow each pool's segment in place (virtual memory) instead of obtaining
+  // separate segments; limit changes then unmap free tails with work queued.
+  bool expandable_segments = false;
   // Test hook: make the allocator hand out one freed block twice, to prove
   // the campaign catches allocator bugs. Off in every real run.
   bool inject_bug = false;

@@ -167,6 +167,14 @@ std::string ReportHtml(const StressReport& r) {
       absl::StrFormat("<p class=\"%s\" id=\"result\">%s</p>", r.ok() ? "pass" : "fail",
                       r.ok() ? "PASS: every invariant held, no leak"
                              : Escape(absl::StrCat("FAIL: ", r.violations.front()))),
+      absl::StrFormat(
+          "<p id=\"stream-order\">Stream order: %s</p>",
+          r.stream_order_checked
+              ? absl::StrFormat("%d operations and %d accesses checked by happens-before, %d "
+                                "stream-ordering violations",
+                                r.stream_order.operations, r.stream_order.accesses_checked,
+                                r.stream_order.violations)
+              : std::string("not checked")),
       "<pre id=\"summary\">", Escape(ReportText(r)), "</pre>",
       "<h2>Memory over time (MiB)</h2>", LinePlot("memory-plot", "memory", "MiB", {allocated, reserved}),
       "<h2>Allocate and free latency</h2>", LatencyPlot(r),

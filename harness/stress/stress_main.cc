@@ -48,6 +48,11 @@ ABSL_FLAG(std::uint64_t, seed, 1, "seed of the workload and the faults");
 ABSL_FLAG(std::string, report_json, "", "write the JSON report to this file");
 ABSL_FLAG(std::string, report_html, "", "write the self-contained HTML report to this file");
 ABSL_FLAG(bool, track_leaks, false, "route allocations through a leak-tracking adaptor (measures its cost)");
+ABSL_FLAG(bool, check_stream_order, true,
+          "the sim's stream-order checker (turn off only to measure its cost)");
+ABSL_FLAG(std::int64_t, kernel_ns, 2000, "simulated duration of each queued kernel, ns");
+ABSL_FLAG(double, use_elsewhere, 0.2, "fraction of allocations also used on another stream");
+ABSL_FLAG(bool, expandable_segments, false, "grow segments in place (virtual memory)");
 ABSL_FLAG(bool, inject_bug, false, "plant an allocator bug (proves the checks catch it)");
 
 namespace {
@@ -113,6 +118,10 @@ StressConfig ConfigFromFlags() {
   c.seed = absl::GetFlag(FLAGS_seed);
   c.inject_bug = absl::GetFlag(FLAGS_inject_bug);
   c.track_leaks = absl::GetFlag(FLAGS_track_leaks);
+  c.check_stream_order = absl::GetFlag(FLAGS_check_stream_order);
+  c.kernel_ns = absl::GetFlag(FLAGS_kernel_ns);
+  c.use_elsewhere_fraction = absl::GetFlag(FLAGS_use_elsewhere);
+  c.expandable_segments = absl::GetFlag(FLAGS_expandable_segments);
   if (absl::Status st = c.Validate(); !st.ok()) BadFlags(std::string(st.message()));
   return c;
 }

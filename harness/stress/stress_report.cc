@@ -99,8 +99,23 @@ std::string ReportText(const StressReport& r) {
                         "faults       %d injected, %d surfaced as errors and survived, %d "
                         "out-of-memory refusals\n",
                         r.faults_injected, r.fault_errors, r.out_of_memory);
+  absl::StrAppendFormat(&out,
+                        "streams      %d allocations also used on another stream, %d limit "
+                        "changes racing queued work, %d pinned staging blocks freed with copies "
+                        "in flight\n",
+                        r.used_elsewhere, r.limit_changes, r.pinned.stream_waits);
   absl::StrAppendFormat(&out, "checks       %d invariant checks during the run, leak check at the end\n",
                         r.invariant_checks);
+  if (r.stream_order_checked) {
+    absl::StrAppendFormat(&out,
+                          "stream order %d operations, %d accesses checked by happens-before: "
+                          "%d stream-ordering violations\n",
+                          r.stream_order.operations, r.stream_order.accesses_checked,
+                          r.stream_order.violations);
+  } else {
+    absl::StrAppendFormat(&out, "stream order not checked (%s)\n",
+                          r.config.backend == "sim" ? "switched off" : "only the sim checks it");
+  }
   if (r.ok()) {
     absl::StrAppendFormat(&out, "result       PASS: every invariant held, no leak\n");
   } else {
@@ -134,6 +149,12 @@ std::string ReportJson(const StressReport& r) {
                       r.cache_hits, r.cache_misses, r.cross_stream_reuses),
       absl::StrFormat("\"upstream_allocs\":%d,\"upstream_frees\":%d,\"invariant_checks\":%d,",
                       r.upstream_allocs, r.upstream_frees, r.invariant_checks),
+      absl::StrFormat("\"used_elsewhere\":%d,\"limit_changes\":%d,\"pinned_stream_waits\":%d,",
+                      r.used_elsewhere, r.limit_changes, r.pinned.stream_waits),
+      absl::StrFormat("\"stream_order\":{\"checked\":%s,\"operations\":%d,"
+                      "\"accesses_checked\":%d,\"violations\":%d},",
+                      r.stream_order_checked ? "true" : "false", r.stream_order.operations,
+                      r.stream_order.accesses_checked, r.stream_order.violations),
       "\"allocate_ns\":", LatencyJson(r.allocate_ns), ",\"free_ns\":", LatencyJson(r.free_ns),
       ",\"timeline\":[", timeline, "],\"peak_snapshot\":[", absl::StrJoin(snaps, ","),
       "],\"violations\":[", absl::StrJoin(violations, ","), "],",

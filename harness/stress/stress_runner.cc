@@ -9,6 +9,7 @@
 #include <mutex>
 #include <random>
 #include <thread>
+#include <cstring>
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/match.h"
@@ -19,6 +20,7 @@
 #include "allocator/caching/caching_allocator.h"
 #include "allocator/common/status_macros.h"
 #include "allocator/context/context.h"
+#include "allocator/host/pinned_host_allocator.h"
 #include "allocator/observe/tracking_adaptor.h"
 #include "harness/invariants/invariants.h"
 
@@ -37,23 +39,11 @@ struct Live {
   std::uint64_t cookie;
 };
 
-// Cookies at both ends of an allocation: an overlap from either side shows.
-// `cookie_op` is WriteCookie or VerifyCookie.
-template <typename CookieOp>
-absl::Status AtBothEnds(Backend& backend, const Live& l, CookieOp cookie_op) {
-  const std::size_t n = std::min(kCookieBytes, l.allocation.bytes);
-  GPUALLOC_RETURN_IF_ERROR(cookie_op(backend, l.allocation, l.cookie, n));
-  Allocation tail = l.allocation;
-  tail.ptr = static_cast<char*>(tail.ptr) + (tail.bytes - n);
-  return cookie_op(backend, tail, ~l.cookie, n);
-}
-
-absl::Status WriteCookies(Backend& backend, const Live& l) {
-  return AtBothEnds(backend, l, WriteCookie);
-}
-
-absl::Status VerifyCookies(Backend& backend, const Live& l) {
-  return AtBothEnds(backend, l, VerifyCookie);
+// Cookies sit at both ends of an allocation, so an overlap from either side
+// shows: `n` bytes of the head pattern, then `n` of the tail's.
+std::size_t CookieBytes(const Live& l) { return std::min(kCookieBytes, l.allocation.bytes); }
+void* TailOf(const Live& l) {
+  return static_cast<char*>(l.allocation.ptr) + (l.allocation.bytes - CookieBytes(l));
 }
 
 bool IsInjected(const absl::Status& st) {
@@ -89,6 +79,20 @@ class Campaign {
   bool Stopping() const { return stop_flag_.load(std::memory_order_relaxed); }
   void Sample(double t_s);
   void FreeLive(const Live& l, Stream stream, LatencyHistogram& hist);
+  // The workload's side of stream order, as a GPU program does it (through
+  // the raw backend: the harness's own calls are never faulted):
+  // cookies staged through a pinned block, copied asynchronously on the
+  // allocation's stream, the pinned block freed while the copies run.
+  absl::Status WriteCookies(const Live& l);
+  // Read back on the allocation's stream into pinned memory, then checked.
+  absl::Status VerifyCookies(const Live& l);
+  // Used on `other` after an event and a stream wait; the allocator then
+  // hears of it by RecordStream, or the allocation's stream waits for it.
+  absl::Status UseElsewhere(const Live& l, Stream other, bool record);
+  absl::Status Order(Stream from, Stream to);
+  // A kernel reading `bytes` of `ptr` on `stream` (sim only: real runtimes
+  // have no kernels here).
+  absl::Status Kernel(Stream stream, void* ptr, std::size_t bytes);
 
   const StressConfig& config_;
   std::shared_ptr<Backend> raw_;            // cookies go straight here, never faulted
@@ -97,6 +101,7 @@ class Campaign {
   std::unique_ptr<Context> context_;
   DeviceType device_type_ = DeviceType::kSim;
   std::vector<std::shared_ptr<CachingAllocator>> allocators_;
+  std::unique_ptr<PinnedHostAllocator> pinned_;  // cookie staging, stream-aware
   // What allocations go through: the allocator, or a tracker over it.
   std::vector<std::shared_ptr<MemoryResource>> resources_;
   std::vector<std::shared_ptr<TrackingAdaptor>> trackers_;
@@ -118,8 +123,9 @@ class Campaign {
 
 absl::Status Campaign::SetUp() {
   if (config_.backend == "sim") {
-    sim_ = std::make_shared<SimBackend>(
-        SimOptions::WithDevices(config_.devices, config_.device_capacity_mb << 20));
+    SimOptions sim = SimOptions::WithDevices(config_.devices, config_.device_capacity_mb << 20);
+    sim.check_stream_order = config_.check_stream_order;
+    sim_ = std::make_shared<SimBackend>(sim);
     raw_ = sim_;
   } else if (config_.backend == "cuda") {
     raw_ = MakeCudaBackend();
@@ -158,6 +164,10 @@ absl::Status Campaign::SetUp() {
 
   CachingOptions caching;
   caching.cross_stream = config_.cross_stream;
+  caching.expandable_segments = config_.expandable_segments;
+  PinnedHostOptions pinned;
+  pinned.cache_limit_bytes = std::size_t{64} << 20;
+  pinned_ = std::make_unique<PinnedHostAllocator>(raw_, pinned);
   handoff_mu_ = std::vector<std::mutex>(config_.devices);
   handoff_.resize(config_.devices);
   for (int d = 0; d < config_.devices; ++d) {
@@ -184,9 +194,77 @@ absl::Status Campaign::SetUp() {
   return absl::OkStatus();
 }
 
+absl::Status Campaign::Order(Stream from, Stream to) {
+  if (from == to) return absl::OkStatus();
+  GPUALLOC_ASSIGN_OR_RETURN(Event e, raw_->CreateEvent(from.device));
+  absl::Status st = raw_->RecordEvent(e, from);
+  if (st.ok()) st = raw_->StreamWaitEvent(to, e);
+  absl::Status destroyed = raw_->DestroyEvent(e);
+  return st.ok() ? destroyed : st;
+}
+
+absl::Status Campaign::Kernel(Stream stream, void* ptr, std::size_t bytes) {
+  if (sim_ == nullptr) return absl::OkStatus();
+  return sim_->LaunchKernel(stream, {{ptr, bytes, AccessMode::kRead, 0}}, config_.kernel_ns,
+                            "stress_kernel");
+}
+
+absl::Status Campaign::WriteCookies(const Live& l) {
+  const std::size_t n = CookieBytes(l);
+  const Stream s = l.allocation.stream;
+  GPUALLOC_ASSIGN_OR_RETURN(PinnedBlock staging, pinned_->Allocate(2 * n, l.allocation.device()));
+  auto* bytes = static_cast<unsigned char*>(staging.ptr);
+  absl::Status st = raw_->NoteHostAccess(bytes, 2 * n, AccessMode::kWrite);
+  if (st.ok()) {
+    const std::vector<unsigned char> head = CookiePattern(l.cookie, n);
+    const std::vector<unsigned char> tail = CookiePattern(~l.cookie, n);
+    std::memcpy(bytes, head.data(), n);
+    std::memcpy(bytes + n, tail.data(), n);
+    st = raw_->MemcpyAsync(l.allocation.ptr, bytes, n, CopyKind::kHostToDevice, s);
+  }
+  if (st.ok()) st = raw_->MemcpyAsync(TailOf(l), bytes + n, n, CopyKind::kHostToDevice, s);
+  if (st.ok()) st = pinned_->RecordStream(staging, s);
+  // Freed while the copies may still read it: the pinned allocator must wait.
+  absl::Status freed = pinned_->Deallocate(staging);
+  return st.ok() ? freed : st;
+}
+
+absl::Status Campaign::VerifyCookies(const Live& l) {
+  const std::size_t n = CookieBytes(l);
+  const Stream s = l.allocation.stream;
+  GPUALLOC_ASSIGN_OR_RETURN(PinnedBlock back, pinned_->Allocate(2 * n, l.allocation.device()));
+  auto* bytes = static_cast<unsigned char*>(back.ptr);
+  absl::Status st = raw_->MemcpyAsync(bytes, l.allocation.ptr, n, CopyKind::kDeviceToHost, s);
+  if (st.ok()) st = raw_->MemcpyAsync(bytes + n, TailOf(l), n, CopyKind::kDeviceToHost, s);
+  if (st.ok()) st = pinned_->RecordStream(back, s);
+  if (st.ok()) st = raw_->SynchronizeStream(s);
+  if (st.ok()) st = raw_->NoteHostAccess(bytes, 2 * n, AccessMode::kRead);
+  if (st.ok()) st = CheckCookieBytes(l.allocation, l.cookie, bytes, n);
+  if (st.ok()) {
+    Allocation tail = l.allocation;
+    tail.ptr = TailOf(l);
+    st = CheckCookieBytes(tail, ~l.cookie, bytes + n, n);
+  }
+  absl::Status freed = pinned_->Deallocate(back);
+  return st.ok() ? freed : st;
+}
+
+absl::Status Campaign::UseElsewhere(const Live& l, Stream other, bool record) {
+  const Stream own = l.allocation.stream;
+  GPUALLOC_RETURN_IF_ERROR(Order(own, other));  // the cookies are written first
+  GPUALLOC_RETURN_IF_ERROR(Kernel(other, l.allocation.ptr, l.allocation.bytes));
+  if (!record) return Order(other, own);
+  absl::Status st = allocators_[l.allocation.device()]->RecordStream(l.allocation, other);
+  // A refused RecordStream (an injected fault) must not leave the use unknown.
+  return st.ok() ? st : Order(other, own);
+}
+
 void Campaign::FreeLive(const Live& l, Stream stream, LatencyHistogram& hist) {
-  if (absl::Status st = VerifyCookies(*raw_, l); !st.ok()) {
-    Violation(absl::StrFormat("device %d: %s", l.allocation.device(), st.message()));
+  absl::Status checked = VerifyCookies(l);
+  // The last use, still queued when the block is freed.
+  if (checked.ok()) checked = Kernel(l.allocation.stream, l.allocation.ptr, CookieBytes(l));
+  if (!checked.ok()) {
+    Violation(absl::StrFormat("device %d: %s", l.allocation.device(), checked.message()));
     return;
   }
   MemoryResource& alloc = *resources_[l.allocation.device()];
@@ -213,7 +291,7 @@ void Campaign::Worker(int t) {
   std::vector<Live> live;
   LatencyHistogram alloc_hist, free_hist;
   std::uint64_t allocations = 0, frees = 0, oom = 0, faults = 0, xthread = 0, xstream = 0,
-                switches = 0, flushes = 0, checks = 0;
+                switches = 0, flushes = 0, checks = 0, elsewhere = 0, limit_changes = 0;
   if (!context_->SetDevice(Device{device_type_, t % config_.devices}).ok()) ++faults;
   const auto deadline = start_ + std::chrono::duration_cast<Clock::duration>(
                                      std::chrono::duration<double>(config_.duration_s));
@@ -246,8 +324,17 @@ void Campaign::Worker(int t) {
       alloc_hist.Record(Nanos(Clock::now() - t0));
       if (a.ok()) {
         Live l{*a, rng()};
-        if (absl::Status st = WriteCookies(*raw_, l); !st.ok()) {
-          Violation(absl::StrFormat("writing into a fresh allocation failed: %s", st.message()));
+        absl::Status st = WriteCookies(l);
+        if (st.ok() && coin(rng) < config_.use_elsewhere_fraction) {
+          const Stream other = streams[rng() % streams.size()];
+          if (other != stream) {
+            st = UseElsewhere(l, other, coin(rng) < 0.5);
+            ++elsewhere;
+          }
+        }
+        if (!st.ok()) {
+          Violation(absl::StrFormat("using a fresh allocation on its streams failed: %s",
+                                    st.message()));
         }
         live.push_back(l);
         ++allocations;
@@ -305,9 +392,22 @@ void Campaign::Worker(int t) {
       if (absl::Status st = CheckSnapshot(cache.Snapshot()); !st.ok()) {
         Violation(absl::StrFormat("device %d: %s", device, st.message()));
       }
+      if (sim_ != nullptr) {
+        if (absl::Status st = CheckStreamOrder(*sim_); !st.ok()) Violation(std::string(st.message()));
+      }
     }
     if (coin(rng) < 0.0005) {
       if (cache.EmptyCache(config_.max_size).ok()) ++flushes;
+    }
+    if (coin(rng) < 0.0005) {
+      // The limit moves under the workload (free memory is given back with
+      // kernels still queued on it), and comes back to where it was.
+      const std::size_t base = config_.limit_mb << 20;
+      const std::size_t cap = base ? base : config_.device_capacity_mb << 20;
+      const bool lower = cache.reserved_limit() == (base ? base : cap);
+      const std::size_t to =
+          lower ? std::max<std::size_t>(cap / 2 + rng() % (cap / 2), 2 * config_.max_size) : base;
+      if (cache.SetReservedLimit(to).ok()) ++limit_changes;
     }
   }
   for (const Live& l : live) {
@@ -326,6 +426,8 @@ void Campaign::Worker(int t) {
   report_.device_switches += switches;
   report_.cache_flushes += flushes;
   report_.invariant_checks += checks;
+  report_.used_elsewhere += elsewhere;
+  report_.limit_changes += limit_changes;
 }
 
 void Campaign::Sample(double t_s) {
@@ -400,6 +502,14 @@ absl::StatusOr<StressReport> Campaign::Finish() {
   faulty_->ClearRules();
   faulty_->ClearStickyError();
   for (const auto& a : allocators_) {
+    a->SetReservedLimit(config_.limit_mb << 20).IgnoreError();  // as the campaign began
+  }
+  if (absl::Status st = pinned_->Flush(/*release_cache=*/true); !st.ok()) {
+    report_.violations.push_back(absl::StrCat("the pinned staging allocator: ", st.message()));
+  }
+  report_.pinned = pinned_->stats();
+  pinned_.reset();
+  for (const auto& a : allocators_) {
     const MemoryStats s = a->stats();
     report_.peak_allocated += s.allocated_bytes.peak;
     report_.cache_hits += s.cache_hits;
@@ -434,6 +544,11 @@ absl::StatusOr<StressReport> Campaign::Finish() {
   }
   if (sim_ != nullptr) {
     const SimAccounting acc = sim_->Accounting();
+    report_.stream_order = acc.stream_order;
+    report_.stream_order_checked = sim_->stream_order() != nullptr;
+    if (absl::Status st = CheckStreamOrder(*sim_); !st.ok()) {
+      report_.violations.push_back(std::string(st.message()));
+    }
     if (!acc.AllReleased() || acc.guard_violations != 0) {
       report_.violations.push_back("leak or overrun at teardown (the sim's accounting): " +
                                    acc.Describe());

@@ -10,6 +10,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "allocator/backend/sim/stream_order_checker.h"
+#include "allocator/host/pinned_host_allocator.h"
 #include "allocator/stats/memory_snapshot.h"
 #include "harness/stress/latency_histogram.h"
 #include "harness/stress/stress_config.h"
@@ -47,6 +49,11 @@ struct StressReport {
   std::uint64_t device_switches = 0;
   std::uint64_t cache_flushes = 0;        // EmptyCache calls racing the workload
   std::uint64_t invariant_checks = 0;
+  std::uint64_t used_elsewhere = 0;       // allocations also used on another stream
+  std::uint64_t limit_changes = 0;        // reserved limits moved under the workload
+  PinnedHostStats pinned;                 // the pinned blocks that staged the cookies
+  bool stream_order_checked = false;      // the sim's checker was on
+  StreamOrderStats stream_order;          // what it checked and found
   LatencyHistogram allocate_ns;
   LatencyHistogram free_ns;
   std::int64_t peak_allocated = 0;        // sum over devices of each device's peak

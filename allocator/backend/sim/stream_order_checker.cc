@@ -177,7 +177,7 @@ std::uint64_t StreamOrderChecker::Enqueue(int actor, absl::Span<const RangeAcces
   ++stats_.operations;
   Join(ClockOf(actor), ClockOf(kHost));  // work enqueued now follows what the host knows
   const std::uint64_t epoch = TickLocked(actor);
-  const VectorClock clock = ClockOf(actor);
+  const VectorClock& clock = ClockOf(actor);  // unchanged while the accesses are checked
   for (const RangeAccess& range : accesses) {
     CheckAndRecordLocked(AccessRecord{actor, epoch, op, what, range.mode}, clock, range);
   }
@@ -190,7 +190,7 @@ std::uint64_t StreamOrderChecker::HostAccess(absl::Span<const RangeAccess> acces
   const std::uint64_t op = next_op_++;
   ++stats_.operations;
   const std::uint64_t epoch = TickLocked(kHost);
-  const VectorClock clock = ClockOf(kHost);
+  const VectorClock& clock = ClockOf(kHost);
   for (const RangeAccess& range : accesses) {
     CheckAndRecordLocked(AccessRecord{kHost, epoch, op, what, range.mode}, clock, range);
   }
@@ -205,7 +205,7 @@ void StreamOrderChecker::Release(int actor, std::uintptr_t begin, std::size_t by
   ++stats_.accesses_checked;
   if (actor != kHost) Join(ClockOf(actor), ClockOf(kHost));
   const std::uint64_t epoch = TickLocked(actor);
-  const VectorClock clock = ClockOf(actor);
+  const VectorClock& clock = ClockOf(actor);  // unchanged while the accesses are checked
   const AccessRecord release{actor, epoch, op, what, AccessMode::kWrite};
   const std::uintptr_t end = begin + bytes;
   SplitAt(begin);

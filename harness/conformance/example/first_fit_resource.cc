@@ -55,7 +55,22 @@ absl::StatusOr<Allocation> FirstFitResource::DoAllocate(std::size_t bytes, Strea
       absl::StrFormat("first-fit arena of %d bytes has no room for %d", bytes_, bytes));
 }
 
-absl::Status FirstFitResource::DoDeallocate(const Allocation& a, Stream) {
+absl::Status FirstFitResource::DoDeallocate(const Allocation& a, Stream stream) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = used_.find(reinterpret_cast<std::uintptr_t>(a.ptr));
+    if (it == used_.end() || it->second.second != a.bytes) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "first-fit arena: %p is not a live allocation of %d bytes", a.ptr, a.bytes));
+    }
+  }
+  // The freed range goes to every stream at once, so the work still queued
+  // on it must finish first: the simplest correct rule (the caching allocator
+  // waits on the device with events instead). The conformance suite's stream
+  // cases fail without this wait.
+  absl::Status waited = backend_->SynchronizeStream(stream);
+  if (waited.ok() && stream != a.stream) waited = backend_->SynchronizeStream(a.stream);
+  if (!waited.ok()) return waited;
   std::lock_guard<std::mutex> lock(mu_);
   auto it = used_.find(reinterpret_cast<std::uintptr_t>(a.ptr));
   if (it == used_.end() || it->second.second != a.bytes) {

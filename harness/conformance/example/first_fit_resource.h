@@ -1,7 +1,8 @@
 // A deliberately simple allocator, to show how a user runs the conformance
 // suite on an allocator of their own: one fixed arena from the backend,
-// carved first-fit from a free list, one mutex. Not fast, but correct — the
-// suite checks exactly that.
+// carved first-fit from a free list, one mutex; a free waits on the host for
+// the streams that used the block, since the range is reusable on any stream
+// afterwards. Not fast, but correct — the suite checks exactly that.
 #ifndef GPUALLOC_HARNESS_CONFORMANCE_EXAMPLE_FIRST_FIT_RESOURCE_H_
 #define GPUALLOC_HARNESS_CONFORMANCE_EXAMPLE_FIRST_FIT_RESOURCE_H_
 
