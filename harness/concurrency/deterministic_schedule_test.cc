@@ -91,7 +91,8 @@ TEST(DeterministicSchedule, InvariantsHoldUnderEveryCrossStreamPolicyAndExpandab
 // stream the scheduler runs first, so some seed catches it, and that seed
 // catches it again, identically.
 struct HandOff {
-  absl::Status status;
+  absl::Status status;    // the data check: did the new owner's bytes change?
+  absl::Status ordered;   // the stream-order checker's verdict
   ScheduleResult schedule;
 };
 
@@ -135,6 +136,7 @@ HandOff RunHandOff(const ScheduleOptions& options, bool record_use) {
           x.ptr == y.ptr, ")"));
     }
     scheduler.Mix(static_cast<std::uint64_t>(stale));
+    out.ordered = sim->CheckStreamOrder();
     ASSERT_TRUE(allocator->Deallocate(y).ok());
     allocator.reset();
     ASSERT_TRUE(sim->DestroyStream(a).ok() && sim->DestroyStream(side).ok());
@@ -150,6 +152,7 @@ TEST(DeterministicSchedule, RecordStreamProtectsAHandedOffBlockUnderEveryExplore
         Seeded(seed, seed % 2 ? ScheduleStrategy::kPct : ScheduleStrategy::kRandomWalk);
     const HandOff run = RunHandOff(schedule, /*record_use=*/true);
     EXPECT_TRUE(run.status.ok()) << run.schedule.Describe(schedule) << ": " << run.status;
+    EXPECT_TRUE(run.ordered.ok()) << run.schedule.Describe(schedule) << ": " << run.ordered;
   }
 }
 
@@ -159,6 +162,11 @@ TEST(DeterministicSchedule, AnUnrecordedSideStreamUseIsFoundAndReplaysFromItsSee
     for (std::uint64_t seed = 1; seed <= 60; ++seed) {
       const ScheduleOptions schedule = Seeded(seed, strategy);
       const HandOff run = RunHandOff(schedule, /*record_use=*/false);
+      // The checker judges by happens-before, not by what ran first: it
+      // reports the unrecorded use under every schedule, naming both sides.
+      EXPECT_FALSE(run.ordered.ok()) << run.schedule.Describe(schedule);
+      EXPECT_NE(run.ordered.message().find("memset_async"), absl::string_view::npos)
+          << run.ordered;
       if (run.status.ok()) continue;
       ++found;
       EXPECT_EQ(run.status.code(), absl::StatusCode::kDataLoss) << run.status;

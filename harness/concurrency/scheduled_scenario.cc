@@ -78,6 +78,9 @@ class Scenario {
                             stats.allocated_bytes.current, stats.active_blocks.current)));
     }
     allocator_.reset();
+    // The checker's verdict is part of every explored schedule.
+    Fail(-1, "stream order", CheckStreamOrder(*backend_));
+    scheduler_.Mix(backend_->Accounting().stream_order.violations);
     for (Stream s : streams) Fail(-1, "destroy stream", backend_->DestroyStream(s));
     for (void* p : scratch) Fail(-1, "free scratch", backend_->Free(0, p));
     const SimAccounting accounting = backend_->Accounting();
@@ -151,9 +154,11 @@ class Scenario {
     for (int i = 0; i < kBacklog; ++i) {
       GPUALLOC_RETURN_IF_ERROR(backend_->MemsetAsync(scratch, i, kScratchBytes, stream));
     }
-    // Rewrites the same bytes: harmless while the allocation is live, visible
-    // corruption if the work runs after the block went to someone else.
-    return backend_->MemsetAsync(e.allocation.ptr, e.fill, e.checked, stream);
+    // Reads it, as a kernel on a side stream does: several streams may read at
+    // once; the allocator must not hand the block on before they are done
+    // (the stream-order checker reports a reuse that is not ordered after it).
+    return backend_->LaunchKernel(stream, {{e.allocation.ptr, e.checked, AccessMode::kRead, 0}},
+                                  0, "side-stream read");
   }
 
   absl::Status Free(const Entry& e) {

@@ -1,10 +1,11 @@
 // The deterministic-schedule scenario: several threads share one caching
 // allocator on a simulated device whose streams are driven by a
 // DeterministicScheduler. Threads allocate on their own stream, fill what
-// they get in stream order, use each other's allocations from their own
+// they get in stream order, read each other's allocations from their own
 // streams (recording the use), free them from any thread, synchronise and
 // empty the cache. A fill that changed before its free, a broken snapshot
-// invariant, unbalanced stats or memory left on the device fails the run, and
+// invariant, unbalanced stats, a stream-order violation found by the sim's
+// checker or memory left on the device fails the run, and
 // because everything runs in the scheduler's order the same seed fails the
 // same way again.
 #ifndef GPUALLOC_HARNESS_CONCURRENCY_SCHEDULED_SCENARIO_H_
