@@ -4,7 +4,15 @@
 # file that holds the fix, so only that file recompiles), runs the row's test,
 # and requires the test to FAIL. A row whose test still passes with its fix
 # reverted fails this script.
-# Usage: ci/revert-check.sh [ROW...]   (default: every row)
+#
+# Stream-ordering rows (docs/risk-matrix.md, "Stream order"): each patch under
+# ci/revert/ deletes one event record, stream wait or pre-unmap
+# synchronisation from allocator code. With it applied to the working tree,
+# the whole default `bazelw test //...` must fail, and some failing test must
+# take at most 60 s; the patch is always reversed afterwards (even on Ctrl-C).
+#
+# Usage: ci/revert-check.sh [ROW...]   (default: every row; a stream row is
+# named by its patch, e.g. stream-pre-unmap-wait)
 set -uo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -56,4 +64,40 @@ for row in "${rows[@]}"; do
   rm -f "$log"
 done
 echo "rows 8 and 12 are design properties (see docs/risk-matrix.md): not revertible by one test"
+
+applied=""
+restore() {
+  if [[ -n $applied ]]; then git -C "$ROOT" apply -R "$applied" && applied=""; fi
+}
+trap restore EXIT INT TERM
+for patch in "$ROOT"/ci/revert/stream-*.patch; do
+  name=$(basename "$patch" .patch)
+  if (( ${#wanted[@]} )) && [[ ! " ${wanted[*]} " =~ " $name " ]]; then continue; fi
+  if ! git -C "$ROOT" apply "$patch"; then
+    echo "FAIL $name: the patch no longer applies (update it with the code it reverts)"
+    record FAIL revert-check "$name"; rc=1; continue
+  fi
+  applied=$patch
+  log=$(mktemp)
+  "$BAZELW" test --config=ci --test_output=errors //... >"$log" 2>&1
+  status=$?
+  restore
+  # The quickest failing test target: the revert must show within 60 s.
+  fastest=$(grep -E '^//[^ ]+ +FAILED in [0-9.]+s' "$log" |
+            sed -E 's/.*FAILED in ([0-9.]+)s.*/\1/' | sort -g | head -1)
+  failing=$(grep -cE '^//[^ ]+ +FAILED in' "$log")
+  if [[ $status -eq 3 && -n $fastest ]] && awk "BEGIN{exit !($fastest <= 60)}"; then
+    echo "ok   $name: the default test run fails ($failing target(s), the quickest in ${fastest}s)"
+    grep -m1 -E 'stream-order violation' "$log" | cut -c1-300 | sed 's/^/       /'
+    record PASS revert-check "$name"
+  elif [[ $status -eq 0 ]]; then
+    echo "FAIL $name: reverted, yet the default test run still passes"
+    record FAIL revert-check "$name"; rc=1
+  else
+    echo "FAIL $name: exit $status, quickest failing target ${fastest:-none} s"
+    grep -E "error|ERROR" "$log" | head -5
+    record FAIL revert-check "$name"; rc=1
+  fi
+  rm -f "$log"
+done
 exit $rc

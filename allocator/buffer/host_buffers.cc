@@ -1,9 +1,14 @@
 #include "allocator/buffer/host_buffers.h"
 
+#include <cstring>
 #include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 
 #include "allocator/buffer/release_report.h"
 #include "allocator/common/exception_boundary.h"
+#include "allocator/common/status_macros.h"
 
 namespace gpualloc {
 
@@ -45,6 +50,68 @@ absl::Status PinnedBuffer::Reset() noexcept {
   size_ = 0;
   allocator_.reset();
   return st;
+}
+
+namespace {
+
+// [offset, offset+n) within `size` bytes, with no wrap-around.
+absl::Status CheckRange(absl::string_view what, std::size_t size, std::size_t offset,
+                        std::size_t n) {
+  if (offset > size || n > size - offset) {
+    return absl::OutOfRangeError(absl::StrFormat(
+        "%s: [%d, +%d) is outside the buffer's %d bytes", what, offset, n, size));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status HostAccess(absl::string_view what, Backend& backend, void* base, std::size_t size,
+                        std::size_t offset, std::size_t n, AccessMode mode) {
+  if (base == nullptr) return absl::FailedPreconditionError(absl::StrCat(what, ": empty buffer"));
+  GPUALLOC_RETURN_IF_ERROR(CheckRange(what, size, offset, n));
+  if (n == 0) return absl::OkStatus();
+  return CallAtBoundary("note host access", [&] {
+    return backend.NoteHostAccess(static_cast<char*>(base) + offset, n, mode);
+  });
+}
+
+}  // namespace
+
+absl::Status PinnedBuffer::RecordStream(Stream stream) const {
+  if (block_.ptr == nullptr) return absl::FailedPreconditionError("PinnedBuffer: empty buffer");
+  return CallAtBoundary("pinned record stream",
+                        [&] { return allocator_->RecordStream(block_, stream); });
+}
+
+absl::Status PinnedBuffer::HostWrite(std::size_t offset, const void* src, std::size_t n) const {
+  if (allocator_ == nullptr) return absl::FailedPreconditionError("PinnedBuffer: empty buffer");
+  GPUALLOC_RETURN_IF_ERROR(HostAccess("PinnedBuffer::HostWrite", allocator_->backend(),
+                                      block_.ptr, size_, offset, n, AccessMode::kWrite));
+  if (n > 0) std::memcpy(static_cast<char*>(block_.ptr) + offset, src, n);
+  return absl::OkStatus();
+}
+
+absl::Status PinnedBuffer::HostRead(std::size_t offset, void* dst, std::size_t n) const {
+  if (allocator_ == nullptr) return absl::FailedPreconditionError("PinnedBuffer: empty buffer");
+  GPUALLOC_RETURN_IF_ERROR(HostAccess("PinnedBuffer::HostRead", allocator_->backend(),
+                                      block_.ptr, size_, offset, n, AccessMode::kRead));
+  if (n > 0) std::memcpy(dst, static_cast<const char*>(block_.ptr) + offset, n);
+  return absl::OkStatus();
+}
+
+absl::Status UnifiedBuffer::HostWrite(std::size_t offset, const void* src, std::size_t n) const {
+  if (backend_ == nullptr) return absl::FailedPreconditionError("UnifiedBuffer: empty buffer");
+  GPUALLOC_RETURN_IF_ERROR(HostAccess("UnifiedBuffer::HostWrite", *backend_, ptr_, size_, offset,
+                                      n, AccessMode::kWrite));
+  if (n > 0) std::memcpy(static_cast<char*>(ptr_) + offset, src, n);
+  return absl::OkStatus();
+}
+
+absl::Status UnifiedBuffer::HostRead(std::size_t offset, void* dst, std::size_t n) const {
+  if (backend_ == nullptr) return absl::FailedPreconditionError("UnifiedBuffer: empty buffer");
+  GPUALLOC_RETURN_IF_ERROR(HostAccess("UnifiedBuffer::HostRead", *backend_, ptr_, size_, offset,
+                                      n, AccessMode::kRead));
+  if (n > 0) std::memcpy(dst, static_cast<const char*>(ptr_) + offset, n);
+  return absl::OkStatus();
 }
 
 absl::StatusOr<UnifiedBuffer> UnifiedBuffer::Create(std::shared_ptr<Backend> backend,

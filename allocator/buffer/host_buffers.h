@@ -23,6 +23,15 @@ class PinnedBuffer {
   void* data() const { return block_.ptr; }
   std::size_t size() const { return size_; }
   DeviceIndex owner() const { return block_.owner; }
+  // The buffer is used by work on `stream` (an async copy from or into it):
+  // when it is released, its memory is not reused before that work is done.
+  absl::Status RecordStream(Stream stream) const;
+  // Host reads and writes of [offset, offset+n), bounds-checked and announced
+  // to the backend (Backend::NoteHostAccess), so the sim's stream-order
+  // checker sees a host write racing a copy still queued on the buffer.
+  // Prefer these to touching data() directly.
+  absl::Status HostWrite(std::size_t offset, const void* src, std::size_t n) const;
+  absl::Status HostRead(std::size_t offset, void* dst, std::size_t n) const;
   absl::Status Reset() noexcept;
 
  private:
@@ -47,6 +56,10 @@ class UnifiedBuffer {
   // Migrates the whole buffer to `destination` (a device or kHostDevice) in
   // the order of `stream`.
   absl::Status Prefetch(DeviceIndex destination, Stream stream) const;
+  // Host reads and writes, bounds-checked and announced to the backend, as
+  // PinnedBuffer's.
+  absl::Status HostWrite(std::size_t offset, const void* src, std::size_t n) const;
+  absl::Status HostRead(std::size_t offset, void* dst, std::size_t n) const;
   absl::Status Reset() noexcept;
 
  private:

@@ -2,6 +2,7 @@
 
 #include "allocator/backend/sim/sim_backend.h"
 #include "allocator/caching/arena_resource.h"
+#include "allocator/caching/caching_allocator.h"
 #include "allocator/caching/size_class_pool.h"
 #include "allocator/resource/backend_resource.h"
 #include "gtest/gtest.h"
@@ -39,6 +40,56 @@ TEST(SizeClassPool, RoundsToTheClassAndReusesOnTheSameStream) {
   EXPECT_EQ(s[1].misses, 1u);
   EXPECT_EQ(s[1].slabs, 1u);
   ASSERT_TRUE(pool->Deallocate(b).ok());
+}
+
+// Found by the op properties once memory was used on streams: the pool took
+// every slab on the default stream and carved its room for any stream, so a
+// block the caching allocator had just legally reused on the default stream,
+// with a read still queued there, went to another stream with no wait.
+TEST(SizeClassPool, ASlabsRoomGoesOnlyToTheStreamItWasObtainedOn) {
+  auto sim = std::make_shared<SimBackend>(SimOptions::WithDevices(1, 64 * kMiB));
+  std::shared_ptr<CachingAllocator> cache = CachingAllocator::Create(sim, 0, {}).value();
+  auto pool = SizeClassPool::Create(cache, sim, SmallSlabs()).value();
+  const Stream s = Stream::Default(0);
+  const Stream t = sim->CreateStream(0).value();
+  Allocation big = cache->Allocate(64 * kKiB, s).value();  // the block the slab will reuse
+  ASSERT_TRUE(sim->LaunchKernel(s, {{big.ptr, big.bytes, AccessMode::kRead, 0}}, 1'000'000).ok());
+  ASSERT_TRUE(cache->Deallocate(big).ok());
+  for (Stream on : {t, s}) {
+    Allocation a = pool->Allocate(100, on).value();
+    ASSERT_TRUE(sim->MemsetAsync(a.ptr, 1, a.bytes, on).ok());
+    ASSERT_TRUE(pool->Deallocate(a).ok());
+  }
+  absl::Status st = sim->CheckStreamOrder();
+  EXPECT_TRUE(st.ok()) << st;
+  ASSERT_TRUE(pool->Trim().ok());
+  ASSERT_TRUE(cache->EmptyCache().ok());
+  ASSERT_TRUE(sim->DestroyStream(t).ok());
+}
+
+TEST(ArenaResource, AChunkPacksOnlyRequestsOfTheStreamItWasObtainedOn) {
+  auto sim = std::make_shared<SimBackend>(SimOptions::WithDevices(1, 64 * kMiB));
+  std::shared_ptr<CachingAllocator> cache = CachingAllocator::Create(sim, 0, {}).value();
+  ArenaOptions o;
+  o.pack_threshold = 64 * kKiB;
+  o.chunk_bytes = 1 * kMiB;
+  auto arena = ArenaResource::Create(cache, o).value();
+  const Stream s = Stream::Default(0);
+  const Stream t = sim->CreateStream(0).value();
+  Allocation big = cache->Allocate(1 * kMiB, s).value();  // the block a chunk will reuse
+  ASSERT_TRUE(sim->LaunchKernel(s, {{big.ptr, big.bytes, AccessMode::kRead, 0}}, 1'000'000).ok());
+  ASSERT_TRUE(cache->Deallocate(big).ok());
+  std::vector<Allocation> packed;
+  for (Stream on : {s, t}) {  // s obtains the chunk; t must not share it unordered
+    Allocation a = arena->Allocate(4 * kKiB, on).value();
+    ASSERT_TRUE(sim->MemsetAsync(a.ptr, 1, a.bytes, on).ok());
+    packed.push_back(a);
+  }
+  absl::Status st = sim->CheckStreamOrder();
+  EXPECT_TRUE(st.ok()) << st;
+  for (const Allocation& a : packed) ASSERT_TRUE(arena->Deallocate(a).ok());
+  ASSERT_TRUE(cache->EmptyCache().ok());
+  ASSERT_TRUE(sim->DestroyStream(t).ok());
 }
 
 TEST(SizeClassPool, BlocksFreedOnOneStreamAreNotHandedToAnother) {

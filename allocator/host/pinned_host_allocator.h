@@ -102,6 +102,7 @@ class PinnedHostAllocator {
   absl::Status Flush(bool release_cache = false);
 
   PinnedHostStats stats() const;
+  Backend& backend() const { return *backend_; }
 
  private:
   struct LiveBlock {

@@ -38,7 +38,7 @@ absl::Status StagingPipeline::Collect(Slot& slot) {
   const auto t0 = Clock::now();
   absl::Status st = slot.copy->Wait();
   const auto t1 = Clock::now();
-  if (st.ok()) std::memcpy(slot.destination, slot.staging.data(), slot.bytes);
+  if (st.ok()) st = slot.staging.HostRead(0, slot.destination, slot.bytes);
   stats_.host_wait_s += Seconds(t1 - t0);
   stats_.host_copy_s += Seconds(Clock::now() - t1);
   slot.copy.reset();
@@ -61,6 +61,9 @@ absl::Status StagingPipeline::Submit(DeviceSpan src, Stream producer, void* host
   GPUALLOC_ASSIGN_OR_RETURN(Completion copied,
                             transfers_.ToHost(slot.staging.data(), on_copy_stream, 0, src.size,
                                               copy_stream_));
+  // If the pipeline goes away with this copy in flight, the staging block is
+  // not reused before the copy is done.
+  GPUALLOC_RETURN_IF_ERROR(slot.staging.RecordStream(copy_stream_));
   slot.copy = copied;
   slot.destination = host_dst;
   slot.bytes = src.size;

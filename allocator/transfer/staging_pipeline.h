@@ -11,7 +11,10 @@
 // host wait); it only blocks when both slots still hold batches not yet
 // collected into their destinations. Finish() collects the rest. Stats say
 // how long the host waited and how long it worked, so the overlap is
-// measured, not assumed. Not thread-safe: one producer thread.
+// measured, not assumed. The staging buffers are recorded on the copy
+// stream and read through PinnedBuffer::HostRead, so the pinned allocator and
+// the sim's stream-order checker both see their stream use. Not thread-safe:
+// one producer thread.
 #ifndef GPUALLOC_ALLOCATOR_TRANSFER_STAGING_PIPELINE_H_
 #define GPUALLOC_ALLOCATOR_TRANSFER_STAGING_PIPELINE_H_
 
