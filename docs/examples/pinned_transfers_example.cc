@@ -35,6 +35,18 @@ TEST(GuideExample, PinnedMemoryAndTransfers) {
 
   // Out of bounds, freed buffers, the wrong device: errors, never corruption.
   EXPECT_FALSE(transfers.ToHost(host.data(), Span(input), 1 << 20, 1, stream).ok());
+
+  // The upload may still be reading `host`: tell the pinned allocator, so
+  // the buffer's memory is not handed out again before the copy is done,
+  // even if `host` is released right now.
+  if (absl::Status st = host.RecordStream(stream); !st.ok()) FAIL() << st;
+  // Host writes through the buffer are bounds-checked and seen by the sim's
+  // stream-order checker: rewriting `host` before the upload is known done
+  // would be reported. Here the upload is waited for first.
+  if (absl::Status st = uploaded.Wait(); !st.ok()) FAIL() << st;
+  std::vector<char> next_batch(4096, 7);
+  if (absl::Status st = host.HostWrite(0, next_batch.data(), 4096); !st.ok()) FAIL() << st;
+  EXPECT_TRUE(sim->CheckStreamOrder().ok());
   // [/guide]
   EXPECT_TRUE(uploaded.Done().value());
   input.Reset().IgnoreError();

@@ -1,5 +1,6 @@
 #include "harness/stress/stress_runner.h"
 
+#include "absl/strings/str_format.h"
 #include "gtest/gtest.h"
 #include "harness/stress/stress_report.h"
 
@@ -30,6 +31,48 @@ TEST(StressRunner, ShortCampaignWithFaultsHoldsEveryInvariant) {
   const std::string json = ReportJson(*r);
   EXPECT_NE(json.find("\"ok\":true"), std::string::npos);
   EXPECT_NE(json.find("\"timeline\":["), std::string::npos);
+}
+
+TEST(StressRunner, TheWorkloadUsesItsMemoryOnStreamsAndTheCheckerSeesAllOfIt) {
+  absl::StatusOr<StressReport> r = RunStress(Short(), nullptr);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(r->ok()) << ReportText(*r);
+  ASSERT_TRUE(r->stream_order_checked);
+  EXPECT_EQ(r->stream_order.violations, 0u);
+  // Cookies written and checked by async copies, kernels before every free,
+  // uses on other streams: several checked operations per request.
+  EXPECT_GT(r->stream_order.operations, 3 * r->allocations);
+  EXPECT_GT(r->stream_order.accesses_checked, r->stream_order.operations);
+  EXPECT_GT(r->used_elsewhere, r->allocations / 20);  // a fifth, on the other of two streams
+  EXPECT_EQ(r->pinned.stream_waits, 2 * r->allocations)
+      << "every staging block, for a cookie write or a check, was freed with its copies queued";
+  EXPECT_NE(ReportText(*r).find("stream order"), std::string::npos);
+  const std::string json = ReportJson(*r);
+  EXPECT_NE(json.find(absl::StrFormat("\"stream_order\":{\"checked\":true,\"operations\":%d,",
+                                      r->stream_order.operations)),
+            std::string::npos)
+      << json.substr(0, 600);
+  EXPECT_NE(json.find("\"violations\":0}"), std::string::npos);
+}
+
+TEST(StressRunner, ExpandableSegmentsSurviveLimitChangesWithWorkQueued) {
+  StressConfig c = Short();
+  c.expandable_segments = true;
+  c.ops = 12000;
+  absl::StatusOr<StressReport> r = RunStress(c, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(r->ok()) << ReportText(*r);
+  EXPECT_EQ(r->stream_order.violations, 0u);
+}
+
+TEST(StressRunner, WithTheCheckerOffTheReportSaysSo) {
+  StressConfig c = Short();
+  c.check_stream_order = false;
+  c.ops = 2000;
+  absl::StatusOr<StressReport> r = RunStress(c, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_FALSE(r->stream_order_checked);
+  EXPECT_NE(ReportText(*r).find("stream order not checked (switched off)"), std::string::npos);
 }
 
 TEST(StressRunner, APlantedAllocatorBugIsCaught) {
