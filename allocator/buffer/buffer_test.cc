@@ -234,12 +234,15 @@ TEST(PinnedBuffer, HostAccessIsBoundsCheckedAndRacingCopiesAreReported) {
   ASSERT_TRUE(b.HostWrite(0, ones.data(), ones.size()).ok());
   EXPECT_EQ(b.HostWrite(1, ones.data(), 4096).code(), absl::StatusCode::kOutOfRange);
   EXPECT_EQ(b.HostRead(~std::size_t{0}, back.data(), 2).code(), absl::StatusCode::kOutOfRange);
-  ASSERT_TRUE(env.sim->MemcpyAsync(dev, b.data(), 4096, CopyKind::kHostToDevice, s).ok());
-  ASSERT_TRUE(b.RecordStream(s).ok());
-  EXPECT_TRUE(env.sim->CheckStreamOrder().ok());
-  // Rewriting it before the copy is known done is the program's race: reported.
-  ASSERT_TRUE(b.HostWrite(0, ones.data(), 16).ok());
-  EXPECT_FALSE(env.sim->CheckStreamOrder().ok());
+  {
+    SimStreamGate gate = env.sim->HoldStream(s).value();  // the copy stays queued
+    ASSERT_TRUE(env.sim->MemcpyAsync(dev, b.data(), 4096, CopyKind::kHostToDevice, s).ok());
+    ASSERT_TRUE(b.RecordStream(s).ok());
+    EXPECT_TRUE(env.sim->CheckStreamOrder().ok());
+    // Rewriting it before the copy is known done is the program's race: reported.
+    ASSERT_TRUE(b.HostWrite(0, ones.data(), 16).ok());
+    EXPECT_FALSE(env.sim->CheckStreamOrder().ok());
+  }
   ASSERT_TRUE(env.sim->SynchronizeStream(s).ok());
   ASSERT_TRUE(b.HostRead(0, back.data(), back.size()).ok());
   EXPECT_EQ(back, ones);
@@ -283,9 +286,12 @@ TEST(UnifiedBuffer, HostAccessIsBoundsCheckedAndChecked) {
   ASSERT_TRUE(u.HostRead(0, back.data(), back.size()).ok());
   EXPECT_EQ(back, data);
   const Stream s = env.sim->CreateStream(0).value();
-  ASSERT_TRUE(env.sim->MemsetAsync(u.data(), 0, 4096, s).ok());
-  ASSERT_TRUE(u.HostRead(0, back.data(), 16).ok());  // before the memset is known done
-  EXPECT_FALSE(env.sim->CheckStreamOrder().ok());
+  {
+    SimStreamGate gate = env.sim->HoldStream(s).value();  // the memset stays queued
+    ASSERT_TRUE(env.sim->MemsetAsync(u.data(), 0, 4096, s).ok());
+    ASSERT_TRUE(u.HostRead(0, back.data(), 16).ok());  // before the memset is known done
+    EXPECT_FALSE(env.sim->CheckStreamOrder().ok());
+  }
   ASSERT_TRUE(env.sim->SynchronizeStream(s).ok());
   ASSERT_TRUE(u.Reset().ok());
   EXPECT_EQ(u.HostWrite(0, data.data(), 1).code(), absl::StatusCode::kFailedPrecondition);

@@ -77,6 +77,31 @@ struct SimAccounting {
   std::string Describe() const;
 };
 
+// A sim-only gate on a stream (SimBackend::HoldStream): work enqueued on the
+// stream after it waits until the gate opens, so a test keeps work in flight
+// deterministically instead of racing latencies. Opens at destruction.
+// Move-only; thread-safe.
+class SimStreamGate {
+ public:
+  SimStreamGate() = default;
+  SimStreamGate(SimStreamGate&&) = default;
+  SimStreamGate& operator=(SimStreamGate&& other) noexcept {
+    if (this != &other) {
+      Open();
+      state_ = std::move(other.state_);
+    }
+    return *this;
+  }
+  ~SimStreamGate() { Open(); }
+  // Lets the held work run; idempotent.
+  void Open();
+
+ private:
+  friend class SimBackend;
+  struct State;
+  std::shared_ptr<State> state_;
+};
+
 class SimBackend final : public Backend {
  public:
   explicit SimBackend(SimOptions options = {});
@@ -108,6 +133,15 @@ class SimBackend final : public Backend {
   };
   absl::Status LaunchKernel(Stream stream, std::vector<KernelArg> args,
                             std::int64_t duration_ns = 0, const char* name = "kernel");
+
+  // Holds `stream` (sim only): work enqueued on it from now on waits until
+  // the returned gate is opened. The gate itself touches no memory, so the
+  // stream-order checker does not see it: an access enqueued behind it is
+  // judged as if the stream were merely slow. Open the gate before anything
+  // waits for the stream (SynchronizeStream, DeviceSynchronize, Free, ...),
+  // or that wait never ends. FailedPrecondition under a deterministic
+  // schedule, whose stream workers must never block.
+  absl::StatusOr<SimStreamGate> HoldStream(Stream stream);
 
   absl::string_view name() const override { return "sim"; }
   absl::StatusOr<int> DeviceCount() override;

@@ -2,6 +2,8 @@
 // in order, events as positions in a stream, and the stream-order checker's
 // clocks that follow them.
 #include <algorithm>
+#include <condition_variable>
+#include <mutex>
 
 #include "allocator/backend/sim/sim_internal.h"
 #include "allocator/common/status_macros.h"
@@ -36,6 +38,37 @@ void SimBackend::DrainDevice(DeviceIndex device) {
   std::vector<std::shared_ptr<SimStreamWorker>> workers = WorkersOn(device);
   for (auto& worker : workers) worker->Drain();
   HostWaited(workers);
+}
+
+struct SimStreamGate::State {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool open = false;
+};
+
+void SimStreamGate::Open() {
+  if (state_ == nullptr) return;
+  {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    state_->open = true;
+  }
+  state_->cv.notify_all();
+}
+
+absl::StatusOr<SimStreamGate> SimBackend::HoldStream(Stream stream) {
+  if (options_.scheduler != nullptr) {
+    return SimError(absl::StatusCode::kFailedPrecondition, "simErrorNotSupported",
+                    "HoldStream under a deterministic schedule: the scheduler decides when "
+                    "streams run");
+  }
+  GPUALLOC_ASSIGN_OR_RETURN(std::shared_ptr<SimStreamWorker> worker, WorkerFor(stream));
+  SimStreamGate gate;
+  gate.state_ = std::make_shared<SimStreamGate::State>();
+  worker->Enqueue([state = gate.state_] {
+    std::unique_lock<std::mutex> lock(state->mu);
+    state->cv.wait(lock, [&] { return state->open; });
+  });
+  return gate;
 }
 
 std::shared_ptr<SimStreamWorker> SimBackend::NewWorker(Stream stream) {
