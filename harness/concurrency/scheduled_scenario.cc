@@ -110,7 +110,7 @@ class Scenario {
           break;
         case kUse:
           if (auto e = Take(rng)) {
-            status = Use(*e, stream, scratch);
+            status = Use(*e, stream, scratch, /*record=*/rng() % 2 == 0);
             Put(*e);
           }
           break;
@@ -146,8 +146,21 @@ class Scenario {
     return status;
   }
 
-  absl::Status Use(const Entry& e, Stream stream, void* scratch) {
-    if (stream != e.allocation.stream) {
+  // Waits for `from`'s work so far on `to`, on the device (an event).
+  absl::Status Order(Stream from, Stream to) {
+    GPUALLOC_ASSIGN_OR_RETURN(Event e, backend_->CreateEvent(0));
+    absl::Status st = backend_->RecordEvent(e, from);
+    if (st.ok()) st = backend_->StreamWaitEvent(to, e);
+    absl::Status destroyed = backend_->DestroyEvent(e);
+    return st.ok() ? destroyed : st;
+  }
+
+  // A read on `stream`; on another stream than the allocation's, the
+  // allocator hears of it (RecordStream) or the allocation's stream waits
+  // for it afterwards (an event back), as a program would do either.
+  absl::Status Use(const Entry& e, Stream stream, void* scratch, bool record) {
+    const bool elsewhere = stream != e.allocation.stream;
+    if (elsewhere && record) {
       GPUALLOC_RETURN_IF_ERROR(allocator_->RecordStream(e.allocation, stream));
     }
     // Work already queued ahead, as on a busy stream: the use may run late.
@@ -157,8 +170,9 @@ class Scenario {
     // Reads it, as a kernel on a side stream does: several streams may read at
     // once; the allocator must not hand the block on before they are done
     // (the stream-order checker reports a reuse that is not ordered after it).
-    return backend_->LaunchKernel(stream, {{e.allocation.ptr, e.checked, AccessMode::kRead, 0}},
-                                  0, "side-stream read");
+    GPUALLOC_RETURN_IF_ERROR(backend_->LaunchKernel(
+        stream, {{e.allocation.ptr, e.checked, AccessMode::kRead, 0}}, 0, "side-stream read"));
+    return elsewhere && !record ? Order(stream, e.allocation.stream) : absl::OkStatus();
   }
 
   absl::Status Free(const Entry& e) {
@@ -173,6 +187,10 @@ class Scenario {
             e.allocation.bytes, e.allocation.stream.handle, i, seen[i], e.fill));
       }
     }
+    // A last read still queued on its stream when the block is freed.
+    GPUALLOC_RETURN_IF_ERROR(backend_->LaunchKernel(
+        e.allocation.stream, {{e.allocation.ptr, e.checked, AccessMode::kRead, 0}}, 0,
+        "last read"));
     return allocator_->Deallocate(e.allocation);
   }
 

@@ -2,7 +2,8 @@
 // allocator on a simulated device whose streams are driven by a
 // DeterministicScheduler. Threads allocate on their own stream, fill what
 // they get in stream order, read each other's allocations from their own
-// streams (recording the use), free them from any thread, synchronise and
+// streams (recording the use, or making the allocation's stream wait with an
+// event), free them from any thread with a last read still queued, synchronise and
 // empty the cache. A fill that changed before its free, a broken snapshot
 // invariant, unbalanced stats, a stream-order violation found by the sim's
 // checker or memory left on the device fails the run, and

@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_format.h"
 #include "gtest/gtest.h"
+#include "harness/stress/stress_html.h"
 #include "harness/stress/stress_report.h"
 
 namespace gpualloc::harness {
@@ -53,6 +54,10 @@ TEST(StressRunner, TheWorkloadUsesItsMemoryOnStreamsAndTheCheckerSeesAllOfIt) {
             std::string::npos)
       << json.substr(0, 600);
   EXPECT_NE(json.find("\"violations\":0}"), std::string::npos);
+  EXPECT_NE(ReportHtml(*r).find(absl::StrFormat(
+                "<p id=\"stream-order\">Stream order: %d operations",
+                r->stream_order.operations)),
+            std::string::npos);
 }
 
 TEST(StressRunner, ExpandableSegmentsSurviveLimitChangesWithWorkQueued) {
