@@ -20,18 +20,7 @@
 #include "allocator/common/checked_math.h"
 #include "allocator/resource/memory_resource.h"
 
-// ci/revert-check.sh defines GPUALLOC_REVERT_RISK=<row of docs/risk-matrix.md>
-// for this file alone, to put the reviewed fault back and show that the row's
-// test then fails. Never defined in a real build.
-#ifndef GPUALLOC_REVERT_RISK
-#define GPUALLOC_REVERT_RISK 0
-#endif
-
 namespace gpualloc {
-
-#if GPUALLOC_REVERT_RISK == 6
-[[noreturn]] inline void ThrowForRevertCheck() { throw std::runtime_error("deallocate failed"); }
-#endif
 
 class SharedMemory {
  public:
@@ -61,9 +50,6 @@ class SharedMemory {
     Block(std::shared_ptr<MemoryResource> r, Allocation a) : resource(std::move(r)), allocation(a) {}
     ~Block() {  // the deleter: noexcept, reports instead of throwing
       absl::Status st = resource->Deallocate(allocation);
-#if GPUALLOC_REVERT_RISK == 6
-      if (!st.ok()) ThrowForRevertCheck();  // reverted: a throwing deleter
-#endif
       if (!st.ok()) ReportReleaseFailure("SharedMemory", allocation.ptr, allocation.bytes, st);
     }
     std::shared_ptr<MemoryResource> resource;
@@ -87,8 +73,7 @@ absl::StatusOr<SharedMemory> SharedMemory::Allocate(std::shared_ptr<MemoryResour
     out.block_ = std::allocate_shared<Block>(metadata, resource, *a);
   } catch (...) {
     // The device memory must not leak because the host could not track it.
-    absl::Status st = GPUALLOC_REVERT_RISK == 15 ? absl::OkStatus()  // reverted: leaked
-                                                 : resource->Deallocate(*a);
+    absl::Status st = resource->Deallocate(*a);
     if (!st.ok()) ReportReleaseFailure("SharedMemory", a->ptr, a->bytes, st);
     return absl::ResourceExhaustedError(absl::StrFormat(
         "SharedMemory: the control block for %d bytes could not be allocated; the device "

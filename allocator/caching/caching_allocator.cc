@@ -10,13 +10,6 @@
 #include "allocator/common/exception_boundary.h"
 #include "allocator/common/status_macros.h"
 
-// ci/revert-check.sh defines GPUALLOC_REVERT_RISK=<row of docs/risk-matrix.md>
-// for this file alone, to put the reviewed fault back and show that the row's
-// test then fails. Never defined in a real build.
-#ifndef GPUALLOC_REVERT_RISK
-#define GPUALLOC_REVERT_RISK 0
-#endif
-
 namespace gpualloc {
 
 using caching_detail::Block;
@@ -275,8 +268,7 @@ absl::StatusOr<Allocation> CachingAllocator::DoAllocate(std::size_t bytes, Strea
   bool callbacks_ran = false;
   for (;;) {
     std::unique_lock<Mutex> lock(mu_);
-    if (GPUALLOC_REVERT_RISK != 16 &&  // reverted: absurd sizes go to the device
-        (!rounded || *rounded > capacity_ || *rounded > EffectiveLimit())) {
+    if (!rounded || *rounded > capacity_ || *rounded > EffectiveLimit()) {
       // Fails fast and touches nothing: no cache flush can make this fit.
       return absl::ResourceExhaustedError(absl::StrFormat(
           "caching allocator (device %d): a request of %d bytes can never be satisfied: the "
@@ -457,7 +449,6 @@ absl::StatusOr<Allocation> CachingAllocator::NewSegment(FreeSet& pool, Stream st
     return ptr.status();
   }
 
-  if (GPUALLOC_REVERT_RISK == 5) Hook();  // reverted: host bookkeeping after the device allocation
   // Commit: nothing below allocates or fails.
   segment->address = reinterpret_cast<std::uintptr_t>(*ptr);
   segment->size = size;
@@ -791,7 +782,6 @@ absl::Status CachingAllocator::DoDeallocate(const Allocation& allocation, Stream
     ReturnToPool(block);
   }
   EnforceLimitLocked();
-  if (GPUALLOC_REVERT_RISK == 10) ReleaseFreeSegments(~std::size_t{0});  // reverted: no pooling
   return absl::OkStatus();
 }
 
@@ -1036,12 +1026,7 @@ std::array<MemoryStats, 2> CachingAllocator::pool_stats() const {
 }
 
 MemoryStats CachingAllocator::stats() const {
-#if GPUALLOC_REVERT_RISK == 17
-  Mutex unused;  // reverted: stats read without the allocator's lock
-  std::lock_guard<Mutex> lock(unused);
-#else
   std::lock_guard<Mutex> lock(mu_);
-#endif
   MemoryStats s = stats_;
   s.largest_free_block = LargestFreeBlockLocked();
   return s;

@@ -9,24 +9,13 @@
 #include "allocator/common/exception_boundary.h"
 #include "allocator/common/status_macros.h"
 
-// ci/revert-check.sh defines GPUALLOC_REVERT_RISK=<row of docs/risk-matrix.md>
-// for this file alone, to put the reviewed fault back and show that the row's
-// test then fails. Never defined in a real build.
-#ifndef GPUALLOC_REVERT_RISK
-#define GPUALLOC_REVERT_RISK 0
-#endif
-
 namespace gpualloc {
 namespace {
 
 std::atomic<std::uint64_t> g_next_context_id{1};
 
 // Current device per thread, per context (keyed by a never-reused id).
-#if GPUALLOC_REVERT_RISK == 3
-absl::flat_hash_map<std::uint64_t, Device> tls_device;  // reverted: one for all threads
-#else
 thread_local absl::flat_hash_map<std::uint64_t, Device> tls_device;
-#endif
 
 }  // namespace
 
@@ -90,12 +79,7 @@ absl::StatusOr<Runtime*> Context::GetRuntime(Device device) {
     if (!b.ok()) return b.status();
     backend = *std::move(b);
   }
-#if GPUALLOC_REVERT_RISK == 1
-  Mutex unused_mu;  // reverted: check-then-create without the slot's lock
-  std::lock_guard<Mutex> create(unused_mu);
-#else
   std::lock_guard<Mutex> create(slot->create_mu);
-#endif
   if (Runtime* ready = slot->ready.load(std::memory_order_acquire)) return ready;
   // Reserve a place under the limit before creating; give it back on failure.
   if (runtime_count_.fetch_add(1, std::memory_order_acq_rel) >= options_.max_runtimes) {
@@ -108,9 +92,7 @@ absl::StatusOr<Runtime*> Context::GetRuntime(Device device) {
       device, std::move(backend), options_.caching,
       options_.track_allocations || options_.leak_report_at_exit);
   if (!created.ok()) {
-    if (GPUALLOC_REVERT_RISK != 4) {  // reverted: the failed creation keeps its place
-      runtime_count_.fetch_sub(1, std::memory_order_acq_rel);
-    }
+    runtime_count_.fetch_sub(1, std::memory_order_acq_rel);
     return created.status();  // no partial entry: the slot stays empty
   }
   if (options_.leak_report_at_exit && (*created)->tracker() != nullptr) {
@@ -122,7 +104,6 @@ absl::StatusOr<Runtime*> Context::GetRuntime(Device device) {
 }
 
 absl::Status Context::SetDevice(Device device) {
-  if (GPUALLOC_REVERT_RISK == 7) tls_device[id_] = device;  // reverted: switch, then validate
   GPUALLOC_RETURN_IF_ERROR(GetRuntime(device).status());
   tls_device[id_] = device;
   return absl::OkStatus();

@@ -7,13 +7,6 @@
 #include "allocator/common/checked_math.h"
 #include "allocator/common/exception_boundary.h"
 
-// ci/revert-check.sh defines GPUALLOC_REVERT_RISK=<row of docs/risk-matrix.md>
-// for this file alone, to put the reviewed fault back and show that the row's
-// test then fails. Never defined in a real build.
-#ifndef GPUALLOC_REVERT_RISK
-#define GPUALLOC_REVERT_RISK 0
-#endif
-
 namespace gpualloc {
 
 std::size_t PinnedRoundUp(std::size_t bytes) {
@@ -246,10 +239,8 @@ void PinnedHostAllocator::EvictLocked(
   // Release now what we can: queues of the current device, and any queue
   // that reached its bound (one device switch for the whole batch).
   for (auto& [owner, o] : owners_) {
-    // Reverted (row 2): only a current owner's queue is ever released.
-    const bool bounded = GPUALLOC_REVERT_RISK != 2;
     if (!o.pending.empty() &&
-        (owner == current || (bounded && o.pending.size() >= options_.max_pending_per_owner))) {
+        (owner == current || o.pending.size() >= options_.max_pending_per_owner)) {
       stats_.pending_blocks -= o.pending.size();
       now->emplace_back(owner, std::move(o.pending));
       o.pending.clear();
@@ -265,12 +256,6 @@ void PinnedHostAllocator::ReleaseBatch(DeviceIndex owner, std::vector<PinnedBloc
   }
   std::vector<PinnedBlock> failed;
   for (const PinnedBlock& b : blocks) {
-    if (GPUALLOC_REVERT_RISK == 11 && switched) {  // reverted: a device switch per free
-      CallAtBoundary("set device", [&] { return backend_->SetDevice(previous); }).IgnoreError();
-      CallAtBoundary("set device", [&] { return backend_->SetDevice(owner); }).IgnoreError();
-      std::lock_guard<Mutex> lock(mu_);
-      ++stats_.batch_switches;
-    }
     if (!CallAtBoundary("host free", [&] { return backend_->HostFree(owner, b.ptr); }).ok()) {
       failed.push_back(b);
     }
@@ -315,7 +300,6 @@ absl::Status PinnedHostAllocator::Flush(bool release_cache) {
     }
     for (auto& [owner, o] : owners_) {
       if (o.pending.empty()) continue;
-      if (GPUALLOC_REVERT_RISK == 2 && owner != CurrentDevice()) continue;  // reverted: left queued
       stats_.pending_blocks -= o.pending.size();
       batches.emplace_back(owner, std::move(o.pending));
       o.pending.clear();

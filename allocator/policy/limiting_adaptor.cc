@@ -5,13 +5,6 @@
 #include "absl/strings/str_format.h"
 #include "allocator/policy/allocation_tag.h"
 
-// ci/revert-check.sh defines GPUALLOC_REVERT_RISK=<row of docs/risk-matrix.md>
-// for this file alone, to put the reviewed fault back and show that the row's
-// test then fails. Never defined in a real build.
-#ifndef GPUALLOC_REVERT_RISK
-#define GPUALLOC_REVERT_RISK 0
-#endif
-
 namespace gpualloc {
 namespace {
 
@@ -84,7 +77,7 @@ absl::StatusOr<Allocation> LimitingAdaptor::DoAllocate(std::size_t bytes, Stream
       }
       const std::size_t in_use = usage_[i][keys[i]];
       if (bytes > rule.bytes || in_use > rule.bytes - bytes) {
-        if (rule.mode == LimitMode::kHard && GPUALLOC_REVERT_RISK != 14) {  // reverted: no limits
+        if (rule.mode == LimitMode::kHard) {
           ++refusals_;
           return absl::ResourceExhaustedError(absl::StrFormat(
               "limit refused %d bytes: the hard %s limit of %d bytes for '%s' has %d in use",

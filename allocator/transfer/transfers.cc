@@ -5,13 +5,6 @@
 #include "allocator/common/exception_boundary.h"
 #include "allocator/common/status_macros.h"
 
-// ci/revert-check.sh defines GPUALLOC_REVERT_RISK=<row of docs/risk-matrix.md>
-// for this file alone, to put the reviewed fault back and show that the row's
-// test then fails. Never defined in a real build.
-#ifndef GPUALLOC_REVERT_RISK
-#define GPUALLOC_REVERT_RISK 0
-#endif
-
 namespace gpualloc {
 namespace {
 
@@ -77,9 +70,6 @@ absl::StatusOr<Completion> Transfers::ToDevice(DeviceSpan dst, std::size_t dst_o
   GPUALLOC_RETURN_IF_ERROR(CallAtBoundary("memcpy async", [&] {
     return backend_->MemcpyAsync(At(dst, dst_offset), src, bytes, CopyKind::kHostToDevice, stream);
   }));
-  if (GPUALLOC_REVERT_RISK == 9) {  // reverted: a hidden synchronisation
-    GPUALLOC_RETURN_IF_ERROR(backend_->SynchronizeStream(stream));
-  }
   return Completion::Record(backend_, stream);
 }
 
