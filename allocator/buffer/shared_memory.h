@@ -13,7 +13,6 @@
 
 #include <memory>
 #include <new>
-#include <stdexcept>
 
 #include "absl/strings/str_format.h"
 #include "allocator/buffer/release_report.h"
