@@ -766,11 +766,6 @@ absl::Status CachingAllocator::DoDeallocate(const Allocation& allocation, Stream
   block->requested = 0;
   block->stream = stream;
   block->stream_uses.clear();
-  if (corrupt_next_free_ && block->next != nullptr &&
-      block->next->state == BlockState::kAllocated) {
-    corrupt_next_free_ = false;
-    block->size += options_.min_block_bytes;  // the planted bug: overlaps the neighbour
-  }
   if (!events.empty()) {
     block->pending_events = std::move(events);
     block->state = BlockState::kPendingEvents;
@@ -994,11 +989,6 @@ void CachingAllocator::AddOomCallback(OomCallback callback) {
 void CachingAllocator::SetMetadataAllocationHookForTesting(std::function<void()> hook) {
   std::lock_guard<Mutex> lock(mu_);
   metadata_hook_ = std::move(hook);
-}
-
-void CachingAllocator::CorruptNextFreeForTesting() {
-  std::lock_guard<Mutex> lock(mu_);
-  corrupt_next_free_ = true;
 }
 
 // --- observation ------------------------------------------------------------------------

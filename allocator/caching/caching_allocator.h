@@ -114,11 +114,6 @@ class CachingAllocator final : public MemoryResource {
   // Test hook: runs before every host-side metadata allocation the allocator
   // makes, so a test can throw std::bad_alloc from exactly there.
   void SetMetadataAllocationHookForTesting(std::function<void()> hook);
-  // Test hook: plants a real allocator bug. The next free whose block has an
-  // allocated right neighbour returns the block to the pool one
-  // min_block_bytes too large, so it overlaps that neighbour. Exists so the
-  // harness can prove it catches such bugs; never call it otherwise.
-  void CorruptNextFreeForTesting();
 
  private:
   using Block = caching_detail::Block;
@@ -238,7 +233,6 @@ class CachingAllocator final : public MemoryResource {
   std::array<MemoryStats, 2> pool_stats_;  // small, large
   std::vector<OomCallback> oom_callbacks_;
   std::function<void()> metadata_hook_;
-  bool corrupt_next_free_ = false;
 };
 
 }  // namespace gpualloc

@@ -15,6 +15,7 @@
 #include "allocator/common/mutex.h"
 #include "allocator/common/status_macros.h"
 #include "harness/invariants/invariants.h"
+#include "harness/testing/planted_bug_resource.h"
 
 namespace gpualloc::harness {
 namespace {
@@ -46,7 +47,12 @@ class Scenario {
     auto created = CachingAllocator::Create(backend_, 0, caching);
     if (!created.ok()) return created.status();
     allocator_ = std::move(*created);
-    if (options_.plant_overlap_bug) allocator_->CorruptNextFreeForTesting();
+    top_ = allocator_;
+    if (options_.plant_overlap_bug) {
+      auto planted = std::make_shared<PlantedBugResource>(allocator_);
+      planted->Arm();
+      top_ = std::move(planted);
+    }
 
     std::vector<Stream> streams;
     std::vector<void*> scratch;
@@ -77,6 +83,7 @@ class Scenario {
                             "%d bytes in %d blocks still counted after every free",
                             stats.allocated_bytes.current, stats.active_blocks.current)));
     }
+    top_.reset();
     allocator_.reset();
     // The checker's verdict is part of every explored schedule.
     Fail(-1, "stream order", CheckStreamOrder(*backend_));
@@ -136,7 +143,7 @@ class Scenario {
     // Log-uniform 256 B .. 256 KiB: small-pool blocks, split and reused often.
     const double exponent = 8 + static_cast<double>(rng() % 1000) / 1000.0 * 10;
     const auto bytes = static_cast<std::size_t>(std::exp2(exponent));
-    absl::StatusOr<Allocation> a = allocator_->Allocate(bytes, stream);
+    absl::StatusOr<Allocation> a = top_->Allocate(bytes, stream);
     if (!a.ok()) return a.status();
     Entry e{*a, static_cast<unsigned char>(1 + rng() % 255), std::min(bytes, kCheckedBytes)};
     // In stream order, like a kernel initialising its output.
@@ -191,7 +198,7 @@ class Scenario {
     GPUALLOC_RETURN_IF_ERROR(backend_->LaunchKernel(
         e.allocation.stream, {{e.allocation.ptr, e.checked, AccessMode::kRead, 0}}, 0,
         "last read"));
-    return allocator_->Deallocate(e.allocation);
+    return top_->Deallocate(e.allocation);
   }
 
   std::optional<Entry> Take(std::mt19937_64& rng) {
@@ -224,7 +231,8 @@ class Scenario {
   DeterministicScheduler& scheduler_;
   const ScheduledScenarioOptions options_;
   std::shared_ptr<SimBackend> backend_;
-  std::unique_ptr<CachingAllocator> allocator_;
+  std::shared_ptr<CachingAllocator> allocator_;
+  std::shared_ptr<MemoryResource> top_;  // the allocator, or the planted bug over it
   Mutex pool_mu_;  // a scheduling point, like the allocator's own locks
   std::vector<Entry> pool_;
   std::mutex error_mu_;  // never held across a scheduling point

@@ -23,9 +23,9 @@ struct ScheduledScenarioOptions {
   int ops_per_thread = 30;
   CrossStreamReuse cross_stream = CrossStreamReuse::kFollowEvents;
   bool expandable_segments = false;
-  // Plants an allocator bug (CachingAllocator::CorruptNextFreeForTesting: a
-  // freed block returns to the pool overlapping its neighbour), so the tools
-  // can show a failure being reported and replayed.
+  // Plants an allocator bug (harness::PlantedBugResource over the allocator:
+  // memory someone else owns is handed out again), so the tools can show a
+  // failure being reported and replayed.
   bool plant_overlap_bug = false;
 };
 

@@ -77,7 +77,8 @@ struct StressConfig {
   // Grow each pool's segment in place (virtual memory) instead of obtaining
   // separate segments; limit changes then unmap free tails with work queued.
   bool expandable_segments = false;
-  // Test hook: make the allocator hand out one freed block twice, to prove
+  // Route device 0's allocations through harness::PlantedBugResource, which
+  // hands out memory someone else owns (a planted use-after-free), to prove
   // the campaign catches allocator bugs. Off in every real run.
   bool inject_bug = false;
 

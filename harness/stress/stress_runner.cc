@@ -23,6 +23,7 @@
 #include "allocator/host/pinned_host_allocator.h"
 #include "allocator/observe/tracking_adaptor.h"
 #include "harness/invariants/invariants.h"
+#include "harness/testing/planted_bug_resource.h"
 
 namespace gpualloc::harness {
 namespace {
@@ -188,7 +189,13 @@ absl::Status Campaign::SetUp() {
       streams_.back().push_back(stream);
     }
   }
-  if (config_.inject_bug) allocators_[0]->CorruptNextFreeForTesting();
+  if (config_.inject_bug) {
+    // A real allocator bug, planted in a harness adaptor over device 0's
+    // stack: the campaign must catch it.
+    auto planted = std::make_shared<PlantedBugResource>(resources_[0]);
+    planted->Arm();
+    resources_[0] = std::move(planted);
+  }
   report_.config = config_;
   start_ = Clock::now();
   return absl::OkStatus();
