@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "nlohmann/json.hpp"
 
 namespace gpualloc {
 namespace {
@@ -18,23 +19,22 @@ const char* StateName(BlockState s) {
 }  // namespace
 
 std::string MemorySnapshot::ToJson() const {
-  std::string out = absl::StrFormat("{\"device\":%d,\"segments\":[", device);
-  for (std::size_t i = 0; i < segments.size(); ++i) {
-    const SegmentSnapshot& s = segments[i];
-    absl::StrAppendFormat(&out, "%s{\"address\":%d,\"size\":%d,\"small_pool\":%s,\"blocks\":[",
-                          i ? "," : "", s.address, s.size, s.small_pool ? "true" : "false");
-    for (std::size_t j = 0; j < s.blocks.size(); ++j) {
-      const BlockSnapshot& b = s.blocks[j];
-      absl::StrAppendFormat(&out,
-                            "%s{\"address\":%d,\"size\":%d,\"requested\":%d,\"state\":\"%s\","
-                            "\"stream\":%d}",
-                            j ? "," : "", b.address, b.size, b.requested, StateName(b.state),
-                            b.stream.handle);
+  nlohmann::json segs = nlohmann::json::array();
+  for (const SegmentSnapshot& s : segments) {
+    nlohmann::json blocks = nlohmann::json::array();
+    for (const BlockSnapshot& b : s.blocks) {
+      blocks.push_back({{"address", b.address},
+                        {"size", b.size},
+                        {"requested", b.requested},
+                        {"state", StateName(b.state)},
+                        {"stream", b.stream.handle}});
     }
-    out += "]}";
+    segs.push_back({{"address", s.address},
+                    {"size", s.size},
+                    {"small_pool", s.small_pool},
+                    {"blocks", std::move(blocks)}});
   }
-  out += "]}";
-  return out;
+  return nlohmann::json{{"device", device}, {"segments", std::move(segs)}}.dump();
 }
 
 }  // namespace gpualloc

@@ -18,8 +18,17 @@ void ExitWithBadFlag(const char* program, const std::string& message) {
 void CheckFlagValuesOrExit(const char* program, int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     absl::string_view arg = argv[i];
-    if (arg == "--") break;
-    if (!absl::ConsumePrefix(&arg, "--") && !absl::ConsumePrefix(&arg, "-")) continue;
+    // Abseil would stop at "--" and silently return the rest, and ignore any
+    // positional argument: the tools take none, so either is a mistake.
+    if (arg == "--") {
+      ExitWithBadFlag(program, "unexpected '--': this tool takes flags only, no positional "
+                               "arguments");
+    }
+    if (!absl::ConsumePrefix(&arg, "--") && !absl::ConsumePrefix(&arg, "-")) {
+      ExitWithBadFlag(program, absl::StrFormat("unexpected argument '%s': this tool takes flags "
+                                               "only (--name=value or --name value)",
+                                               arg));
+    }
     const std::size_t eq = arg.find('=');
     const absl::string_view name = arg.substr(0, eq);
     if (name == "help" || name == "helpfull" || name == "helpshort" || name == "version" ||
@@ -33,12 +42,17 @@ void CheckFlagValuesOrExit(const char* program, int argc, char** argv) {
       if (negated != nullptr && negated->IsOfType<bool>()) continue;  // --nofoo
     }
     if (flag == nullptr) ExitWithBadFlag(program, absl::StrFormat("unknown flag --%s", name));
+    absl::string_view value;
     if (eq == absl::string_view::npos) {
-      if (!flag->IsOfType<bool>()) ExitWithBadFlag(program, absl::StrFormat("--%s needs a value", name));
-      continue;
+      if (flag->IsOfType<bool>()) continue;
+      // "--name value", which Abseil's parser accepts too.
+      if (i + 1 >= argc) ExitWithBadFlag(program, absl::StrFormat("--%s needs a value", name));
+      value = argv[++i];
+    } else {
+      value = arg.substr(eq + 1);
     }
     std::string error;
-    if (!flag->ParseFrom(arg.substr(eq + 1), &error)) {
+    if (!flag->ParseFrom(value, &error)) {
       ExitWithBadFlag(program, absl::StrFormat("bad value for --%s: %s", name, error));
     }
   }

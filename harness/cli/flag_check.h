@@ -1,6 +1,8 @@
 // The harness tools' shared command-line contract: a bad flag value, an
-// unknown flag or a missing value prints a clear message naming the flag and
-// exits with status 2 (Abseil's own parser would exit with 1).
+// unknown flag, a missing value, a positional argument or a stray "--"
+// prints a clear message naming it and exits with status 2 (Abseil's own
+// parser would exit with 1, or ignore positional arguments). Values may be
+// given as --name=value or --name value.
 #ifndef GPUALLOC_HARNESS_CLI_FLAG_CHECK_H_
 #define GPUALLOC_HARNESS_CLI_FLAG_CHECK_H_
 

@@ -31,4 +31,19 @@ check trace-needed 2 "--trace" -- --sizes=trace
 check bad-trace 2 "--trace: cannot read" -- --sizes=trace --trace=/nonexistent
 check fifo-limit-kinds 0 "result +PASS" -- --ops=3000 --threads=2 --device_capacity_mb=256 \
   --max_size=2097152 --lifetime=fifo --limit_mb=64 --fault_rate=0.05 --fault_kinds=error,delay
+# Hostile and careless command lines.
+check inconclusive 3 "result +INCONCLUSIVE: only [0-9]+ of [0-9]+ allocation attempts" -- --ops=10 \
+  --threads=1 --device_capacity_mb=256 --max_size=2097152 --fault_rate=0
+check positional 2 "unexpected argument 'extra'" -- --ops=100 extra
+check stray-dashes 2 "unexpected '--'" -- --ops=100 -- --threads=2
+check space-form 0 "result +PASS" -- --ops 3000 --threads 2 --device_capacity_mb 256 --max_size 2097152
+check duration-unused 0 "result +PASS" -- --ops=3000 --duration=1e12 --threads=2 \
+  --device_capacity_mb=256 --max_size=2097152
+check duration-used 2 "--duration: is longer than a week" -- --duration=1e12
+start=$SECONDS
+check unwritable-json 2 "--report_json: cannot write /nonexistent/dir/r.json" -- \
+  --report_json=/nonexistent/dir/r.json --duration=30
+check unwritable-html 2 "--report_html: cannot write" -- --report_html=/proc/r.html --duration=30
+(( SECONDS - start < 20 )) || { echo "FAIL unwritable: the paths were checked only after the run"; fail=1; }
+check wrapping-limit 2 "--limit_mb: 17592186044432 MiB does not fit" -- --limit_mb=17592186044432
 exit $fail

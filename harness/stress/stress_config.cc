@@ -1,5 +1,7 @@
 #include "harness/stress/stress_config.h"
 
+#include <limits>
+
 #include <algorithm>
 #include <cmath>
 
@@ -70,7 +72,7 @@ absl::Status StressConfig::Validate() const {
   if (!(duration_s > 0) && ops == 0) {
     return Bad("duration", "must be positive unless --ops bounds the run");
   }
-  if (duration_s > 7 * 24 * 3600) return Bad("duration", "is longer than a week");
+  if (ops == 0 && duration_s > 7 * 24 * 3600) return Bad("duration", "is longer than a week");
   if (min_size == 0 || min_size > max_size) {
     return Bad("min_size", absl::StrFormat("need 0 < min_size (%d) <= max_size (%d)", min_size,
                                            max_size));
@@ -99,6 +101,10 @@ absl::Status StressConfig::Validate() const {
     if (k == FaultAction::kStickyError) {
       return Bad("fault_kinds", "sticky is a lost device: it ends a campaign (unit tests cover it)");
     }
+  }
+  if (limit_mb > (std::numeric_limits<std::size_t>::max() >> 20)) {
+    return Bad("limit_mb", absl::StrFormat("%d MiB does not fit in a byte count (it would wrap)",
+                                           limit_mb));
   }
   if (limit_mb != 0 && limit_mb * (std::size_t{1} << 20) < max_size) {
     return Bad("limit_mb", "must be 0 (no limit) or hold at least one --max_size request");

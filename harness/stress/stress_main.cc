@@ -3,8 +3,10 @@
 // whether every invariant held (0), one broke (1), or the flags were bad (2).
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -135,10 +137,21 @@ int main(int argc, char** argv) {
       "Stress campaign against the caching GPU allocator.\n"
       "  bazel run //harness:stress -- [--threads=4 --duration=60 --fault_rate=0.001 ...]\n"
       "Exit status: 0 every invariant held, 1 an invariant broke (the report says how to\n"
-      "reproduce it), 2 bad flags or no such device.");
+      "reproduce it), 2 bad flags, an unwritable report path or no such device, 3 the\n"
+      "campaign was inconclusive (too few allocations succeeded to mean anything).");
   gpualloc::harness::CheckFlagValuesOrExit("stress", argc, argv);
   absl::ParseCommandLine(argc, argv);
   const StressConfig config = ConfigFromFlags();
+  // Report paths are checked now, not after a long run.
+  for (const auto& [flag, path] : {std::pair<const char*, std::string>{"report_json",
+                                                                       absl::GetFlag(FLAGS_report_json)},
+                                   {"report_html", absl::GetFlag(FLAGS_report_html)}}) {
+    if (path.empty()) continue;
+    std::ofstream probe(gpualloc::harness::UserPath(path), std::ios::app);
+    if (!probe) {
+      BadFlags(absl::StrFormat("--%s: cannot write %s: %s", flag, path, std::strerror(errno)));
+    }
+  }
 
   const bool tty = isatty(fileno(stderr));
   double last_line = -1e9;
@@ -193,5 +206,6 @@ int main(int argc, char** argv) {
                 config.ToFlags().c_str());
     return 1;
   }
+  if (!report->InconclusiveReason().empty()) return 3;  // not a PASS: nothing much ran
   return 0;
 }

@@ -4,7 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/strings/str_join.h"
+#include "nlohmann/json.hpp"
 
 namespace gpualloc::harness {
 namespace {
@@ -21,34 +21,6 @@ std::string Ns(std::uint64_t ns) {
   if (ns >= 1'000'000) return absl::StrFormat("%.2f ms", ns / 1e6);
   if (ns >= 1'000) return absl::StrFormat("%.1f us", ns / 1e3);
   return absl::StrFormat("%d ns", ns);
-}
-
-std::string JsonString(absl::string_view s) {
-  std::string out = "\"";
-  for (char c : s) {
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) {
-          absl::StrAppendFormat(&out, "\\u%04x", c);
-        } else {
-          out += c;
-        }
-    }
-  }
-  return out + "\"";
-}
-
-std::string LatencyJson(const LatencyHistogram& h) {
-  std::string buckets;
-  for (const auto& [upper, count] : h.Buckets()) {
-    absl::StrAppendFormat(&buckets, "%s[%d,%d]", buckets.empty() ? "" : ",", upper, count);
-  }
-  return absl::StrFormat(
-      "{\"count\":%d,\"p50\":%d,\"p99\":%d,\"p999\":%d,\"max\":%d,\"buckets\":[%s]}", h.count(),
-      h.Percentile(0.5), h.Percentile(0.99), h.Percentile(0.999), h.max(), buckets);
 }
 
 }  // namespace
@@ -104,8 +76,8 @@ std::string ReportText(const StressReport& r) {
                         "changes racing queued work, %d pinned staging blocks freed with copies "
                         "in flight\n",
                         r.used_elsewhere, r.limit_changes, r.pinned.stream_waits);
-  absl::StrAppendFormat(&out, "checks       %d invariant checks during the run, leak check at the end\n",
-                        r.invariant_checks);
+  absl::StrAppendFormat(&out, "checks       %d invariant checks during the run, leak check at the end %s\n",
+                        r.invariant_checks, r.leak_check_passed ? "passed" : "failed");
   if (r.stream_order_checked) {
     absl::StrAppendFormat(&out,
                           "stream order %d operations, %d accesses checked by happens-before: "
@@ -116,7 +88,9 @@ std::string ReportText(const StressReport& r) {
     absl::StrAppendFormat(&out, "stream order not checked (%s)\n",
                           r.config.backend == "sim" ? "switched off" : "only the sim checks it");
   }
-  if (r.ok()) {
+  if (r.ok() && !r.InconclusiveReason().empty()) {
+    absl::StrAppendFormat(&out, "result       INCONCLUSIVE: %s\n", r.InconclusiveReason());
+  } else if (r.ok()) {
     absl::StrAppendFormat(&out, "result       PASS: every invariant held, no leak\n");
   } else {
     absl::StrAppendFormat(&out, "result       FAIL: %d violation(s); first: %s\n",
@@ -125,40 +99,83 @@ std::string ReportText(const StressReport& r) {
   return out;
 }
 
+std::string Verdict(const StressReport& r) {
+  if (!r.ok()) return "fail";
+  return r.InconclusiveReason().empty() ? "pass" : "inconclusive";
+}
+
 std::string ReportJson(const StressReport& r) {
-  std::string timeline;
-  for (const TimelineSample& s : r.timeline) {
-    absl::StrAppendFormat(&timeline, "%s[%.3f,%d,%d,%.4f]", timeline.empty() ? "" : ",", s.t_s,
-                          s.allocated, s.reserved, s.largest_free_over_free);
+  using nlohmann::json;
+  auto latency = [](const LatencyHistogram& h) {
+    json buckets = json::array();
+    for (const auto& [upper, count] : h.Buckets()) buckets.push_back({upper, count});
+    return json{{"count", h.count()},           {"p50", h.Percentile(0.5)},
+                {"p99", h.Percentile(0.99)},    {"p999", h.Percentile(0.999)},
+                {"max", h.max()},               {"buckets", std::move(buckets)}};
+  };
+  json timeline = json::array();
+  double worst_fragmentation = 1;
+  for (const TimelineSample& t : r.timeline) {
+    timeline.push_back({t.t_s, t.allocated, t.reserved, t.largest_free_over_free});
+    worst_fragmentation = std::min(worst_fragmentation, t.largest_free_over_free);
   }
-  std::vector<std::string> snaps, violations;
-  for (const MemorySnapshot& s : r.peak_snapshot) snaps.push_back(s.ToJson());
-  for (const std::string& v : r.violations) violations.push_back(JsonString(v));
-  return absl::StrCat(
-      "{",
-      absl::StrFormat("\"config\":%s,", JsonString(r.config.ToFlags())),
-      absl::StrFormat("\"seed\":%d,\"elapsed_s\":%.3f,\"ops\":%d,\"allocations\":%d,\"frees\":%d,",
-                      r.config.seed, r.elapsed_s, r.ops, r.allocations, r.frees),
-      absl::StrFormat("\"cross_thread_frees\":%d,\"cross_stream_frees\":%d,\"device_switches\":%d,",
-                      r.cross_thread_frees, r.cross_stream_frees, r.device_switches),
-      absl::StrFormat("\"out_of_memory\":%d,\"fault_errors\":%d,\"faults_injected\":%d,",
-                      r.out_of_memory, r.fault_errors, r.faults_injected),
-      absl::StrFormat("\"peak_allocated\":%d,\"peak_reserved\":%d,", r.peak_allocated,
-                      r.peak_reserved),
-      absl::StrFormat("\"cache_hits\":%d,\"cache_misses\":%d,\"cross_stream_reuses\":%d,",
-                      r.cache_hits, r.cache_misses, r.cross_stream_reuses),
-      absl::StrFormat("\"upstream_allocs\":%d,\"upstream_frees\":%d,\"invariant_checks\":%d,",
-                      r.upstream_allocs, r.upstream_frees, r.invariant_checks),
-      absl::StrFormat("\"used_elsewhere\":%d,\"limit_changes\":%d,\"pinned_stream_waits\":%d,",
-                      r.used_elsewhere, r.limit_changes, r.pinned.stream_waits),
-      absl::StrFormat("\"stream_order\":{\"checked\":%s,\"operations\":%d,"
-                      "\"accesses_checked\":%d,\"violations\":%d},",
-                      r.stream_order_checked ? "true" : "false", r.stream_order.operations,
-                      r.stream_order.accesses_checked, r.stream_order.violations),
-      "\"allocate_ns\":", LatencyJson(r.allocate_ns), ",\"free_ns\":", LatencyJson(r.free_ns),
-      ",\"timeline\":[", timeline, "],\"peak_snapshot\":[", absl::StrJoin(snaps, ","),
-      "],\"violations\":[", absl::StrJoin(violations, ","), "],",
-      absl::StrFormat("\"ok\":%s}", r.ok() ? "true" : "false"));
+  json snapshots = json::array();
+  for (const MemorySnapshot& snap : r.peak_snapshot) snapshots.push_back(json::parse(snap.ToJson()));
+  const std::uint64_t requests = r.allocations + r.frees;
+  const std::uint64_t upstream = r.upstream_allocs + r.upstream_frees;
+  const std::uint64_t lookups = r.cache_hits + r.cache_misses;
+  json j = {
+      {"config", r.config.ToFlags()},
+      {"campaign",
+       {{"sizes", std::string(SizeDistributionName(r.config.sizes))},
+        {"devices", r.config.devices},
+        {"backend", r.config.backend},
+        {"threads", r.config.threads},
+        {"streams_per_device", r.config.streams_per_device}}},
+      {"seed", r.config.seed},
+      {"elapsed_s", r.elapsed_s},
+      {"ops", r.ops},
+      {"ops_per_s", r.elapsed_s > 0 ? r.ops / r.elapsed_s : 0.0},
+      {"allocations", r.allocations},
+      {"frees", r.frees},
+      {"cross_thread_frees", r.cross_thread_frees},
+      {"cross_stream_frees", r.cross_stream_frees},
+      {"device_switches", r.device_switches},
+      {"allocate_ns", latency(r.allocate_ns)},
+      {"free_ns", latency(r.free_ns)},
+      {"peak_allocated", r.peak_allocated},
+      {"peak_reserved", r.peak_reserved},
+      {"worst_fragmentation", worst_fragmentation},
+      {"cache_hits", r.cache_hits},
+      {"cache_misses", r.cache_misses},
+      {"cache_hit_rate", lookups ? static_cast<double>(r.cache_hits) / lookups : 0.0},
+      {"cross_stream_reuses", r.cross_stream_reuses},
+      {"cache_flushes", r.cache_flushes},
+      {"requests", requests},
+      {"upstream_allocs", r.upstream_allocs},
+      {"upstream_frees", r.upstream_frees},
+      {"upstream_calls_saved", requests > upstream ? requests - upstream : 0},
+      {"faults_injected", r.faults_injected},
+      {"fault_errors", r.fault_errors},
+      {"out_of_memory", r.out_of_memory},
+      {"used_elsewhere", r.used_elsewhere},
+      {"limit_changes", r.limit_changes},
+      {"pinned_stream_waits", r.pinned.stream_waits},
+      {"invariant_checks", r.invariant_checks},
+      {"leak_check", r.leak_check_passed ? "passed" : "failed"},
+      {"stream_order",
+       {{"checked", r.stream_order_checked},
+        {"operations", r.stream_order.operations},
+        {"accesses_checked", r.stream_order.accesses_checked},
+        {"violations", r.stream_order.violations}}},
+      {"timeline", std::move(timeline)},
+      {"peak_snapshot", std::move(snapshots)},
+      {"violations", r.violations},
+      {"verdict", Verdict(r)},
+      {"inconclusive_reason", r.InconclusiveReason()},
+      {"ok", r.ok()},
+  };
+  return j.dump();
 }
 
 }  // namespace gpualloc::harness

@@ -11,8 +11,11 @@ namespace gpualloc::harness {
 
 // The human-readable summary printed at the end of a run.
 std::string ReportText(const StressReport& report);
-// Everything in the report, for dashboards and comparisons.
+// Everything in the report, for dashboards and comparisons: every figure the
+// text states, the timeline, the segment map at peak, and the verdict.
 std::string ReportJson(const StressReport& report);
+// "pass", "fail" (a violation) or "inconclusive" (nothing much exercised).
+std::string Verdict(const StressReport& report);
 
 }  // namespace gpualloc::harness
 

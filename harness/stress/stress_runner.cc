@@ -275,11 +275,13 @@ void Campaign::FreeLive(const Live& l, Stream stream, LatencyHistogram& hist) {
     return;
   }
   MemoryResource& alloc = *resources_[l.allocation.device()];
+  const auto t0 = Clock::now();  // one sample per free, its retries included
   for (int attempt = 0; attempt < 100; ++attempt) {
-    const auto t0 = Clock::now();
     absl::Status st = alloc.Deallocate(l.allocation, stream);
-    hist.Record(Nanos(Clock::now() - t0));
-    if (st.ok()) return;
+    if (st.ok()) {
+      hist.Record(Nanos(Clock::now() - t0));
+      return;
+    }
     if (!IsInjected(st)) {
       Violation(absl::StrFormat("free of %p on device %d failed unexpectedly: %s",
                                 l.allocation.ptr, l.allocation.device(), st.message()));
@@ -499,8 +501,7 @@ absl::StatusOr<StressReport> Campaign::Finish() {
   // Leftover hand-overs, then a clean, fault-free teardown.
   for (int d = 0; d < config_.devices; ++d) {
     for (const Live& l : handoff_[d]) {
-      LatencyHistogram ignored;
-      FreeLive(l, l.allocation.stream, ignored);
+      FreeLive(l, l.allocation.stream, report_.free_ns);
       ++report_.frees;
     }
     handoff_[d].clear();
@@ -525,6 +526,7 @@ absl::StatusOr<StressReport> Campaign::Finish() {
     report_.upstream_frees += s.upstream_frees;
     report_.cross_stream_reuses += s.cross_stream_reuses;
     if (s.allocated_bytes.current != 0) {
+      report_.leak_check_passed = false;
       report_.violations.push_back(absl::StrFormat(
           "device %d: %d bytes still allocated after every allocation was freed", a->device(),
           s.allocated_bytes.current));
@@ -538,6 +540,7 @@ absl::StatusOr<StressReport> Campaign::Finish() {
   }
   for (const auto& t : trackers_) {
     if (t->live_count() != 0) {
+      report_.leak_check_passed = false;
       report_.violations.push_back("the leak tracker still lists allocations: " + t->Report());
     }
   }
@@ -557,6 +560,7 @@ absl::StatusOr<StressReport> Campaign::Finish() {
       report_.violations.push_back(std::string(st.message()));
     }
     if (!acc.AllReleased() || acc.guard_violations != 0) {
+      report_.leak_check_passed = false;
       report_.violations.push_back("leak or overrun at teardown (the sim's accounting): " +
                                    acc.Describe());
     }
@@ -565,6 +569,16 @@ absl::StatusOr<StressReport> Campaign::Finish() {
 }
 
 }  // namespace
+
+std::string StressReport::InconclusiveReason() const {
+  const std::uint64_t attempts = allocations + out_of_memory;
+  if (allocations >= kMinConclusiveAllocations && allocations * 10 >= attempts) return "";
+  return absl::StrFormat(
+      "only %d of %d allocation attempts succeeded (%d refused as out of memory): too few to "
+      "exercise the allocator; check --min_size/--max_size against --device_capacity_mb and "
+      "--limit_mb, and --ops/--duration",
+      allocations, attempts, out_of_memory);
+}
 
 absl::StatusOr<StressReport> RunStress(const StressConfig& config,
                                        const std::function<void(const Progress&)>& progress,

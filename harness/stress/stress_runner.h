@@ -67,8 +67,14 @@ struct StressReport {
   std::vector<TimelineSample> timeline;
   std::vector<MemorySnapshot> peak_snapshot;  // one per device, at peak reserved
   std::vector<std::string> violations;        // empty when every invariant held
+  bool leak_check_passed = true;              // nothing left allocated, tracked or on the device
 
   bool ok() const { return violations.empty(); }
+  // Why a run with no violation still proves nothing ("" when it does): it
+  // made no successful allocation, or too few (fewer than
+  // kMinConclusiveAllocations, or fewer than one in ten attempts).
+  static constexpr std::uint64_t kMinConclusiveAllocations = 16;
+  std::string InconclusiveReason() const;
 };
 
 // Progress is reported about every `progress_interval_s` from a monitor
