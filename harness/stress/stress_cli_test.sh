@@ -46,4 +46,16 @@ check unwritable-json 2 "--report_json: cannot write /nonexistent/dir/r.json" --
 check unwritable-html 2 "--report_html: cannot write" -- --report_html=/proc/r.html --duration=30
 (( SECONDS - start < 20 )) || { echo "FAIL unwritable: the paths were checked only after the run"; fail=1; }
 check wrapping-limit 2 "--limit_mb: 17592186044432 MiB does not fit" -- --limit_mb=17592186044432
+# More streams than the machine gives threads for (a virtual-memory limit
+# makes thread creation fail even for root): exit 2 and say so, never abort.
+# Not under the sanitizers, whose shadow memory needs the address space.
+if [[ -z ${ASAN_OPTIONS:-} && -z ${TSAN_OPTIONS:-} ]]; then
+  out=$( (ulimit -v 2000000; "$bin" --devices=64 --streams=64 --threads=8 --ops=100 \
+          --device_capacity_mb=64 --max_size=1048576) 2>&1); got=$?
+  if [[ $got -eq 2 ]] && grep -q "cannot run: simErrorOutOfResources: cannot start the worker thread" <<<"$out"; then
+    echo "ok   too-many-streams"
+  else
+    echo "FAIL too-many-streams: exit $got"; echo "$out" | tail -5; fail=1
+  fi
+fi
 exit $fail

@@ -8,6 +8,7 @@
 #include <memory>
 #include <mutex>
 #include <random>
+#include <system_error>
 #include <thread>
 #include <cstring>
 
@@ -586,13 +587,24 @@ absl::StatusOr<StressReport> RunStress(const StressConfig& config,
   GPUALLOC_RETURN_IF_ERROR(config.Validate());
   Campaign campaign(config);
   GPUALLOC_RETURN_IF_ERROR(campaign.SetUp());
-  std::thread monitor([&] { campaign.Monitor(progress, progress_interval_s); });
-  std::vector<std::thread> workers;
-  for (int t = 0; t < config.threads; ++t) workers.emplace_back([&, t] { campaign.Worker(t); });
-  for (auto& w : workers) w.join();
+  // The machine may refuse threads: that is an error to report, not a crash.
+  std::vector<std::thread> threads;
+  absl::Status started = absl::OkStatus();
+  try {
+    threads.emplace_back([&] { campaign.Monitor(progress, progress_interval_s); });
+    for (int t = 0; t < config.threads; ++t) threads.emplace_back([&, t] { campaign.Worker(t); });
+  } catch (const std::system_error& e) {
+    started = absl::ResourceExhaustedError(absl::StrFormat(
+        "cannot start %d worker threads and a monitor (this machine refused thread %d): %s",
+        config.threads, threads.size() + 1, e.what()));
+    campaign.Stop();
+  }
+  for (std::size_t i = 1; i < threads.size(); ++i) threads[i].join();
   campaign.Stop();
-  monitor.join();
-  return campaign.Finish();
+  if (!threads.empty()) threads[0].join();
+  absl::StatusOr<StressReport> report = campaign.Finish();
+  if (!started.ok()) return started;
+  return report;
 }
 
 }  // namespace gpualloc::harness

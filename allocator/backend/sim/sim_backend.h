@@ -228,7 +228,9 @@ class SimBackend final : public Backend {
                                const char* what, std::function<void()> body);
   // The host has waited for everything enqueued so far on `workers`.
   void HostWaited(const std::vector<std::shared_ptr<SimStreamWorker>>& workers);
-  std::shared_ptr<SimStreamWorker> NewWorker(Stream stream);
+  // A worker thread for `stream`. The machine may refuse a thread (too many
+  // streams for it): ResourceExhausted, never a throw.
+  absl::StatusOr<std::shared_ptr<SimStreamWorker>> NewWorker(Stream stream);
   // OK when [dst, dst+bytes) is device or managed memory; sets its device.
   absl::Status CheckMemsetTarget(void* dst, std::size_t bytes, DeviceIndex* device) const;
   absl::Status CheckCopy(void* dst, const void* src, std::size_t bytes, CopyKind kind,

@@ -1,5 +1,7 @@
 #include "allocator/backend/sim/sim_backend.h"
 
+#include <sys/resource.h>
+
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -280,6 +282,35 @@ TEST(SimBackend, ConcurrentAllocationFromManyThreadsBalances) {
   EXPECT_TRUE(sim.Accounting().AllReleased());
   EXPECT_EQ(sim.Accounting().calls_to(BackendOp::kMalloc), 800u);
 }
+
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+// A machine that refuses another thread (here: an address-space limit, which
+// binds root too) makes CreateStream fail with a Status, never a throw.
+// Runs in the death test's child: exits 0 when CreateStream reported the
+// refused thread as ResourceExhausted naming simErrorOutOfResources.
+[[noreturn]] void CreateStreamsUnderAnAddressSpaceLimit() {
+  SimBackend sim(TwoSmallDevices());
+  const rlimit limit{std::size_t{1} << 30, std::size_t{1} << 30};
+  if (setrlimit(RLIMIT_AS, &limit) != 0) std::_Exit(3);
+  std::vector<Stream> streams;
+  for (int i = 0; i < 10000; ++i) {
+    absl::StatusOr<Stream> s = sim.CreateStream(0);
+    if (!s.ok()) {
+      const bool named = s.status().code() == absl::StatusCode::kResourceExhausted &&
+                         s.status().message().find("simErrorOutOfResources") !=
+                             absl::string_view::npos;
+      std::_Exit(named ? 0 : 4);
+    }
+    streams.push_back(*s);
+  }
+  std::_Exit(5);  // the limit never bit
+}
+
+TEST(SimBackendDeathTest, CreateStreamBeyondTheMachinesThreadsIsAnErrorNotACrash) {
+  GTEST_FLAG_SET(death_test_style, "fast");
+  EXPECT_EXIT(CreateStreamsUnderAnAddressSpaceLimit(), ::testing::ExitedWithCode(0), "");
+}
+#endif
 
 }  // namespace
 }  // namespace gpualloc

@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <condition_variable>
 #include <mutex>
+#include <new>
+#include <system_error>
 
 #include "allocator/backend/sim/sim_internal.h"
 #include "allocator/common/status_macros.h"
@@ -71,8 +73,20 @@ absl::StatusOr<SimStreamGate> SimBackend::HoldStream(Stream stream) {
   return gate;
 }
 
-std::shared_ptr<SimStreamWorker> SimBackend::NewWorker(Stream stream) {
-  auto worker = std::make_shared<SimStreamWorker>(stream.device, options_.scheduler);
+absl::StatusOr<std::shared_ptr<SimStreamWorker>> SimBackend::NewWorker(Stream stream) {
+  std::shared_ptr<SimStreamWorker> worker;
+  try {
+    worker = std::make_shared<SimStreamWorker>(stream.device, options_.scheduler);
+  } catch (const std::system_error& e) {
+    return SimError(absl::StatusCode::kResourceExhausted, "simErrorOutOfResources",
+                    absl::StrFormat("cannot start the worker thread of a new stream on device %d "
+                                    "(too many streams for this machine?): %s",
+                                    stream.device, e.what()));
+  } catch (const std::bad_alloc&) {
+    return SimError(absl::StatusCode::kResourceExhausted, "simErrorOutOfResources",
+                    absl::StrFormat("no host memory for a new stream on device %d",
+                                    stream.device));
+  }
   if (checker_) worker->set_checker_actor(checker_->ActorFor(stream));
   return worker;
 }
@@ -93,7 +107,11 @@ absl::StatusOr<std::shared_ptr<SimStreamWorker>> SimBackend::WorkerFor(Stream st
   std::lock_guard<std::mutex> lock(mu_);
   if (stream.is_default()) {
     auto& worker = devices_[stream.device]->default_stream;
-    if (!worker) worker = NewWorker(stream);
+    if (!worker) {
+      absl::StatusOr<std::shared_ptr<SimStreamWorker>> fresh = NewWorker(stream);
+      if (!fresh.ok()) return fresh.status();
+      worker = *std::move(fresh);
+    }
     return worker;
   }
   auto it = streams_.find(stream.handle);
@@ -118,7 +136,8 @@ absl::StatusOr<Stream> SimBackend::CreateStream(DeviceIndex device) {
     std::lock_guard<std::mutex> lock(mu_);
     handle = next_handle_++;  // never reused, so a stream's checker actor is its own
   }
-  auto worker = NewWorker(Stream{handle, device});
+  GPUALLOC_ASSIGN_OR_RETURN(std::shared_ptr<SimStreamWorker> worker,
+                            NewWorker(Stream{handle, device}));
   std::lock_guard<std::mutex> lock(mu_);
   streams_.emplace(handle, std::move(worker));
   return Stream{handle, device};
