@@ -161,6 +161,10 @@ absl::StatusOr<std::vector<TraceEvent>> ParseRmmCsv(absl::string_view text) {
 }
 
 absl::StatusOr<std::vector<TraceEvent>> ParseTrace(absl::string_view contents) {
+  if (contents.empty()) {
+    return absl::InvalidArgumentError(
+        "empty trace (0 bytes): neither our binary format nor RMM CSV");
+  }
   if (contents.size() >= sizeof kMagic && std::memcmp(contents.data(), kMagic, sizeof kMagic) == 0) {
     return DecodeTrace(contents);
   }

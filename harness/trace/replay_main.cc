@@ -3,6 +3,7 @@
 // of it. Exit status: 0 replayed, 2 bad flags or an unreadable/corrupt trace
 // (the message names the offset or line).
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -33,16 +34,28 @@ int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   const std::string path = absl::GetFlag(FLAGS_trace);
   if (path.empty()) harness::ExitWithBadFlag("replay", "--trace is required");
+  std::error_code error;
+  if (std::filesystem::is_directory(harness::UserPath(path), error)) {
+    harness::ExitWithBadFlag("replay", absl::StrFormat("--trace: %s is a directory, not a trace file", path));
+  }
   std::ifstream in(harness::UserPath(path), std::ios::binary);
   if (!in) harness::ExitWithBadFlag("replay", absl::StrFormat("cannot read %s", path));
   std::stringstream contents;
   contents << in.rdbuf();
+  if (contents.str().empty()) {
+    harness::ExitWithBadFlag("replay", absl::StrFormat("--trace: %s is empty (0 bytes): not a trace", path));
+  }
+  const std::size_t capacity_mb = absl::GetFlag(FLAGS_device_capacity_mb);
+  if (capacity_mb < 16 || capacity_mb > (std::size_t{1} << 20)) {
+    harness::ExitWithBadFlag("replay", absl::StrFormat(
+        "--device_capacity_mb: %d is not in [16, 1048576] MiB (16 MiB to 1 TiB)", capacity_mb));
+  }
   absl::StatusOr<std::vector<TraceEvent>> events = ParseTrace(contents.str());
   if (!events.ok()) {
     std::fprintf(stderr, "replay: %s: %s\n", path.c_str(), std::string(events.status().message()).c_str());
     return 2;
   }
-  SimOptions options = SimOptions::WithDevices(1, absl::GetFlag(FLAGS_device_capacity_mb) << 20);
+  SimOptions options = SimOptions::WithDevices(1, capacity_mb << 20);
   if (absl::GetFlag(FLAGS_cuda_like_costs)) options.cost = SimCostModel::CudaLike();
   auto sim = std::make_shared<SimBackend>(options);
   const std::string kind = absl::GetFlag(FLAGS_allocator);

@@ -2,21 +2,25 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <random>
 
 namespace gpualloc::harness {
 namespace {
 
+// Emits events to a sink as they happen; holds only the live allocations of
+// the workload, never the trace.
 class Builder {
  public:
-  explicit Builder(std::uint64_t seed) : rng_(seed) {}
+  Builder(std::uint64_t seed, const std::function<bool(const TraceEvent&)>& sink)
+      : rng_(seed), sink_(sink) {}
   std::uint64_t Allocate(std::uint64_t size) {
     TraceEvent e;
     e.time_ns = (time_ += 1000);
     e.action = TraceEvent::Action::kAllocate;
     e.size = std::max<std::uint64_t>(size, 1);
     e.id = next_id_++;
-    events_.push_back(e);
+    Emit(e);
     return e.id;
   }
   void Free(std::uint64_t id, std::uint64_t size) {
@@ -25,14 +29,23 @@ class Builder {
     e.action = TraceEvent::Action::kFree;
     e.size = size;
     e.id = id;
-    events_.push_back(e);
+    Emit(e);
   }
   std::mt19937_64& rng() { return rng_; }
-  std::vector<TraceEvent>& events() { return events_; }
+  std::size_t emitted() const { return emitted_; }
+  // The sink refused an event (e.g. a write failed): stop generating.
+  bool stopped() const { return stopped_; }
 
  private:
+  void Emit(const TraceEvent& e) {
+    if (stopped_) return;
+    ++emitted_;
+    if (!sink_(e)) stopped_ = true;
+  }
   std::mt19937_64 rng_;
-  std::vector<TraceEvent> events_;
+  const std::function<bool(const TraceEvent&)>& sink_;
+  std::size_t emitted_ = 0;
+  bool stopped_ = false;
   std::uint64_t next_id_ = 0;
   std::uint64_t time_ = 0;
 };
@@ -50,7 +63,7 @@ void Training(Builder& b, std::size_t target) {
     params.emplace_back(b.Allocate(weight), weight);             // weights
     params.emplace_back(b.Allocate(weight * 2), weight * 2);     // optimizer moments
   }
-  while (b.events().size() < target) {
+  while (b.emitted() < target && !b.stopped()) {
     std::vector<std::pair<std::uint64_t, std::uint64_t>> activations;
     for (int l = 0; l < kLayers; ++l) {  // forward
       const std::uint64_t act = Round((1 << 20) * (1 + l % 4) * jitter(b.rng()), 512);
@@ -78,7 +91,7 @@ void Serving(Builder& b, std::size_t target) {
   std::exponential_distribution<double> lifetime(1.0 / 64);  // tokens per request
   std::uniform_int_distribution<int> arrivals(0, 2);
   constexpr std::uint64_t kPage = 2 << 20;  // KV-cache pages
-  while (b.events().size() < target) {
+  while (b.emitted() < target && !b.stopped()) {
     for (int i = arrivals(b.rng()); i > 0 && active.size() < 48; --i) {
       active.push_back(Request{{}, 1 + static_cast<int>(lifetime(b.rng()))});
     }
@@ -116,14 +129,24 @@ bool ParseTraceKind(absl::string_view name, TraceKind* kind) {
   return true;
 }
 
-std::vector<TraceEvent> GenerateTrace(TraceKind kind, std::uint64_t seed, std::size_t events) {
-  Builder b(seed);
+bool GenerateTraceTo(TraceKind kind, std::uint64_t seed, std::size_t events,
+                     const std::function<bool(const TraceEvent&)>& sink) {
+  Builder b(seed, sink);
   if (kind == TraceKind::kTraining) {
     Training(b, events);
   } else {
     Serving(b, events);
   }
-  return std::move(b.events());
+  return !b.stopped();
+}
+
+std::vector<TraceEvent> GenerateTrace(TraceKind kind, std::uint64_t seed, std::size_t events) {
+  std::vector<TraceEvent> out;
+  GenerateTraceTo(kind, seed, events, [&](const TraceEvent& e) {
+    out.push_back(e);
+    return true;
+  });
+  return out;
 }
 
 }  // namespace gpualloc::harness

@@ -15,6 +15,7 @@
 #define GPUALLOC_HARNESS_TRACE_TRACE_GENERATOR_H_
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "absl/strings/string_view.h"
@@ -25,7 +26,14 @@ namespace gpualloc::harness {
 enum class TraceKind { kTraining, kServing };
 bool ParseTraceKind(absl::string_view name, TraceKind* kind);
 
-// About `events` events (the generator finishes the step or request it is in).
+// About `events` events (the generator finishes the step or request it is in),
+// handed to `sink` one by one as they happen: memory stays bounded by the
+// workload's live allocations whatever the length. Stops early, returning
+// false, when the sink returns false.
+bool GenerateTraceTo(TraceKind kind, std::uint64_t seed, std::size_t events,
+                     const std::function<bool(const TraceEvent&)>& sink);
+// The same trace, collected in memory (for tests and benchmarks of modest
+// length).
 std::vector<TraceEvent> GenerateTrace(TraceKind kind, std::uint64_t seed, std::size_t events);
 
 }  // namespace gpualloc::harness
