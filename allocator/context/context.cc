@@ -96,7 +96,7 @@ absl::StatusOr<Runtime*> Context::GetRuntime(Device device) {
     return created.status();  // no partial entry: the slot stays empty
   }
   if (options_.leak_report_at_exit && (*created)->tracker() != nullptr) {
-    PrintLeakReportAtExit((*created)->tracker());
+    slot->leak_report = std::make_unique<LeakReportAtExit>((*created)->tracker());
   }
   slot->runtime = *std::move(created);
   slot->ready.store(slot->runtime.get(), std::memory_order_release);

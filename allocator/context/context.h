@@ -52,7 +52,8 @@ struct ContextOptions {
   CachingOptions caching;
   // Allocations through Runtime::resource() (and gpualloc::Allocate) are
   // tracked (allocator/observe/tracking_adaptor.h); with leak_report_at_exit
-  // whatever is still live when the process exits is reported on stderr.
+  // whatever is still live when the context is destroyed, or when the
+  // process exits if that comes first, is reported on stderr.
   bool track_allocations = false;
   bool leak_report_at_exit = false;
 
@@ -88,6 +89,9 @@ class Context {
     Mutex create_mu;               // serialises creation of this device
     std::atomic<Runtime*> ready{nullptr};
     std::unique_ptr<Runtime> runtime;   // written under create_mu
+    // Declared after the runtime, so destroyed first: the report sees the
+    // tracker still alive, then the runtime releases its memory.
+    std::unique_ptr<LeakReportAtExit> leak_report;
   };
   absl::StatusOr<std::shared_ptr<Backend>> BackendFor(DeviceType type);
 

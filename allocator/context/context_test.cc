@@ -185,6 +185,26 @@ TEST(Context, RuntimeLimitIsEnforced) {
   EXPECT_TRUE(ctx.GetRuntime(kSim0).ok()) << "existing runtimes still served";
 }
 
+// The leak report used to keep every tracked allocator alive until exit, so
+// a destroyed context still held its device memory.
+TEST(Context, ALeakReportIsGivenWhenTheContextGoesAndItsMemoryIsReleased) {
+  auto sim = Sim();
+  ContextOptions o = ContextOptions::SimOnly(sim);
+  o.track_allocations = true;
+  o.leak_report_at_exit = true;
+  {
+    Context ctx(std::move(o));
+    Runtime* runtime = ctx.GetRuntime(kSim0).value();
+    ASSERT_TRUE(runtime->resource().Allocate(3 << 20).ok());  // never freed: a leak
+    ::testing::internal::CaptureStderr();
+  }
+  const std::string err = ::testing::internal::GetCapturedStderr();
+  EXPECT_NE(err.find("gpualloc leak report:"), std::string::npos) << err;
+  EXPECT_NE(err.find("1 leaked allocations (3.0 MiB)"), std::string::npos) << err;
+  const SimAccounting acc = sim->Accounting();
+  EXPECT_EQ(acc.devices[0].device_bytes, 0u) << "the context's memory went back: " << acc.Describe();
+}
+
 TEST(Context, StandardOptionsReachTheRealRuntimesAndReportNoDevice) {
   Context ctx(ContextOptions::Standard());
   EXPECT_TRUE(ctx.GetRuntime(kSim1).ok());

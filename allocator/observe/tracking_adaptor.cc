@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <map>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/debugging/stacktrace.h"
 #include "absl/debugging/symbolize.h"
 #include "absl/strings/match.h"
@@ -180,20 +181,49 @@ std::string TrackingAdaptor::Report() const {
   return out;
 }
 
-void PrintLeakReportAtExit(std::shared_ptr<TrackingAdaptor> tracker) {
-  // Held until exit on purpose: the report needs the tracker then.
-  static std::mutex mu;
-  static std::vector<std::shared_ptr<TrackingAdaptor>>* trackers = nullptr;
-  std::lock_guard<std::mutex> lock(mu);
-  if (trackers == nullptr) {
-    trackers = new std::vector<std::shared_ptr<TrackingAdaptor>>();
+namespace {
+
+// Registrations not yet reported. Never destroyed: the exit handler may run
+// after static destructors would have.
+struct LeakRegistry {
+  std::mutex mu;
+  absl::flat_hash_set<const LeakReportAtExit*> pending;
+  bool exit_handler_installed = false;
+};
+LeakRegistry& Registry() {
+  static LeakRegistry* registry = new LeakRegistry;
+  return *registry;
+}
+
+void ReportLeaks(const std::weak_ptr<TrackingAdaptor>& weak) {
+  if (std::shared_ptr<TrackingAdaptor> t = weak.lock(); t != nullptr && t->live_count() > 0) {
+    std::fprintf(stderr, "gpualloc leak report:\n%s", t->Report().c_str());
+  }
+}
+
+}  // namespace
+
+LeakReportAtExit::LeakReportAtExit(std::shared_ptr<TrackingAdaptor> tracker) : tracker_(tracker) {
+  LeakRegistry& r = Registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  r.pending.insert(this);
+  if (!r.exit_handler_installed) {
+    r.exit_handler_installed = true;
     std::atexit([] {
-      for (const auto& t : *trackers) {
-        if (t->live_count() > 0) std::fprintf(stderr, "gpualloc leak report:\n%s", t->Report().c_str());
-      }
+      // Only what is still registered: a registration reports itself once.
+      // (Its owner, e.g. the default context, is never destroyed.)
+      LeakRegistry& reg = Registry();
+      std::lock_guard<std::mutex> guard(reg.mu);
+      for (const LeakReportAtExit* p : reg.pending) ReportLeaks(p->tracker_);
+      reg.pending.clear();
     });
   }
-  trackers->push_back(std::move(tracker));
+}
+
+LeakReportAtExit::~LeakReportAtExit() {
+  LeakRegistry& r = Registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  if (r.pending.erase(this) > 0) ReportLeaks(tracker_);
 }
 
 }  // namespace gpualloc

@@ -78,9 +78,22 @@ class TrackingAdaptor final : public MemoryResource {
   std::uint64_t next_sequence_ = 0;
 };
 
-// Prints `tracker`'s report on stderr at process exit if anything is still
-// live (e.g. for the default context's allocators).
-void PrintLeakReportAtExit(std::shared_ptr<TrackingAdaptor> tracker);
+// Reports `tracker`'s leaks on stderr once: when this registration is
+// destroyed (its owner is done with the allocator, so whatever is still live
+// is leaked) or at process exit, whichever comes first. It holds the tracker
+// weakly, so it never keeps an allocator, or the device memory it reserved,
+// alive. The default context's allocators live to the end, so theirs is
+// reported at exit. Thread-safe.
+class LeakReportAtExit {
+ public:
+  explicit LeakReportAtExit(std::shared_ptr<TrackingAdaptor> tracker);
+  ~LeakReportAtExit();
+  LeakReportAtExit(const LeakReportAtExit&) = delete;
+  LeakReportAtExit& operator=(const LeakReportAtExit&) = delete;
+
+ private:
+  const std::weak_ptr<TrackingAdaptor> tracker_;
+};
 
 }  // namespace gpualloc
 
