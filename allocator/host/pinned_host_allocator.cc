@@ -1,7 +1,9 @@
 #include "allocator/host/pinned_host_allocator.h"
 
+#include <algorithm>
 #include <bit>
 #include <cstdio>
+#include <new>
 
 #include "absl/strings/str_format.h"
 #include "allocator/common/checked_math.h"
@@ -38,7 +40,29 @@ DeviceIndex PinnedHostAllocator::CurrentDevice() const {
   return d.ok() ? *d : kHostDevice;
 }
 
+// --- public methods: each at the exception boundary ----------------------------
+
 absl::StatusOr<PinnedBlock> PinnedHostAllocator::Allocate(std::size_t bytes, DeviceIndex owner) {
+  return CallAtBoundary("pinned host allocator: allocate",
+                        [&] { return AllocateImpl(bytes, owner); });
+}
+
+absl::Status PinnedHostAllocator::RecordStream(const PinnedBlock& block, Stream stream) {
+  return CallAtBoundary("pinned host allocator: record stream",
+                        [&] { return RecordStreamImpl(block, stream); });
+}
+
+absl::Status PinnedHostAllocator::Deallocate(const PinnedBlock& block) {
+  return CallAtBoundary("pinned host allocator: deallocate", [&] { return DeallocateImpl(block); });
+}
+
+absl::Status PinnedHostAllocator::Flush(bool release_cache) {
+  return CallAtBoundary("pinned host allocator: flush", [&] { return FlushImpl(release_cache); });
+}
+
+// --- allocate and free ---------------------------------------------------------------
+
+absl::StatusOr<PinnedBlock> PinnedHostAllocator::AllocateImpl(std::size_t bytes, DeviceIndex owner) {
   if (bytes == 0) return absl::InvalidArgumentError("pinned host allocator: zero-byte allocation");
   const std::size_t size = PinnedRoundUp(bytes);
   if (size < bytes) return absl::ResourceExhaustedError("pinned host allocator: size overflows");
@@ -46,24 +70,23 @@ absl::StatusOr<PinnedBlock> PinnedHostAllocator::Allocate(std::size_t bytes, Dev
   if (current == owner) OnDeviceCurrent(owner);  // the owner is current: its queue can go
   {
     // Blocks whose streams have passed their free are reusable again.
-    std::vector<std::pair<DeviceIndex, std::vector<PinnedBlock>>> now;
+    std::vector<Batch> now;
     ReapInFlight(/*wait=*/false, &now);
-    for (auto& [o, blocks] : now) ReleaseBatch(o, std::move(blocks));
+    ReleaseAll(now);
   }
   {
     std::lock_guard<Mutex> lock(mu_);
-    live_.reserve(live_.size() + 1);
     Owner& o = owners_[owner];
     // The best-fitting cached block, if it wastes at most 1/8 more.
     auto it = o.by_size.lower_bound(size);
     if (it != o.by_size.end() && it->first - size <= size / 8) {
-      PinnedBlock block = *it->second;
+      const PinnedBlock block = *it->second;
+      live_.emplace(block.ptr, LiveBlock{block, {}});  // may throw: nothing changed yet
       lru_.erase(it->second);
       o.by_size.erase(it);
       stats_.cached_bytes -= block.bytes;
       stats_.live_bytes += block.bytes;
       ++stats_.hits;
-      live_.emplace(block.ptr, LiveBlock{block, {}});
       return block;
     }
   }
@@ -74,20 +97,24 @@ absl::StatusOr<PinnedBlock> PinnedHostAllocator::Allocate(std::size_t bytes, Dev
     p = CallAtBoundary("host alloc", [&] { return backend_->HostAlloc(owner, size); });
   }
   if (!p.ok()) return p.status();
-  std::lock_guard<Mutex> lock(mu_);
-  PinnedBlock block{*p, size, owner};
-  try {
-    live_.emplace(block.ptr, LiveBlock{block, {}});
-  } catch (...) {
-    CallAtBoundary("host free", [&] { return backend_->HostFree(owner, block.ptr); }).IgnoreError();
-    throw;
+  const PinnedBlock block{*p, size, owner};
+  {
+    std::lock_guard<Mutex> lock(mu_);
+    try {
+      live_.emplace(block.ptr, LiveBlock{block, {}});
+      stats_.live_bytes += size;
+      ++stats_.misses;
+      return block;
+    } catch (...) {
+      // Could not track it: it goes straight back (below, outside the lock).
+    }
   }
-  stats_.live_bytes += size;
-  ++stats_.misses;
-  return block;
+  CallAtBoundary("host free", [&] { return backend_->HostFree(owner, block.ptr); }).IgnoreError();
+  return absl::ResourceExhaustedError(absl::StrFormat(
+      "pinned host allocator: no host memory to track a %d-byte block; it was returned", size));
 }
 
-absl::Status PinnedHostAllocator::RecordStream(const PinnedBlock& block, Stream stream) {
+absl::Status PinnedHostAllocator::RecordStreamImpl(const PinnedBlock& block, Stream stream) {
   std::lock_guard<Mutex> lock(mu_);
   auto it = live_.find(block.ptr);
   if (it == live_.end() || it->second.block.owner != block.owner) {
@@ -98,11 +125,11 @@ absl::Status PinnedHostAllocator::RecordStream(const PinnedBlock& block, Stream 
   for (Stream s : it->second.streams) {
     if (s == stream) return absl::OkStatus();
   }
-  it->second.streams.push_back(stream);
+  it->second.streams.push_back(stream);  // a throw leaves the block as it was
   return absl::OkStatus();
 }
 
-absl::Status PinnedHostAllocator::Deallocate(const PinnedBlock& block) {
+absl::Status PinnedHostAllocator::DeallocateImpl(const PinnedBlock& block) {
   auto not_live = [&] {
     return absl::InvalidArgumentError(absl::StrFormat(
         "pinned host allocator: %p (owner %d) is not a live block (foreign pointer, double "
@@ -119,6 +146,7 @@ absl::Status PinnedHostAllocator::Deallocate(const PinnedBlock& block) {
   // Order the reuse after the streams that used the block: an event on each
   // (outside the lock: these are runtime calls), or a host wait.
   std::vector<Event> events;
+  events.reserve(streams.size());
   std::uint64_t host_waits = 0;
   for (Stream s : streams) {
     absl::StatusOr<Event> e =
@@ -140,35 +168,46 @@ absl::Status PinnedHostAllocator::Deallocate(const PinnedBlock& block) {
     }
     ++host_waits;
   }
-  std::vector<std::pair<DeviceIndex, std::vector<PinnedBlock>>> now;
+  std::vector<Batch> now;
+  absl::Status refused = absl::OkStatus();
   {
     std::lock_guard<Mutex> lock(mu_);
     stats_.host_waits += host_waits;
     auto it = live_.find(block.ptr);
     if (it == live_.end() || it->second.block.owner != block.owner) {  // a racing double free
-      DestroyEvents(events);
-      return not_live();
-    }
-    const PinnedBlock live = it->second.block;
-    if (events.empty()) {
-      CacheLocked(live);  // bookkeeping only, no device needed, any thread
+      refused = not_live();
     } else {
-      in_flight_.push_back(InFlight{live, std::move(events)});
-      stats_.stream_waits += in_flight_.back().events.size();
-      ++stats_.in_flight_blocks;
+      const PinnedBlock live = it->second.block;
+      try {
+        if (events.empty()) {
+          CacheLocked(live);  // bookkeeping only, no device needed, any thread
+        } else {
+          in_flight_.push_back(InFlight{live, events});
+          stats_.stream_waits += events.size();
+          ++stats_.in_flight_blocks;
+          events.clear();  // owned by the in-flight entry now
+        }
+      } catch (const std::bad_alloc&) {
+        refused = absl::ResourceExhaustedError(absl::StrFormat(
+            "pinned host allocator: no host memory to cache %p; it stays allocated", block.ptr));
+      }
+      if (refused.ok()) {
+        live_.erase(it);
+        stats_.live_bytes -= live.bytes;
+        EvictLocked(&now);
+      }
     }
-    live_.erase(it);
-    stats_.live_bytes -= live.bytes;
-    EvictLocked(&now);
   }
-  for (auto& [owner, blocks] : now) ReleaseBatch(owner, std::move(blocks));
-  return absl::OkStatus();
+  DestroyEvents(events);  // what no in-flight entry took
+  ReleaseAll(now);
+  return refused;
 }
 
 void PinnedHostAllocator::CacheLocked(const PinnedBlock& block) {
+  Owner& o = owners_[block.owner];
   lru_.push_back(block);
   try {
-    owners_[block.owner].by_size.emplace(block.bytes, std::prev(lru_.end()));
+    o.by_size.emplace(block.bytes, std::prev(lru_.end()));
   } catch (...) {
     lru_.pop_back();
     throw;
@@ -176,25 +215,27 @@ void PinnedHostAllocator::CacheLocked(const PinnedBlock& block) {
   stats_.cached_bytes += block.bytes;
 }
 
-void PinnedHostAllocator::DestroyEvents(const std::vector<Event>& events) {
+void PinnedHostAllocator::DestroyEvents(const std::vector<Event>& events) noexcept {
   for (Event e : events) {
     CallAtBoundary("event destroy", [&] { return backend_->DestroyEvent(e); }).IgnoreError();
   }
 }
 
-void PinnedHostAllocator::ReapInFlight(
-    bool wait, std::vector<std::pair<DeviceIndex, std::vector<PinnedBlock>>>* now) {
-  std::vector<InFlight> taken;
+void PinnedHostAllocator::ReapInFlight(bool wait, std::vector<Batch>* now) {
+  // The blocks to look at and their events, copied: queried outside the lock.
+  std::vector<std::pair<void*, std::vector<Event>>> look;
   {
     std::lock_guard<Mutex> lock(mu_);
     if (in_flight_.empty()) return;
-    taken.swap(in_flight_);
+    look.reserve(in_flight_.size());
+    for (const InFlight& f : in_flight_) look.emplace_back(f.block.ptr, f.events);
   }
-  // Runtime calls outside the lock; a block is done when every event is.
-  std::vector<InFlight> done, waiting;
-  for (InFlight& f : taken) {
+  std::vector<void*> done;
+  done.reserve(look.size());
+  std::size_t finished_events = 0;
+  for (const auto& [ptr, events] : look) {
     bool complete = true;
-    for (Event e : f.events) {
+    for (Event e : events) {
       if (wait) {
         complete = CallAtBoundary("event synchronize", [&] {
                      return backend_->SynchronizeEvent(e);
@@ -206,106 +247,155 @@ void PinnedHostAllocator::ReapInFlight(
       }
       if (!complete) break;
     }
-    (complete ? done : waiting).push_back(std::move(f));
+    if (complete) {
+      done.push_back(ptr);
+      finished_events += events.size();
+    }
   }
-  for (const InFlight& f : done) DestroyEvents(f.events);
-  std::lock_guard<Mutex> lock(mu_);
-  for (InFlight& f : waiting) in_flight_.push_back(std::move(f));
-  for (const InFlight& f : done) {
-    CacheLocked(f.block);
-    --stats_.in_flight_blocks;
+  std::vector<Event> finished;
+  finished.reserve(finished_events);
+  {
+    std::lock_guard<Mutex> lock(mu_);
+    for (void* ptr : done) {
+      auto it = std::find_if(in_flight_.begin(), in_flight_.end(),
+                             [&](const InFlight& f) { return f.block.ptr == ptr; });
+      if (it == in_flight_.end()) continue;  // another thread reaped it
+      CacheLocked(it->block);  // if this throws, it (and the rest) stay in flight
+      finished.insert(finished.end(), it->events.begin(), it->events.end());  // reserved
+      in_flight_.erase(it);
+      --stats_.in_flight_blocks;
+    }
+    EvictLocked(now);
   }
-  EvictLocked(now);
+  DestroyEvents(finished);
 }
 
-void PinnedHostAllocator::EvictLocked(
-    std::vector<std::pair<DeviceIndex, std::vector<PinnedBlock>>>* now) {
+// --- eviction and release ------------------------------------------------------------
+
+void PinnedHostAllocator::EvictLocked(std::vector<Batch>* now) {
   const DeviceIndex current = CurrentDevice();
   while (stats_.cached_bytes > options_.cache_limit_bytes && !lru_.empty()) {
     const PinnedBlock victim = lru_.front();
-    Owner& o = owners_[victim.owner];
+    auto owner = owners_.find(victim.owner);  // exists: the block was cached under it
+    Owner& o = owner->second;
     for (auto it = o.by_size.find(victim.bytes); it != o.by_size.end(); ++it) {
       if (it->second == lru_.begin()) {
         o.by_size.erase(it);
         break;
       }
     }
-    lru_.pop_front();
+    // Owner not current: it waits, never dropped. Spliced: nothing allocates.
+    o.pending.splice(o.pending.end(), lru_, lru_.begin());
     stats_.cached_bytes -= victim.bytes;
-    o.pending.push_back(victim);  // owner not current: waits, never dropped
     ++stats_.pending_blocks;
     stats_.max_pending_seen = std::max(stats_.max_pending_seen, o.pending.size());
   }
   // Release now what we can: queues of the current device, and any queue
-  // that reached its bound (one device switch for the whole batch).
+  // that reached its bound (one device switch for the whole batch). Refused
+  // releases wait for Flush or the owner becoming current: never retried here.
   for (auto& [owner, o] : owners_) {
-    if (!o.pending.empty() &&
-        (owner == current || o.pending.size() >= options_.max_pending_per_owner)) {
-      stats_.pending_blocks -= o.pending.size();
-      now->emplace_back(owner, std::move(o.pending));
-      o.pending.clear();
+    if (o.pending.empty() ||
+        (owner != current && o.pending.size() < options_.max_pending_per_owner)) {
+      continue;
     }
+    const std::size_t n = o.pending.size();
+    try {
+      now->emplace_back(owner, std::move(o.pending));  // strong: on a throw it stays queued
+    } catch (const std::bad_alloc&) {
+      break;
+    }
+    o.pending.clear();
+    stats_.pending_blocks -= n;
   }
 }
 
-void PinnedHostAllocator::ReleaseBatch(DeviceIndex owner, std::vector<PinnedBlock> blocks) {
+void PinnedHostAllocator::ReleaseAll(std::vector<Batch>& batches) noexcept {
+  for (auto& [owner, blocks] : batches) ReleaseBatch(owner, std::move(blocks));
+  batches.clear();
+}
+
+void PinnedHostAllocator::ReleaseBatch(DeviceIndex owner, std::list<PinnedBlock> blocks) noexcept {
+  if (blocks.empty()) return;
   const DeviceIndex previous = CurrentDevice();
   bool switched = false;
   if (previous != owner) {
     switched = CallAtBoundary("set device", [&] { return backend_->SetDevice(owner); }).ok();
   }
-  std::vector<PinnedBlock> failed;
-  for (const PinnedBlock& b : blocks) {
-    if (!CallAtBoundary("host free", [&] { return backend_->HostFree(owner, b.ptr); }).ok()) {
-      failed.push_back(b);
+  std::list<PinnedBlock> refused;
+  for (auto it = blocks.begin(); it != blocks.end();) {
+    auto next = std::next(it);
+    if (!CallAtBoundary("host free", [&] { return backend_->HostFree(owner, it->ptr); }).ok()) {
+      refused.splice(refused.end(), blocks, it);  // kept, retried by Flush
     }
+    it = next;
   }
   if (switched) {
     CallAtBoundary("set device", [&] { return backend_->SetDevice(previous); }).IgnoreError();
   }
   std::lock_guard<Mutex> lock(mu_);
   if (switched) ++stats_.batch_switches;
-  stats_.releases += blocks.size() - failed.size();
-  stats_.failed_releases += failed.size();
-  Owner& o = owners_[owner];
-  for (const PinnedBlock& b : failed) o.pending.push_back(b);  // kept, retried later
-  stats_.pending_blocks += failed.size();
+  stats_.releases += blocks.size();
+  stats_.failed_releases += refused.size();
+  stats_.pending_blocks += refused.size();
+  stats_.refused_blocks += refused.size();
+  auto o = owners_.find(owner);  // exists: its blocks came from it
+  if (o != owners_.end()) {
+    o->second.refused.splice(o->second.refused.end(), refused);
+  } else if (!refused.empty()) {
+    std::fprintf(stderr, "PinnedHostAllocator: %zu refused blocks of unknown owner %d\n",
+                 refused.size(), owner);
+  }
 }
 
-void PinnedHostAllocator::OnDeviceCurrent(DeviceIndex owner) {
-  std::vector<PinnedBlock> batch;
+void PinnedHostAllocator::OnDeviceCurrent(DeviceIndex owner) noexcept {
+  std::list<PinnedBlock> batch;
   {
     std::lock_guard<Mutex> lock(mu_);
     auto it = owners_.find(owner);
-    if (it == owners_.end() || it->second.pending.empty()) return;
-    batch = std::move(it->second.pending);
-    it->second.pending.clear();
+    if (it == owners_.end()) return;
+    // The queue, and the releases refused before: the owner is current now.
+    stats_.refused_blocks -= it->second.refused.size();
+    batch.splice(batch.end(), it->second.pending);
+    batch.splice(batch.end(), it->second.refused);
     stats_.pending_blocks -= batch.size();
   }
   ReleaseBatch(owner, std::move(batch));
 }
 
-absl::Status PinnedHostAllocator::Flush(bool release_cache) {
-  std::vector<std::pair<DeviceIndex, std::vector<PinnedBlock>>> batches;
+absl::Status PinnedHostAllocator::FlushImpl(bool release_cache) {
+  std::vector<Batch> batches;
   // Blocks still in flight come back once their streams pass their frees.
   ReapInFlight(/*wait=*/true, &batches);
   {
     std::lock_guard<Mutex> lock(mu_);
     if (release_cache) {
-      for (const PinnedBlock& b : lru_) owners_[b.owner].pending.push_back(b);
-      stats_.pending_blocks += lru_.size();
+      while (!lru_.empty()) {
+        const DeviceIndex owner = lru_.front().owner;
+        Owner& o = owners_.find(owner)->second;  // exists: the block was cached under it
+        o.pending.splice(o.pending.end(), lru_, lru_.begin());
+        ++stats_.pending_blocks;
+      }
       stats_.cached_bytes = 0;
-      lru_.clear();
       for (auto& [owner, o] : owners_) o.by_size.clear();
     }
     for (auto& [owner, o] : owners_) {
-      if (o.pending.empty()) continue;
-      stats_.pending_blocks -= o.pending.size();
-      batches.emplace_back(owner, std::move(o.pending));
-      o.pending.clear();
+      std::list<PinnedBlock> batch;
+      const std::size_t refused = o.refused.size();
+      batch.splice(batch.end(), o.pending);
+      batch.splice(batch.end(), o.refused);  // retried here
+      if (batch.empty()) continue;
+      const std::size_t n = batch.size();
+      try {
+        batches.emplace_back(owner, std::move(batch));  // strong: on a throw, `batch` is intact
+      } catch (const std::bad_alloc&) {
+        o.pending.splice(o.pending.end(), batch);  // still queued; the next flush retries
+        break;
+      }
+      stats_.refused_blocks -= refused;
+      stats_.pending_blocks -= n;
     }
   }
-  for (auto& [owner, blocks] : batches) ReleaseBatch(owner, std::move(blocks));
+  ReleaseAll(batches);
   std::lock_guard<Mutex> lock(mu_);
   if (stats_.in_flight_blocks != 0) {
     return absl::InternalError(absl::StrFormat(

@@ -11,7 +11,10 @@
 //    in one batch under one device switch: when the owner is current in any
 //    thread that calls in (or is announced with OnDeviceCurrent), when the
 //    queue reaches `max_pending_per_owner`, on Flush(), and at destruction.
-//    Nothing queued is ever dropped, and no queue grows without bound.
+//    Nothing queued is ever dropped, and no queue grows without bound. A
+//    block whose release the runtime refuses moves to the owner's refused
+//    list: it is retried by Flush(), OnDeviceCurrent() and the destructor,
+//    never on the free path, so a refusing runtime costs frees nothing.
 //  - The cache is bounded (`cache_limit_bytes`); beyond it the least recently
 //    cached blocks are evicted.
 //  - Rounding wastes at most 1/8 of a request: sizes round up to 8 steps per
@@ -26,6 +29,9 @@
 //    that stream instead, so the block is never reused early. Without
 //    RecordStream, a block is reused at once: the caller promises no device
 //    work still uses it.
+// Error model: every method that returns a Status catches whatever is thrown
+// inside it (host metadata allocation, a backend that throws) and returns it
+// as a Status, with the allocator's state unchanged; no block is ever lost.
 // Thread-safe. Counts (stats): hits, misses, releases, device switches made
 // for batches, the largest pending queue seen.
 #ifndef GPUALLOC_ALLOCATOR_HOST_PINNED_HOST_ALLOCATOR_H_
@@ -36,9 +42,9 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <unordered_map>
 #include <vector>
 
-#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "allocator/backend/backend.h"
 #include "allocator/common/mutex.h"
@@ -64,7 +70,8 @@ struct PinnedHostStats {
   std::uint64_t batch_switches = 0;     // device switches made to release a batch
   std::size_t cached_bytes = 0;
   std::size_t live_bytes = 0;
-  std::size_t pending_blocks = 0;       // queued for an owner not current
+  std::size_t pending_blocks = 0;       // queued for release (refused ones included)
+  std::size_t refused_blocks = 0;       // of those, releases the runtime refused
   std::size_t max_pending_seen = 0;
   std::uint64_t failed_releases = 0;    // kept and retried
   std::size_t in_flight_blocks = 0;     // freed, waiting for their streams' events
@@ -95,9 +102,10 @@ class PinnedHostAllocator {
   // or double free is InvalidArgument and changes nothing.
   absl::Status Deallocate(const PinnedBlock& block);
 
-  // Releases `owner`'s pending queue now: call it when `owner` becomes
-  // current (e.g. from a Context device listener).
-  void OnDeviceCurrent(DeviceIndex owner);
+  // Releases `owner`'s pending queue (and retries its refused releases) now:
+  // call it when `owner` becomes current (e.g. from a Context device
+  // listener). Never throws.
+  void OnDeviceCurrent(DeviceIndex owner) noexcept;
   // Releases every pending queue and, with `release_cache`, the cache too.
   absl::Status Flush(bool release_cache = false);
 
@@ -116,30 +124,50 @@ class PinnedHostAllocator {
   };
   struct Owner {
     std::multimap<std::size_t, std::list<PinnedBlock>::iterator> by_size;  // cached
-    std::vector<PinnedBlock> pending;  // evicted, awaiting the owner current
+    // Lists, so blocks move between them by splicing, which never allocates:
+    // no block can be lost between two lists.
+    std::list<PinnedBlock> pending;  // evicted, awaiting the owner current
+    std::list<PinnedBlock> refused;  // releases the runtime refused: retried on Flush
   };
+  // A queue handed over for release: (owner, blocks).
+  using Batch = std::pair<DeviceIndex, std::list<PinnedBlock>>;
+
+  // The bodies of the public methods, which run them at the exception
+  // boundary. Each keeps the strong guarantee: if it throws, nothing changed.
+  absl::StatusOr<PinnedBlock> AllocateImpl(std::size_t bytes, DeviceIndex owner);
+  absl::Status RecordStreamImpl(const PinnedBlock& block, Stream stream);
+  absl::Status DeallocateImpl(const PinnedBlock& block);
+  absl::Status FlushImpl(bool release_cache);
+
   // Releases `blocks` of `owner` in one batch, switching device once if the
-  // calling thread's device differs. Blocks that fail stay pending.
-  void ReleaseBatch(DeviceIndex owner, std::vector<PinnedBlock> blocks);
-  // Evicts LRU cached blocks beyond the limit; mu_ held. Returns batches to
-  // release after unlocking (owner -> blocks) for owners that are current.
-  void EvictLocked(std::vector<std::pair<DeviceIndex, std::vector<PinnedBlock>>>* now);
+  // calling thread's device differs. Refused releases are spliced onto the
+  // owner's refused list. Allocates nothing.
+  void ReleaseBatch(DeviceIndex owner, std::list<PinnedBlock> blocks) noexcept;
+  void ReleaseAll(std::vector<Batch>& batches) noexcept;
+  // Evicts LRU cached blocks beyond the limit into their owners' pending
+  // queues (by splicing); mu_ held. Appends the queues to release now (their
+  // owner is current, or they reached their bound) to `now`; a queue that
+  // cannot be appended stays queued.
+  void EvictLocked(std::vector<Batch>* now);
   DeviceIndex CurrentDevice() const;
   // Moves in-flight blocks whose events have all completed into the cache
-  // (with `wait`, waits for them first). Evicts as caching does; returns
-  // batches to release after unlocking.
-  void ReapInFlight(bool wait, std::vector<std::pair<DeviceIndex, std::vector<PinnedBlock>>>* now);
-  // Caches a block that no device work uses any more; mu_ held.
+  // (with `wait`, waits for them first), evicting as caching does. A block
+  // stays in flight until it is cached, so a throw loses nothing.
+  void ReapInFlight(bool wait, std::vector<Batch>* now);
+  // Caches a block that no device work uses any more; mu_ held. Strong.
   void CacheLocked(const PinnedBlock& block);
-  void DestroyEvents(const std::vector<Event>& events);
+  void DestroyEvents(const std::vector<Event>& events) noexcept;
 
   const std::shared_ptr<Backend> backend_;
   const PinnedHostOptions options_;
   mutable Mutex mu_;
   std::list<PinnedBlock> lru_;  // cached blocks, least recently cached first
-  absl::flat_hash_map<DeviceIndex, Owner> owners_;
-  absl::flat_hash_map<void*, LiveBlock> live_;
-  std::vector<InFlight> in_flight_;
+  // std::unordered_map, not absl::flat_hash_map: its insert and rehash keep
+  // the strong guarantee when allocation throws (Abseil's tables are left
+  // inconsistent), which the error model above relies on.
+  std::unordered_map<DeviceIndex, Owner> owners_;
+  std::unordered_map<void*, LiveBlock> live_;
+  std::list<InFlight> in_flight_;
   PinnedHostStats stats_;
 };
 

@@ -213,6 +213,36 @@ TEST(PinnedHostAllocator, AReleaseTheRuntimeRefusesIsKeptAndRetried) {
   EXPECT_EQ(sim->Accounting().devices[0].pinned_bytes, 0u);
 }
 
+// A runtime that refuses every release used to have its refusals re-queued
+// and retried by every later eviction: the free path made quadratically many
+// runtime calls, and the queue past its bound never stopped triggering.
+TEST(PinnedHostAllocator, RefusedReleasesAreNotRetriedOnTheFreePath) {
+  auto sim = Sim();
+  auto fp = std::make_shared<FailpointBackend>(sim, 1);
+  PinnedHostOptions o;
+  o.cache_limit_bytes = 0;  // every free evicts
+  o.max_pending_per_owner = 4;
+  PinnedHostAllocator pinned(fp, o);
+  ASSERT_TRUE(sim->SetDevice(0).ok());  // owner 1 is never current here
+  constexpr int kBlocks = 200;
+  std::vector<PinnedBlock> blocks;
+  for (int i = 0; i < kBlocks; ++i) blocks.push_back(pinned.Allocate(4096, 1).value());
+  fp->AddRule(FaultRule::EveryNth(BackendOp::kHostFree, 1, FaultAction::kReturnError));
+  for (const PinnedBlock& b : blocks) ASSERT_TRUE(pinned.Deallocate(b).ok());
+  const std::uint64_t attempts = fp->calls(BackendOp::kHostFree);
+  EXPECT_LE(attempts, static_cast<std::uint64_t>(kBlocks))
+      << "each refused block was tried once on the free path, not again and again";
+  const PinnedHostStats s = pinned.stats();
+  EXPECT_EQ(s.pending_blocks, static_cast<std::size_t>(kBlocks)) << "kept, none lost";
+  EXPECT_EQ(s.refused_blocks, attempts);
+  EXPECT_FALSE(pinned.Flush().ok()) << "still refused: Flush says so";
+  fp->ClearRules();
+  ASSERT_TRUE(pinned.Flush().ok()) << "retried by Flush once the runtime accepts";
+  EXPECT_EQ(pinned.stats().pending_blocks, 0u);
+  EXPECT_EQ(pinned.stats().refused_blocks, 0u);
+  EXPECT_EQ(sim->Accounting().devices[1].pinned_bytes, 0u);
+}
+
 TEST(PinnedHostAllocator, BadInputIsRejected) {
   auto sim = Sim();
   PinnedHostAllocator pinned(sim);

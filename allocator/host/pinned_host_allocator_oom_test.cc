@@ -1,0 +1,171 @@
+// The pinned host allocator when host memory for its own bookkeeping runs
+// out: every public method returns a Status (nothing is thrown out of it),
+// leaves the allocator as it was, and loses no block. Its own binary, because
+// it replaces the global operator new: the N-th allocation of the test thread
+// throws std::bad_alloc, for N = 0, 1, 2, ... until a whole script runs clean.
+#include <cstdint>
+#include <cstdlib>
+#include <new>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "allocator/backend/backend.h"
+#include "allocator/host/pinned_host_allocator.h"
+#include "gtest/gtest.h"
+
+namespace {
+thread_local std::int64_t g_fail_countdown = -1;  // < 0: never fail
+}  // namespace
+
+void* operator new(std::size_t n) {
+  if (g_fail_countdown >= 0 && g_fail_countdown-- == 0) throw std::bad_alloc();
+  if (void* p = std::malloc(n ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+
+namespace gpualloc {
+namespace {
+
+// A runtime double that itself allocates nothing with operator new, so only
+// the allocator's own bookkeeping meets the failing allocations: pinned
+// memory is malloc'ed and counted, events complete at once, a stream is
+// always idle. Everything the pinned allocator does not use is Unimplemented.
+class HostOnlyBackend final : public Backend {
+ public:
+  std::int64_t outstanding() const { return outstanding_; }
+
+  absl::string_view name() const override { return "host-only"; }
+  absl::StatusOr<void*> HostAlloc(DeviceIndex, std::size_t bytes) override {
+    void* p = std::malloc(bytes);
+    if (p == nullptr) return absl::ResourceExhaustedError("host-only: out of memory");
+    ++outstanding_;
+    return p;
+  }
+  absl::Status HostFree(DeviceIndex, void* ptr) override {
+    std::free(ptr);
+    --outstanding_;
+    return absl::OkStatus();
+  }
+  absl::Status SetDevice(DeviceIndex device) override {
+    current_ = device;
+    return absl::OkStatus();
+  }
+  absl::StatusOr<DeviceIndex> GetDevice() override { return current_; }
+  absl::StatusOr<Event> CreateEvent(DeviceIndex device) override {
+    return Event{static_cast<std::uintptr_t>(++events_), device};
+  }
+  absl::Status RecordEvent(Event, Stream) override { return absl::OkStatus(); }
+  absl::StatusOr<bool> QueryEvent(Event) override { return true; }
+  absl::Status SynchronizeEvent(Event) override { return absl::OkStatus(); }
+  absl::Status DestroyEvent(Event) override { return absl::OkStatus(); }
+  absl::Status SynchronizeStream(Stream) override { return absl::OkStatus(); }
+
+#define GPUALLOC_UNUSED(ret, sig) \
+  ret sig override { return absl::UnimplementedError("host-only backend"); }
+  GPUALLOC_UNUSED(absl::StatusOr<int>, DeviceCount())
+  GPUALLOC_UNUSED(absl::StatusOr<DeviceProperties>, GetDeviceProperties(DeviceIndex))
+  GPUALLOC_UNUSED(absl::StatusOr<MemoryInfo>, GetMemoryInfo(DeviceIndex))
+  GPUALLOC_UNUSED(absl::Status, DeviceSynchronize(DeviceIndex))
+  GPUALLOC_UNUSED(absl::StatusOr<void*>, Malloc(DeviceIndex, std::size_t))
+  GPUALLOC_UNUSED(absl::Status, Free(DeviceIndex, void*))
+  GPUALLOC_UNUSED(absl::StatusOr<void*>, MallocAsync(std::size_t, Stream))
+  GPUALLOC_UNUSED(absl::Status, FreeAsync(void*, Stream))
+  GPUALLOC_UNUSED(absl::StatusOr<void*>, MallocManaged(DeviceIndex, std::size_t))
+  GPUALLOC_UNUSED(absl::Status, Prefetch(const void*, std::size_t, DeviceIndex, Stream))
+  GPUALLOC_UNUSED(absl::StatusOr<Stream>, CreateStream(DeviceIndex))
+  GPUALLOC_UNUSED(absl::Status, DestroyStream(Stream))
+  GPUALLOC_UNUSED(absl::Status, StreamWaitEvent(Stream, Event))
+  GPUALLOC_UNUSED(absl::Status, Memcpy(void*, const void*, std::size_t, CopyKind))
+  GPUALLOC_UNUSED(absl::Status, MemcpyAsync(void*, const void*, std::size_t, CopyKind, Stream))
+  GPUALLOC_UNUSED(absl::Status, Memset(void*, int, std::size_t))
+  GPUALLOC_UNUSED(absl::Status, MemsetAsync(void*, int, std::size_t, Stream))
+  GPUALLOC_UNUSED(absl::StatusOr<std::uintptr_t>, VmReserve(DeviceIndex, std::size_t))
+  GPUALLOC_UNUSED(absl::Status, VmRelease(std::uintptr_t, std::size_t))
+  GPUALLOC_UNUSED(absl::StatusOr<PhysicalChunk>, VmCreate(DeviceIndex, std::size_t))
+  GPUALLOC_UNUSED(absl::Status, VmReleasePhysical(PhysicalChunk))
+  GPUALLOC_UNUSED(absl::Status, VmMap(std::uintptr_t, PhysicalChunk))
+  GPUALLOC_UNUSED(absl::Status, VmSetAccess(std::uintptr_t, std::size_t, DeviceIndex))
+  GPUALLOC_UNUSED(absl::Status, VmUnmap(std::uintptr_t, std::size_t))
+#undef GPUALLOC_UNUSED
+
+ private:
+  std::int64_t outstanding_ = 0;
+  std::uint64_t events_ = 0;
+  DeviceIndex current_ = 0;
+};
+
+// One script over every public method, with the N-th allocation failing.
+// Returns how many allocations the script made (so the sweep knows when
+// it has covered them all).
+std::int64_t RunScript(std::int64_t fail_at) {
+  auto backend = std::make_shared<HostOnlyBackend>();
+  {
+    PinnedHostOptions options;
+    options.cache_limit_bytes = 16 * 1024;  // evictions and queues, too
+    options.max_pending_per_owner = 2;
+    PinnedHostAllocator pinned(backend, options);
+    std::vector<PinnedBlock> live;
+    live.reserve(64);
+    const Stream stream{7, 0};
+    g_fail_countdown = fail_at;
+    for (int round = 0; round < 3; ++round) {
+      for (int i = 0; i < 6; ++i) {
+        absl::StatusOr<PinnedBlock> b = pinned.Allocate(4096 * (1 + i % 3), i % 2);
+        if (b.ok()) {
+          live.push_back(*b);
+        } else {
+          EXPECT_EQ(b.status().code(), absl::StatusCode::kResourceExhausted) << b.status();
+        }
+      }
+      for (std::size_t i = 0; i < live.size(); i += 2) {
+        const absl::Status st = pinned.RecordStream(live[i], stream);
+        EXPECT_TRUE(st.ok() || st.code() == absl::StatusCode::kResourceExhausted) << st;
+      }
+      for (auto it = live.begin(); it != live.end();) {
+        const absl::Status st = pinned.Deallocate(*it);
+        if (st.ok()) {
+          it = live.erase(it);
+        } else {
+          EXPECT_EQ(st.code(), absl::StatusCode::kResourceExhausted) << st;
+          ++it;  // still ours: freed later
+        }
+      }
+      pinned.OnDeviceCurrent(1);
+      pinned.Flush(round == 2).IgnoreError();
+    }
+    const std::int64_t left = g_fail_countdown;
+    g_fail_countdown = -1;
+    // Whatever failed, everything can still be freed and released.
+    for (const PinnedBlock& b : live) EXPECT_TRUE(pinned.Deallocate(b).ok());
+    EXPECT_TRUE(pinned.Flush(/*release_cache=*/true).ok());
+    const PinnedHostStats s = pinned.stats();
+    EXPECT_EQ(s.live_bytes, 0u);
+    EXPECT_EQ(s.cached_bytes, 0u);
+    EXPECT_EQ(s.pending_blocks, 0u);
+    EXPECT_EQ(s.in_flight_blocks, 0u);
+    if (left >= 0) return fail_at;  // the failure never came: the script is covered
+  }
+  EXPECT_EQ(backend->outstanding(), 0) << "a pinned block was lost (fail at " << fail_at << ")";
+  return -1;
+}
+
+TEST(PinnedHostAllocator, BookkeepingThatRunsOutOfMemoryThrowsNothingAndLosesNothing) {
+  std::int64_t n = 0;
+  for (; n < 5000; ++n) {
+    bool threw = false;
+    try {
+      if (RunScript(n) >= 0) break;
+    } catch (...) {
+      threw = true;
+    }
+    ASSERT_FALSE(threw) << "an exception escaped with allocation " << n << " failing";
+    if (HasFailure()) break;
+  }
+  EXPECT_GT(n, 20) << "the sweep covered too few allocations to mean anything";
+  EXPECT_LT(n, 5000) << "the script never ran to the end without a failure";
+}
+
+}  // namespace
+}  // namespace gpualloc
