@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <mutex>
 #include <string>
 
@@ -54,6 +55,25 @@ absl::StatusOr<Runtime*> RuntimeFor(int device) {
   return a.context->GetRuntime(Device{a.type, device});
 }
 
+// The stream PyTorch passes, as the runtime knows it. A CUDA or HIP stream is
+// the runtime's own handle. The sim never created PyTorch's streams, so in sim
+// mode each distinct handle gets a sim stream of its own on first sight, kept
+// for the process's life (as PyTorch keeps its pooled streams).
+absl::StatusOr<Stream> StreamFor(Runtime& runtime, int device, void* stream) {
+  if (stream == nullptr) return Stream::Default(device);
+  const auto handle = reinterpret_cast<std::uintptr_t>(stream);
+  if (Allocators().type != DeviceType::kSim) return Stream{handle, device};
+  static std::mutex mu;
+  static auto* sim_streams = new std::map<std::pair<std::uintptr_t, int>, Stream>;
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = sim_streams->find({handle, device});
+  if (it != sim_streams->end()) return it->second;
+  absl::StatusOr<Stream> created = runtime.backend().CreateStream(device);
+  if (!created.ok()) return created.status();
+  sim_streams->emplace(std::make_pair(handle, device), *created);
+  return *created;
+}
+
 }  // namespace
 
 extern "C" void* gpualloc_torch_malloc(size_t size, int device, void* stream) {
@@ -63,8 +83,9 @@ extern "C" void* gpualloc_torch_malloc(size_t size, int device, void* stream) {
     RecordError(runtime.status());
     return nullptr;
   }
-  absl::StatusOr<Allocation> a =
-      (*runtime)->allocator()->Allocate(size, Stream{reinterpret_cast<std::uintptr_t>(stream), device});
+  absl::StatusOr<Stream> s = StreamFor(**runtime, device, stream);
+  absl::StatusOr<Allocation> a = s.ok() ? (*runtime)->allocator()->Allocate(size, *s)
+                                        : absl::StatusOr<Allocation>(s.status());
   if (!a.ok()) {
     RecordError(a.status());
     return nullptr;
@@ -77,8 +98,8 @@ extern "C" void gpualloc_torch_free(void* ptr, size_t size, int device, void* st
   absl::StatusOr<Runtime*> runtime = RuntimeFor(device);
   absl::Status st = runtime.status();
   if (st.ok()) {
-    const Stream s{reinterpret_cast<std::uintptr_t>(stream), device};
-    st = (*runtime)->allocator()->Deallocate(Allocation{ptr, size, s}, s);
+    absl::StatusOr<Stream> s = StreamFor(**runtime, device, stream);
+    st = s.ok() ? (*runtime)->allocator()->Deallocate(Allocation{ptr, size, *s}, *s) : s.status();
   }
   if (!st.ok()) {
     RecordError(st);

@@ -11,6 +11,9 @@
  * one caching allocator. Errors cannot cross a C ABI as Status: a failed
  * allocation returns NULL, a failed free is reported on stderr; both are
  * counted and the last message is kept (gpualloc_torch_last_error).
+ * `stream` is the runtime's stream handle (NULL: the default stream); with
+ * GPUALLOC_BACKEND=sim, each distinct handle is given a sim stream of its own
+ * on first sight, since the sim never created the caller's streams.
  * Thread-safe. */
 #ifndef GPUALLOC_ALLOCATOR_ADAPTERS_TORCH_PLUGGABLE_ALLOCATOR_H_
 #define GPUALLOC_ALLOCATOR_ADAPTERS_TORCH_PLUGGABLE_ALLOCATOR_H_

@@ -1,5 +1,8 @@
-// Drives libgpualloc_torch.so exactly as PyTorch's CUDAPluggableAllocator
-// would: dlopen, dlsym, then calls through the C symbols (on the sim).
+// Drives libgpualloc_torch.so as PyTorch's CUDAPluggableAllocator does:
+// dlopen, dlsym, then calls through the C symbols with a device and the
+// caller's current stream, null (the default stream) or not, freeing on the
+// stream the block was allocated on. On the sim (GPUALLOC_BACKEND=sim), whose
+// streams stand in for the ones PyTorch would have created.
 #include <dlfcn.h>
 
 #include <cstdint>
@@ -75,6 +78,34 @@ TEST(TorchPluggableAllocator, LoadsWithDlopenAndServesAllocationsThroughItsCSymb
   ASSERT_EQ(abi.empty_cache(), 0);
   EXPECT_EQ(abi.reserved(0), 0);
   EXPECT_EQ(abi.reserved(1), 0);
+}
+
+TEST(TorchPluggableAllocator, ServesTheCallersStreamsAndReusesAcrossThem) {
+  const TorchAbi abi = Load();
+  ASSERT_NE(abi.malloc_fn, nullptr);
+  const long long errors_before = abi.errors();
+  // Two streams the caller made (opaque handles, as cudaStream_t are).
+  void* const side = reinterpret_cast<void*>(std::uintptr_t{0x5100});
+  void* const copy = reinterpret_cast<void*>(std::uintptr_t{0x5200});
+  for (int round = 0; round < 4; ++round) {
+    for (void* stream : {side, copy, static_cast<void*>(nullptr)}) {
+      void* p = abi.malloc_fn(size_t{3} << 20, 0, stream);
+      ASSERT_NE(p, nullptr) << "round " << round;
+      abi.free_fn(p, size_t{3} << 20, 0, stream);  // freed on its allocation stream
+    }
+  }
+  // A block freed on one stream is reused by another (the allocator orders
+  // the new stream after the old one's work on the device).
+  void* a = abi.malloc_fn(size_t{1} << 20, 1, side);
+  ASSERT_NE(a, nullptr);
+  abi.free_fn(a, size_t{1} << 20, 1, side);
+  void* b = abi.malloc_fn(size_t{1} << 20, 1, copy);
+  ASSERT_NE(b, nullptr);
+  abi.free_fn(b, size_t{1} << 20, 1, copy);
+  EXPECT_EQ(abi.errors(), errors_before) << "no call failed";
+  EXPECT_EQ(abi.allocated(0), 0);
+  EXPECT_EQ(abi.allocated(1), 0);
+  ASSERT_EQ(abi.empty_cache(), 0);
 }
 
 }  // namespace
