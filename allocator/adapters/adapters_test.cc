@@ -24,6 +24,32 @@ TEST(DefaultAllocation, AllocatesOnTheThreadsDeviceAndFreesOnTheAllocationsOwn) 
   EXPECT_FALSE(Allocate(4096, Stream::Default(1), ctx).ok()) << "a stream of another device";
 }
 
+// The device type used to come from the thread's current device: memory of
+// one type freed while a device of another type was current went to the
+// wrong runtime. Two runtimes here: the sim type, and the CUDA type served by
+// a second simulated device.
+TEST(DefaultAllocation, FreesOnTheOwnersTypeWhateverTypeIsCurrent) {
+  auto sim = std::make_shared<SimBackend>(SimOptions::WithDevices(1, 64 << 20));
+  auto as_cuda = std::make_shared<SimBackend>(SimOptions::WithDevices(1, 64 << 20));
+  ContextOptions o = ContextOptions::SimOnly(sim);
+  o.backends[static_cast<int>(DeviceType::kCuda)] =
+      [as_cuda]() -> absl::StatusOr<std::shared_ptr<Backend>> { return as_cuda; };
+  Context ctx(std::move(o));
+  ASSERT_TRUE(ctx.SetDevice({DeviceType::kSim, 0}).ok());
+  Allocation on_sim = Allocate(4096, ctx).value();
+  ASSERT_TRUE(ctx.SetDevice({DeviceType::kCuda, 0}).ok());
+  Allocation on_cuda = Allocate(8192, ctx).value();
+  ASSERT_TRUE(Deallocate(on_sim, ctx).ok()) << "the sim device's memory, the CUDA device current";
+  ASSERT_TRUE(ctx.SetDevice({DeviceType::kSim, 0}).ok());
+  ASSERT_TRUE(Deallocate(on_cuda, ctx).ok()) << "and the other way round";
+  for (DeviceType type : {DeviceType::kSim, DeviceType::kCuda}) {
+    EXPECT_EQ(ctx.GetRuntime({type, 0}).value()->allocator()->stats().allocated_bytes.current, 0);
+  }
+  const absl::Status twice = Deallocate(on_cuda, ctx);
+  EXPECT_EQ(twice.code(), absl::StatusCode::kInvalidArgument) << twice;
+  EXPECT_NE(twice.message().find("not a live allocation"), absl::string_view::npos) << twice;
+}
+
 TEST(DefaultAllocation, IsThreadSafeAndPerThreadDeviceCorrect) {
   auto sim = std::make_shared<SimBackend>(SimOptions::WithDevices(2, 256 << 20));
   Context ctx(ContextOptions::SimOnly(sim));

@@ -21,7 +21,9 @@ absl::StatusOr<Allocation> Allocate(std::size_t bytes, Context& context = Defaul
 absl::StatusOr<Allocation> Allocate(std::size_t bytes, Stream stream,
                                     Context& context = DefaultContext());
 // Frees on the allocation's own device (not the current one), so freeing
-// memory of device A while device B is current is correct.
+// memory of device A while device B is current is correct, whatever the two
+// devices' types. InvalidArgument for a pointer no runtime of the allocation's
+// device index owns.
 absl::Status Deallocate(const Allocation& allocation, Context& context = DefaultContext());
 
 }  // namespace gpualloc

@@ -976,6 +976,11 @@ absl::Status CachingAllocator::SetReservedLimit(std::size_t bytes) {
   return absl::OkStatus();
 }
 
+bool CachingAllocator::Owns(const void* ptr) const {
+  std::lock_guard<Mutex> lock(mu_);
+  return allocated_.contains(reinterpret_cast<std::uintptr_t>(ptr));
+}
+
 std::size_t CachingAllocator::reserved_limit() const {
   std::lock_guard<Mutex> lock(mu_);
   return EffectiveLimit();

@@ -106,6 +106,9 @@ class CachingAllocator final : public MemoryResource {
   // Registers a callback run when an allocation is about to fail.
   void AddOomCallback(OomCallback callback);
 
+  // True when `ptr` is the start of one of this allocator's live allocations.
+  bool Owns(const void* ptr) const;
+
   // Every segment and block, and the stats at that instant, for invariant
   // checks and reports.
   MemorySnapshot Snapshot() const;

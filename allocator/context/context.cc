@@ -62,6 +62,12 @@ absl::StatusOr<std::shared_ptr<Backend>> Context::BackendFor(DeviceType type) {
   return cached;
 }
 
+Runtime* Context::FindRuntime(Device device) const {
+  std::lock_guard<Mutex> lock(mu_);
+  auto it = slots_.find(device);
+  return it == slots_.end() ? nullptr : it->second->ready.load(std::memory_order_acquire);
+}
+
 absl::StatusOr<Runtime*> Context::GetRuntime(Device device) {
   if (device.index < 0 || device.index >= options_.max_device_index) {
     return absl::InvalidArgumentError(absl::StrFormat(

@@ -73,6 +73,9 @@ class Context {
   // (index out of range, no provider for the type), ResourceExhausted
   // (max_runtimes reached), or the backend's own error (no such device).
   absl::StatusOr<Runtime*> GetRuntime(Device device);
+  // The runtime for `device` if it exists already; null otherwise. Creates
+  // nothing, so it never touches a runtime the process has not used.
+  Runtime* FindRuntime(Device device) const;
 
   // Makes `device` current for the calling thread. Validates it (creating its
   // runtime); on failure the thread's device is unchanged.
@@ -97,7 +100,7 @@ class Context {
 
   const ContextOptions options_;
   const std::uint64_t id_;
-  Mutex mu_;  // guards slots_ and backends_
+  mutable Mutex mu_;  // guards slots_ and backends_
   absl::flat_hash_map<Device, std::shared_ptr<Slot>> slots_;
   std::array<std::shared_ptr<Backend>, kDeviceTypeCount> backends_;
   std::atomic<int> runtime_count_{0};
