@@ -690,72 +690,94 @@ Allocation CachingAllocator::Register(Block* block, std::size_t requested) {
 // --- free -------------------------------------------------------------------------------
 
 absl::Status CachingAllocator::DoDeallocate(const Allocation& allocation, Stream stream) {
-  std::lock_guard<Mutex> lock(mu_);
-  auto it = allocated_.find(reinterpret_cast<std::uintptr_t>(allocation.ptr));
-  if (it == allocated_.end()) {
-    ++stats_.failed_frees;
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "caching allocator (device %d): %p was not allocated here (a foreign pointer) or was "
-        "already freed",
-        device_, allocation.ptr));
-  }
-  Block* block = it->second;
-  if (allocation.bytes != block->requested) {
-    ++stats_.failed_frees;
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "caching allocator (device %d): %p freed as %d bytes but was allocated as %d", device_,
-        allocation.ptr, allocation.bytes, block->requested));
-  }
-  // Every other stream that used the block, its allocation stream included
-  // (the free may come on a recorded stream): the free waits for each.
-  std::vector<Stream> waits;
-  std::vector<Event> events;
-  auto must_wait = [&](Stream s) {
-    if (s.handle == stream.handle) return;
-    for (Stream w : waits) {
-      if (w.handle == s.handle) return;
+  std::unique_lock<Mutex> lock(mu_);
+  // Streams this call already waited for on the host (the fallback below).
+  std::vector<Stream> waited_on_host;
+  for (;;) {
+    auto it = allocated_.find(reinterpret_cast<std::uintptr_t>(allocation.ptr));
+    if (it == allocated_.end()) {
+      ++stats_.failed_frees;
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "caching allocator (device %d): %p was not allocated here (a foreign pointer) or was "
+          "already freed",
+          device_, allocation.ptr));
     }
-    Hook();
-    waits.push_back(s);
-  };
-  must_wait(block->stream);
-  for (Stream s : block->stream_uses) must_wait(s);
-  if (!waits.empty()) {
-    Hook();
-    events.reserve(waits.size());
-    absl::Status recorded = absl::OkStatus();
-    for (Stream s : waits) {
-      absl::StatusOr<Event> e = AcquireEvent();
-      if (e.ok()) {
-        recorded = CallAtBoundary("event record", [&] { return backend_->RecordEvent(*e, s); });
-        if (recorded.ok()) {
-          events.push_back(*e);
-          continue;
-        }
-        RecycleEvent(*e);
-      } else {
-        recorded = e.status();
+    Block* block = it->second;
+    if (allocation.bytes != block->requested) {
+      ++stats_.failed_frees;
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "caching allocator (device %d): %p freed as %d bytes but was allocated as %d", device_,
+          allocation.ptr, allocation.bytes, block->requested));
+    }
+    // Every other stream that used the block, its allocation stream included
+    // (the free may come on a recorded stream): the free waits for each.
+    std::vector<Stream> waits;
+    std::vector<Event> events;
+    auto must_wait = [&](Stream s) {
+      if (s.handle == stream.handle) return;
+      for (Stream w : waits) {
+        if (w.handle == s.handle) return;
       }
-      break;
-    }
-    if (!recorded.ok()) {
-      // No events: wait on the host instead, so the block is still safe.
-      for (Event e : events) RecycleEvent(e);
-      events.clear();
+      for (Stream w : waited_on_host) {
+        if (w.handle == s.handle) return;
+      }
+      Hook();
+      waits.push_back(s);
+    };
+    must_wait(block->stream);
+    for (Stream s : block->stream_uses) must_wait(s);
+    if (!waits.empty()) {
+      Hook();
+      events.reserve(waits.size());
+      absl::Status recorded = absl::OkStatus();
       for (Stream s : waits) {
-        absl::Status synced =
-            CallAtBoundary("stream synchronize", [&] { return backend_->SynchronizeStream(s); });
-        if (!synced.ok()) {
-          ++stats_.failed_frees;
-          return absl::Status(synced.code(),
-                              absl::StrFormat("caching allocator (device %d): cannot order the "
-                                              "free of %p after its other streams: %s",
-                                              device_, allocation.ptr, synced.message()));
+        absl::StatusOr<Event> e = AcquireEvent();
+        if (e.ok()) {
+          recorded = CallAtBoundary("event record", [&] { return backend_->RecordEvent(*e, s); });
+          if (recorded.ok()) {
+            events.push_back(*e);
+            continue;
+          }
+          RecycleEvent(*e);
+        } else {
+          recorded = e.status();
         }
+        break;
+      }
+      if (!recorded.ok()) {
+        // No events: wait on the host instead, so the block is still safe,
+        // without the lock (other threads keep allocating meanwhile); then
+        // look at the block again, which another thread may have freed or
+        // recorded on in the meantime.
+        for (Event e : events) RecycleEvent(e);
+        Hook();
+        waited_on_host.reserve(waited_on_host.size() + waits.size());
+        lock.unlock();
+        for (Stream s : waits) {
+          absl::Status synced =
+              CallAtBoundary("stream synchronize", [&] { return backend_->SynchronizeStream(s); });
+          if (!synced.ok()) {
+            lock.lock();
+            ++stats_.failed_frees;
+            return absl::Status(synced.code(),
+                                absl::StrFormat("caching allocator (device %d): cannot order the "
+                                                "free of %p after its other streams: %s",
+                                                device_, allocation.ptr, synced.message()));
+          }
+          waited_on_host.push_back(s);  // capacity reserved: cannot throw
+        }
+        lock.lock();
+        continue;
       }
     }
+    CommitFree(it, stream, std::move(events));
+    return absl::OkStatus();
   }
+}
 
+void CachingAllocator::CommitFree(absl::flat_hash_map<std::uintptr_t, Block*>::iterator it,
+                                  Stream stream, std::vector<Event> events) {
+  Block* block = it->second;
   // Commit: nothing below allocates or fails.
   allocated_.erase(it);
   Account(block->segment->small_pool, [&](MemoryStats& st) {
@@ -777,7 +799,6 @@ absl::Status CachingAllocator::DoDeallocate(const Allocation& allocation, Stream
     ReturnToPool(block);
   }
   EnforceLimitLocked();
-  return absl::OkStatus();
 }
 
 void CachingAllocator::EnforceLimitLocked() {

@@ -23,9 +23,13 @@
 //    stream); if an event cannot be recorded, the free waits on the host
 //    for those streams instead. Expandable segments never unmap a free tail
 //    while work queued on its stream may still touch it.
-//  - Strong guarantee on Allocate: if the backend fails or throws at any
-//    point, or host metadata allocation throws, no device memory leaks and
-//    the allocator's state and stats are as before.
+//  - Strong guarantee on Allocate, with one exception: if the backend fails
+//    or throws at any point, or host metadata allocation throws, no device
+//    memory leaks and the allocator's state and stats are as before — except
+//    that on the way to out-of-memory it may already have returned cached
+//    free segments to the device (and merged free neighbours) to make room.
+//    That changes only the cache (reserved and free bytes, segments); live
+//    allocations and the allocated figures never change on failure.
 //  - Deallocate of a pointer it does not own, twice, with the wrong size, or
 //    on another device's stream is InvalidArgument and changes nothing.
 //  - Out of memory: free cached segments are released (least recently used
@@ -167,6 +171,10 @@ class CachingAllocator final : public MemoryResource {
   // The free neighbour after `block` takes it in, staying in its pool, if
   // its place in the order holds; else false and nothing changed. No-throw.
   bool AbsorbIntoNextInPlace(Block* block);
+  // Frees the live block at `it` on `stream`: pending on `events` (from the
+  // other streams that used it) or straight back to its pool. No-throw.
+  void CommitFree(absl::flat_hash_map<std::uintptr_t, Block*>::iterator it, Stream stream,
+                  std::vector<Event> events);
   // Records an allocated block: the live map, its segment's recency, stats.
   Allocation Register(Block* block, std::size_t requested);
   Allocation Commit(Block* block, std::unique_ptr<Block> spare, std::size_t rounded,

@@ -381,6 +381,78 @@ TEST(CachingAllocator, RemainderOfABlockTakenFromAnotherStreamMergesWithItsNewNe
   ASSERT_TRUE(sim->DestroyStream(t).ok());
 }
 
+// The fallback host wait used to run under the allocator's lock, so one free
+// whose event could not be recorded stalled every thread of the device.
+TEST(CachingAllocator, AFreeWaitingOnTheHostDoesNotHoldTheAllocatorsLock) {
+  auto sim = Sim();
+  auto faulty = std::make_shared<FailpointBackend>(sim, 1);
+  auto cache = Cache(faulty);
+  Stream s = sim->CreateStream(0).value();
+  Stream t = sim->CreateStream(0).value();
+  Allocation a = cache->Allocate(64 * kKiB, s).value();
+  ASSERT_TRUE(cache->RecordStream(a, t).ok());
+  std::atomic<bool> freed{false};
+  {
+    SimStreamGate held = sim->HoldStream(t).value();  // t's work cannot finish yet
+    faulty->AddRule(FaultRule::EveryNth(BackendOp::kEventRecord, 1, FaultAction::kReturnError));
+    std::thread freeing([&] {
+      EXPECT_TRUE(cache->Deallocate(a, s).ok());  // must wait for t on the host
+      freed = true;
+    });
+    while (sim->Accounting().calls_to(BackendOp::kStreamSynchronize) == 0) {
+      std::this_thread::yield();  // the free is now waiting on the host
+    }
+    // Another thread uses the allocator meanwhile; with the lock held it
+    // would block until the gate opens.
+    std::atomic<bool> served{false};
+    std::thread other([&] {
+      Allocation b = cache->Allocate(4 * kKiB, s).value();
+      EXPECT_TRUE(cache->Deallocate(b).ok());
+      served = true;
+    });
+    for (int i = 0; i < 2000 && !served; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    EXPECT_TRUE(served) << "the allocator stayed locked while a free waited on the host";
+    EXPECT_FALSE(freed) << "the free went ahead before t's work was done";
+    held.Open();
+    other.join();
+    freeing.join();
+  }
+  faulty->ClearRules();
+  EXPECT_TRUE(freed);
+  ExpectConsistent(*cache);
+  ASSERT_TRUE(cache->EmptyCache().ok());
+  ASSERT_TRUE(sim->DestroyStream(s).ok());
+  ASSERT_TRUE(sim->DestroyStream(t).ok());
+}
+
+// What the out-of-memory path really guarantees: live allocations and the
+// allocated figures are untouched; cached free memory may have been given
+// back to the device (and free neighbours merged) on the way to failing.
+TEST(CachingAllocator, AFailedAllocationKeepsAllocationsButMayHaveReleasedCache) {
+  auto sim = Sim(64 * kMiB);
+  auto cache = Cache(sim);
+  // Requests of 10 MiB and more get segments of their own (caching_options.h).
+  Allocation kept = cache->Allocate(12 * kMiB).value();
+  std::vector<unsigned char> pattern(kept.bytes, 0x3C);
+  ASSERT_TRUE(sim->Memcpy(kept.ptr, pattern.data(), kept.bytes, CopyKind::kHostToDevice).ok());
+  Allocation cached = cache->Allocate(14 * kMiB).value();
+  ASSERT_TRUE(cache->Deallocate(cached).ok());  // a whole free segment, cached
+  const MemoryStats before = cache->stats();
+  ASSERT_GT(before.reserved_bytes.current, before.allocated_bytes.current) << "memory is cached";
+  absl::StatusOr<Allocation> too_big = cache->Allocate(60 * kMiB);
+  ASSERT_EQ(too_big.status().code(), absl::StatusCode::kResourceExhausted);
+  const MemoryStats after = cache->stats();
+  EXPECT_EQ(after.allocated_bytes.current, before.allocated_bytes.current);
+  EXPECT_EQ(after.active_blocks.current, before.active_blocks.current);
+  EXPECT_LT(after.reserved_bytes.current, before.reserved_bytes.current)
+      << "the cache was released trying to make room";
+  std::vector<unsigned char> seen(kept.bytes);
+  ASSERT_TRUE(sim->Memcpy(seen.data(), kept.ptr, kept.bytes, CopyKind::kDeviceToHost).ok());
+  EXPECT_EQ(seen, pattern) << "the live allocation is intact";
+  ExpectConsistent(*cache);
+  ASSERT_TRUE(cache->Deallocate(kept).ok());
+}
+
 TEST(CachingAllocator, NoCrossStreamPolicyKeepsBlocksWithTheirStream) {
   auto sim = Sim();
   CachingOptions o;
