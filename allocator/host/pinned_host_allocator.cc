@@ -182,7 +182,8 @@ absl::Status PinnedHostAllocator::DeallocateImpl(const PinnedBlock& block) {
         if (events.empty()) {
           CacheLocked(live);  // bookkeeping only, no device needed, any thread
         } else {
-          in_flight_.push_back(InFlight{live, events});
+          in_flight_.push_back(InFlight{next_in_flight_id_, live, events});
+          ++next_in_flight_id_;
           stats_.stream_waits += events.size();
           ++stats_.in_flight_blocks;
           events.clear();  // owned by the in-flight entry now
@@ -222,18 +223,20 @@ void PinnedHostAllocator::DestroyEvents(const std::vector<Event>& events) noexce
 }
 
 void PinnedHostAllocator::ReapInFlight(bool wait, std::vector<Batch>* now) {
-  // The blocks to look at and their events, copied: queried outside the lock.
-  std::vector<std::pair<void*, std::vector<Event>>> look;
+  // The entries to look at and their events, copied: queried outside the
+  // lock. Entries are named by id: meanwhile another thread may reap one,
+  // and its block be reused and freed again as a new entry.
+  std::vector<std::pair<std::uint64_t, std::vector<Event>>> look;
   {
     std::lock_guard<Mutex> lock(mu_);
     if (in_flight_.empty()) return;
     look.reserve(in_flight_.size());
-    for (const InFlight& f : in_flight_) look.emplace_back(f.block.ptr, f.events);
+    for (const InFlight& f : in_flight_) look.emplace_back(f.id, f.events);
   }
-  std::vector<void*> done;
+  std::vector<std::uint64_t> done;
   done.reserve(look.size());
   std::size_t finished_events = 0;
-  for (const auto& [ptr, events] : look) {
+  for (const auto& [id, events] : look) {
     bool complete = true;
     for (Event e : events) {
       if (wait) {
@@ -248,7 +251,7 @@ void PinnedHostAllocator::ReapInFlight(bool wait, std::vector<Batch>* now) {
       if (!complete) break;
     }
     if (complete) {
-      done.push_back(ptr);
+      done.push_back(id);
       finished_events += events.size();
     }
   }
@@ -256,9 +259,9 @@ void PinnedHostAllocator::ReapInFlight(bool wait, std::vector<Batch>* now) {
   finished.reserve(finished_events);
   {
     std::lock_guard<Mutex> lock(mu_);
-    for (void* ptr : done) {
+    for (std::uint64_t id : done) {
       auto it = std::find_if(in_flight_.begin(), in_flight_.end(),
-                             [&](const InFlight& f) { return f.block.ptr == ptr; });
+                             [&](const InFlight& f) { return f.id == id; });
       if (it == in_flight_.end()) continue;  // another thread reaped it
       CacheLocked(it->block);  // if this throws, it (and the rest) stay in flight
       finished.insert(finished.end(), it->events.begin(), it->events.end());  // reserved

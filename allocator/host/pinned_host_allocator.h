@@ -119,6 +119,8 @@ class PinnedHostAllocator {
   };
   // A freed block waiting for the events recorded on its streams.
   struct InFlight {
+    std::uint64_t id;  // never reused: a reaper matches the entry it queried,
+                       // not a later free of the same block (ABA)
     PinnedBlock block;
     std::vector<Event> events;
   };
@@ -168,6 +170,7 @@ class PinnedHostAllocator {
   std::unordered_map<DeviceIndex, Owner> owners_;
   std::unordered_map<void*, LiveBlock> live_;
   std::list<InFlight> in_flight_;
+  std::uint64_t next_in_flight_id_ = 1;
   PinnedHostStats stats_;
 };
 

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
-#include "allocator/backend/backend.h"
+#include "allocator/host/host_only_backend_for_test.h"
 #include "allocator/host/pinned_host_allocator.h"
 #include "gtest/gtest.h"
 
@@ -28,79 +28,11 @@ void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 namespace gpualloc {
 namespace {
 
-// A runtime double that itself allocates nothing with operator new, so only
-// the allocator's own bookkeeping meets the failing allocations: pinned
-// memory is malloc'ed and counted, events complete at once, a stream is
-// always idle. Everything the pinned allocator does not use is Unimplemented.
-class HostOnlyBackend final : public Backend {
- public:
-  std::int64_t outstanding() const { return outstanding_; }
-
-  absl::string_view name() const override { return "host-only"; }
-  absl::StatusOr<void*> HostAlloc(DeviceIndex, std::size_t bytes) override {
-    void* p = std::malloc(bytes);
-    if (p == nullptr) return absl::ResourceExhaustedError("host-only: out of memory");
-    ++outstanding_;
-    return p;
-  }
-  absl::Status HostFree(DeviceIndex, void* ptr) override {
-    std::free(ptr);
-    --outstanding_;
-    return absl::OkStatus();
-  }
-  absl::Status SetDevice(DeviceIndex device) override {
-    current_ = device;
-    return absl::OkStatus();
-  }
-  absl::StatusOr<DeviceIndex> GetDevice() override { return current_; }
-  absl::StatusOr<Event> CreateEvent(DeviceIndex device) override {
-    return Event{static_cast<std::uintptr_t>(++events_), device};
-  }
-  absl::Status RecordEvent(Event, Stream) override { return absl::OkStatus(); }
-  absl::StatusOr<bool> QueryEvent(Event) override { return true; }
-  absl::Status SynchronizeEvent(Event) override { return absl::OkStatus(); }
-  absl::Status DestroyEvent(Event) override { return absl::OkStatus(); }
-  absl::Status SynchronizeStream(Stream) override { return absl::OkStatus(); }
-
-#define GPUALLOC_UNUSED(ret, sig) \
-  ret sig override { return absl::UnimplementedError("host-only backend"); }
-  GPUALLOC_UNUSED(absl::StatusOr<int>, DeviceCount())
-  GPUALLOC_UNUSED(absl::StatusOr<DeviceProperties>, GetDeviceProperties(DeviceIndex))
-  GPUALLOC_UNUSED(absl::StatusOr<MemoryInfo>, GetMemoryInfo(DeviceIndex))
-  GPUALLOC_UNUSED(absl::Status, DeviceSynchronize(DeviceIndex))
-  GPUALLOC_UNUSED(absl::StatusOr<void*>, Malloc(DeviceIndex, std::size_t))
-  GPUALLOC_UNUSED(absl::Status, Free(DeviceIndex, void*))
-  GPUALLOC_UNUSED(absl::StatusOr<void*>, MallocAsync(std::size_t, Stream))
-  GPUALLOC_UNUSED(absl::Status, FreeAsync(void*, Stream))
-  GPUALLOC_UNUSED(absl::StatusOr<void*>, MallocManaged(DeviceIndex, std::size_t))
-  GPUALLOC_UNUSED(absl::Status, Prefetch(const void*, std::size_t, DeviceIndex, Stream))
-  GPUALLOC_UNUSED(absl::StatusOr<Stream>, CreateStream(DeviceIndex))
-  GPUALLOC_UNUSED(absl::Status, DestroyStream(Stream))
-  GPUALLOC_UNUSED(absl::Status, StreamWaitEvent(Stream, Event))
-  GPUALLOC_UNUSED(absl::Status, Memcpy(void*, const void*, std::size_t, CopyKind))
-  GPUALLOC_UNUSED(absl::Status, MemcpyAsync(void*, const void*, std::size_t, CopyKind, Stream))
-  GPUALLOC_UNUSED(absl::Status, Memset(void*, int, std::size_t))
-  GPUALLOC_UNUSED(absl::Status, MemsetAsync(void*, int, std::size_t, Stream))
-  GPUALLOC_UNUSED(absl::StatusOr<std::uintptr_t>, VmReserve(DeviceIndex, std::size_t))
-  GPUALLOC_UNUSED(absl::Status, VmRelease(std::uintptr_t, std::size_t))
-  GPUALLOC_UNUSED(absl::StatusOr<PhysicalChunk>, VmCreate(DeviceIndex, std::size_t))
-  GPUALLOC_UNUSED(absl::Status, VmReleasePhysical(PhysicalChunk))
-  GPUALLOC_UNUSED(absl::Status, VmMap(std::uintptr_t, PhysicalChunk))
-  GPUALLOC_UNUSED(absl::Status, VmSetAccess(std::uintptr_t, std::size_t, DeviceIndex))
-  GPUALLOC_UNUSED(absl::Status, VmUnmap(std::uintptr_t, std::size_t))
-#undef GPUALLOC_UNUSED
-
- private:
-  std::int64_t outstanding_ = 0;
-  std::uint64_t events_ = 0;
-  DeviceIndex current_ = 0;
-};
-
 // One script over every public method, with the N-th allocation failing.
 // Returns how many allocations the script made (so the sweep knows when
 // it has covered them all).
 std::int64_t RunScript(std::int64_t fail_at) {
-  auto backend = std::make_shared<HostOnlyBackend>();
+  auto backend = std::make_shared<testing_support::HostOnlyBackend>();
   {
     PinnedHostOptions options;
     options.cache_limit_bytes = 16 * 1024;  // evictions and queues, too

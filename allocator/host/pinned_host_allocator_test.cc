@@ -8,6 +8,7 @@
 
 #include "allocator/backend/failpoints/failpoint_backend.h"
 #include "allocator/backend/sim/sim_backend.h"
+#include "allocator/host/host_only_backend_for_test.h"
 #include "gtest/gtest.h"
 
 namespace gpualloc {
@@ -122,6 +123,38 @@ TEST(PinnedHostAllocator, WhenNoEventCanBeRecordedAFreeWaitsForTheStreamOnTheHos
   ASSERT_TRUE(pinned.Deallocate(b).ok());
   ASSERT_TRUE(sim->Free(0, dev).ok());
   ASSERT_TRUE(sim->DestroyStream(s).ok());
+}
+
+// Found by the stress runner: a reaper queried a freed block's events outside
+// the lock; meanwhile another thread reaped the block, reused it and freed it
+// again with a copy in flight; the first reaper, matching by pointer, cached
+// it on the strength of the old events and handed it out under the copy.
+TEST(PinnedHostAllocator, AReaperNeverCachesABlockFreedAgainWhileItLooked) {
+  auto backend = std::make_shared<testing_support::HostOnlyBackend>();
+  PinnedHostAllocator pinned(backend);
+  const Stream s{7, 0}, t{8, 0};
+  PinnedBlock x = pinned.Allocate(4096, 0).value();
+  ASSERT_TRUE(pinned.RecordStream(x, s).ok());
+  ASSERT_TRUE(pinned.Deallocate(x).ok());  // in flight, its event already complete
+  bool second_free_done = false;
+  backend->OnNextQuery([&] {
+    // Another thread, while the reaper below is between its query and its
+    // lock: it reaps x, reuses it, and frees it with a copy still running.
+    PinnedBlock again = pinned.Allocate(4096, 0).value();
+    ASSERT_EQ(again.ptr, x.ptr);
+    ASSERT_TRUE(pinned.RecordStream(again, t).ok());
+    backend->HoldNewEvents();  // the copy on t is not done
+    ASSERT_TRUE(pinned.Deallocate(again).ok());
+    second_free_done = true;
+  });
+  PinnedBlock next = pinned.Allocate(4096, 0).value();
+  ASSERT_TRUE(second_free_done);
+  EXPECT_NE(next.ptr, x.ptr) << "handed out while the copy on t may still read it";
+  EXPECT_EQ(pinned.stats().in_flight_blocks, 1u);
+  backend->CompleteAll();
+  ASSERT_TRUE(pinned.Deallocate(next).ok());
+  ASSERT_TRUE(pinned.Flush(/*release_cache=*/true).ok());
+  EXPECT_EQ(backend->outstanding(), 0);
 }
 
 TEST(PinnedHostAllocator, CacheIsBoundedLeastRecentlyCachedFirst) {

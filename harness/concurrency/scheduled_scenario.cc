@@ -153,14 +153,7 @@ class Scenario {
     return status;
   }
 
-  // Waits for `from`'s work so far on `to`, on the device (an event).
-  absl::Status Order(Stream from, Stream to) {
-    GPUALLOC_ASSIGN_OR_RETURN(Event e, backend_->CreateEvent(0));
-    absl::Status st = backend_->RecordEvent(e, from);
-    if (st.ok()) st = backend_->StreamWaitEvent(to, e);
-    absl::Status destroyed = backend_->DestroyEvent(e);
-    return st.ok() ? destroyed : st;
-  }
+  absl::Status Order(Stream from, Stream to) { return OrderStreams(*backend_, from, to); }
 
   // A read on `stream`; on another stream than the allocation's, the
   // allocator hears of it (RecordStream) or the allocation's stream waits

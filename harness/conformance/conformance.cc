@@ -120,12 +120,7 @@ absl::Status Read(SimBackend& sim, const Allocation& a, Stream s) {
   return sim.LaunchKernel(s, {{a.ptr, a.bytes, AccessMode::kRead, 0}}, kKernelNs, "read");
 }
 absl::Status Order(SimBackend& sim, Stream from, Stream to) {
-  absl::StatusOr<Event> e = sim.CreateEvent(from.device);
-  if (!e.ok()) return e.status();
-  absl::Status st = sim.RecordEvent(*e, from);
-  if (st.ok()) st = sim.StreamWaitEvent(to, *e);
-  absl::Status destroyed = sim.DestroyEvent(*e);
-  return st.ok() ? destroyed : st;
+  return OrderStreams(sim, from, to);
 }
 
 TEST_P(ResourceConformance, FreedWithWorkQueuedAndReusedOnTheSameStream) {

@@ -173,6 +173,15 @@ absl::Status CheckCookieBytes(const Allocation& a, std::uint64_t seed, const uns
   return absl::OkStatus();
 }
 
+absl::Status OrderStreams(Backend& backend, Stream from, Stream to) {
+  if (from == to) return absl::OkStatus();
+  GPUALLOC_ASSIGN_OR_RETURN(Event e, backend.CreateEvent(from.device));
+  absl::Status st = backend.RecordEvent(e, from);
+  if (st.ok()) st = backend.StreamWaitEvent(to, e);
+  absl::Status destroyed = backend.DestroyEvent(e);
+  return st.ok() ? destroyed : st;
+}
+
 absl::Status CheckStreamOrder(const SimBackend& sim) {
   absl::Status st = sim.CheckStreamOrder();
   if (st.ok()) return st;

@@ -59,6 +59,12 @@ class LiveSet {
 // each violation).
 absl::Status CheckStreamOrder(const SimBackend& sim);
 
+// Makes `to` wait, on the device, for the work enqueued on `from` so far: an
+// event recorded on `from` that `to` waits for (then destroyed). The user's
+// side of the stream contract, as a workload does it; nothing when they are
+// the same stream.
+absl::Status OrderStreams(Backend& backend, Stream from, Stream to);
+
 // Content cookies: a pattern derived from `seed` written over the first
 // `bytes` of `a` through the backend (H2D on a.stream), and verified (D2H on
 // a.stream) later; each waits for its stream. A

@@ -67,12 +67,7 @@ std::pair<void*, std::size_t> OpInterpreter::WorkRegion(const Allocation& a) {
 }
 
 absl::Status OpInterpreter::Order(Stream from, Stream to) {
-  if (from == to) return absl::OkStatus();
-  GPUALLOC_ASSIGN_OR_RETURN(Event e, sim_->CreateEvent(from.device));
-  absl::Status st = sim_->RecordEvent(e, from);
-  if (st.ok()) st = sim_->StreamWaitEvent(to, e);
-  absl::Status destroyed = sim_->DestroyEvent(e);
-  return st.ok() ? destroyed : st;
+  return OrderStreams(*sim_, from, to);
 }
 
 absl::Status OpInterpreter::JoinReaders(Live& l, Stream to) {

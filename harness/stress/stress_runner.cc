@@ -202,14 +202,7 @@ absl::Status Campaign::SetUp() {
   return absl::OkStatus();
 }
 
-absl::Status Campaign::Order(Stream from, Stream to) {
-  if (from == to) return absl::OkStatus();
-  GPUALLOC_ASSIGN_OR_RETURN(Event e, raw_->CreateEvent(from.device));
-  absl::Status st = raw_->RecordEvent(e, from);
-  if (st.ok()) st = raw_->StreamWaitEvent(to, e);
-  absl::Status destroyed = raw_->DestroyEvent(e);
-  return st.ok() ? destroyed : st;
-}
+absl::Status Campaign::Order(Stream from, Stream to) { return OrderStreams(*raw_, from, to); }
 
 absl::Status Campaign::Kernel(Stream stream, void* ptr, std::size_t bytes) {
   if (sim_ == nullptr) return absl::OkStatus();

@@ -213,6 +213,11 @@ class SimBackend final : public Backend {
   // Releases a live allocation; mu_ must be held.
   absl::Status ReleaseLocked(std::map<std::uintptr_t, Allocation>::iterator it);
   void DestroyChunkLocked(ChunkMap::iterator it);  // mu_ held
+  // The mappings that exactly cover [address, address+bytes) of one
+  // reservation (starting at a mapping, whole and contiguous), or
+  // InvalidArgument saying why not. mu_ held.
+  struct CoveredRange;
+  absl::StatusOr<CoveredRange> CoveredMappingsLocked(std::uintptr_t address, std::size_t bytes);
   // mu_ held. `ref` (optional) receives the allocation the range lies in.
   Location Locate(const void* ptr, std::size_t bytes, DeviceIndex* device,
                   AllocationRef* ref = nullptr) const;

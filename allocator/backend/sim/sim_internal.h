@@ -82,6 +82,12 @@ struct SimBackend::Reservation {
   std::map<std::uintptr_t, Mapping> mappings;  // by address
 };
 
+struct SimBackend::CoveredRange {
+  std::map<std::uintptr_t, Reservation>::iterator reservation;
+  std::map<std::uintptr_t, Reservation::Mapping>::iterator first;  // [first, end)
+  std::map<std::uintptr_t, Reservation::Mapping>::iterator end;
+};
+
 struct SimBackend::Chunk {
   DeviceIndex device;
   std::size_t bytes;

@@ -182,14 +182,20 @@ absl::Status SimBackend::StreamWaitEvent(Stream stream, Event event) {
   return absl::OkStatus();
 }
 
+namespace {
+absl::Status NoSuchEvent(Event event) {
+  return SimError(absl::StatusCode::kInvalidArgument, "simErrorInvalidResourceHandle",
+                  absl::StrFormat("event %d does not exist (never created or destroyed)",
+                                  event.handle));
+}
+}  // namespace
+
 absl::Status SimBackend::RecordedPosition(Event event, std::shared_ptr<SimStreamWorker>* worker,
                                           std::uint64_t* seq, VectorClock* clock) const {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = events_.find(event.handle);
   if (it == events_.end()) {
-    return SimError(absl::StatusCode::kInvalidArgument, "simErrorInvalidResourceHandle",
-                    absl::StrFormat("event %d does not exist (never created or destroyed)",
-                                    event.handle));
+    return NoSuchEvent(event);
   }
   *worker = it->second->worker;
   *seq = it->second->seq;
@@ -213,8 +219,7 @@ absl::Status SimBackend::RecordEvent(Event event, Stream stream) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = events_.find(event.handle);
   if (it == events_.end()) {
-    return SimError(absl::StatusCode::kInvalidArgument, "simErrorInvalidResourceHandle",
-                    absl::StrFormat("event %d does not exist", event.handle));
+    return NoSuchEvent(event);
   }
   if (it->second->device != stream.device) {
     return SimError(absl::StatusCode::kInvalidArgument, "simErrorInvalidResourceHandle",
@@ -256,9 +261,7 @@ absl::Status SimBackend::DestroyEvent(Event event) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = events_.find(event.handle);
   if (it == events_.end()) {
-    return SimError(absl::StatusCode::kInvalidArgument, "simErrorInvalidResourceHandle",
-                    absl::StrFormat("event %d does not exist (never created or destroyed)",
-                                    event.handle));
+    return NoSuchEvent(event);
   }
   doomed = std::move(it->second);
   events_.erase(it);

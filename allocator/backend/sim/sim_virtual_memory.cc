@@ -173,45 +173,8 @@ absl::Status SimBackend::VmMap(std::uintptr_t address, PhysicalChunk chunk) {
   return absl::OkStatus();
 }
 
-absl::Status SimBackend::VmSetAccess(std::uintptr_t address, std::size_t bytes,
-                                     DeviceIndex device) {
-  Count(BackendOp::kVmSetAccess);
-  if (!options_.virtual_memory) return VmNotSupported();
-  GPUALLOC_RETURN_IF_ERROR(CheckDevice(device));
-  std::lock_guard<std::mutex> lock(mu_);
-  auto r = reservations_.upper_bound(address);
-  if (r == reservations_.begin()) {
-    return SimError(absl::StatusCode::kInvalidArgument, "simErrorInvalidValue",
-                    absl::StrFormat("%#x is not inside a VM reservation", address));
-  }
-  --r;
-  auto& mappings = r->second.mappings;
-  // The range must start at a mapping and cover whole, contiguous mappings.
-  auto m = mappings.find(address);
-  std::uintptr_t covered = address;
-  std::vector<Reservation::Mapping*> touched;
-  for (; m != mappings.end() && m->first == covered && covered < address + bytes; ++m) {
-    covered += m->second.bytes;
-    touched.push_back(&m->second);
-  }
-  if (bytes == 0 || covered != address + bytes) {
-    return SimError(absl::StatusCode::kInvalidArgument, "simErrorInvalidValue",
-                    absl::StrFormat("[%#x, +%d) is not exactly covered by mapped chunks", address,
-                                    bytes));
-  }
-  if (mprotect(reinterpret_cast<void*>(address), bytes, PROT_READ | PROT_WRITE) != 0) {
-    return SimError(absl::StatusCode::kInternal, "simErrorUnknown",
-                    absl::StrFormat("mprotect failed: %s", std::strerror(errno)));
-  }
-  for (auto* mapping : touched) mapping->accessible = true;
-  return absl::OkStatus();
-}
-
-absl::Status SimBackend::VmUnmap(std::uintptr_t address, std::size_t bytes) {
-  Count(BackendOp::kVmUnmap);
-  if (!options_.virtual_memory) return VmNotSupported();
-  std::unique_lock<std::shared_mutex> exec(exec_mu_);  // no stream work mid-access
-  std::lock_guard<std::mutex> lock(mu_);
+absl::StatusOr<SimBackend::CoveredRange> SimBackend::CoveredMappingsLocked(std::uintptr_t address,
+                                                                         std::size_t bytes) {
   auto r = reservations_.upper_bound(address);
   if (r == reservations_.begin()) {
     return SimError(absl::StatusCode::kInvalidArgument, "simErrorInvalidValue",
@@ -230,6 +193,32 @@ absl::Status SimBackend::VmUnmap(std::uintptr_t address, std::size_t bytes) {
                     absl::StrFormat("[%#x, +%d) is not exactly covered by mapped chunks", address,
                                     bytes));
   }
+  return CoveredRange{r, first, m};
+}
+
+absl::Status SimBackend::VmSetAccess(std::uintptr_t address, std::size_t bytes,
+                                     DeviceIndex device) {
+  Count(BackendOp::kVmSetAccess);
+  if (!options_.virtual_memory) return VmNotSupported();
+  GPUALLOC_RETURN_IF_ERROR(CheckDevice(device));
+  std::lock_guard<std::mutex> lock(mu_);
+  GPUALLOC_ASSIGN_OR_RETURN(CoveredRange range, CoveredMappingsLocked(address, bytes));
+  if (mprotect(reinterpret_cast<void*>(address), bytes, PROT_READ | PROT_WRITE) != 0) {
+    return SimError(absl::StatusCode::kInternal, "simErrorUnknown",
+                    absl::StrFormat("mprotect failed: %s", std::strerror(errno)));
+  }
+  for (auto m = range.first; m != range.end; ++m) m->second.accessible = true;
+  return absl::OkStatus();
+}
+
+absl::Status SimBackend::VmUnmap(std::uintptr_t address, std::size_t bytes) {
+  Count(BackendOp::kVmUnmap);
+  if (!options_.virtual_memory) return VmNotSupported();
+  std::unique_lock<std::shared_mutex> exec(exec_mu_);  // no stream work mid-access
+  std::lock_guard<std::mutex> lock(mu_);
+  GPUALLOC_ASSIGN_OR_RETURN(CoveredRange range, CoveredMappingsLocked(address, bytes));
+  auto r = range.reservation;
+  auto& mappings = r->second.mappings;
   // Unlike cudaFree, unmapping does not wait for the device: every access to
   // the range must already be ordered before the host's call.
   if (checker_) {
@@ -239,7 +228,7 @@ absl::Status SimBackend::VmUnmap(std::uintptr_t address, std::size_t bytes) {
   // Put the reservation back (PROT_NONE, no backing) over the whole range.
   mmap(reinterpret_cast<void*>(address), bytes, PROT_NONE,
        MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
-  for (auto it = first; it != m;) {
+  for (auto it = range.first; it != range.end;) {
     auto c = chunks_.find(it->second.chunk);
     if (c != chunks_.end() && --c->second->map_count == 0 && c->second->released) {
       DestroyChunkLocked(c);
@@ -248,6 +237,5 @@ absl::Status SimBackend::VmUnmap(std::uintptr_t address, std::size_t bytes) {
   }
   return absl::OkStatus();
 }
-
 
 }  // namespace gpualloc
