@@ -453,6 +453,29 @@ TEST(CachingAllocator, AFailedAllocationKeepsAllocationsButMayHaveReleasedCache)
   ASSERT_TRUE(cache->Deallocate(kept).ok());
 }
 
+// EmptyCache merges free neighbours of different streams; only once the
+// device is idle may it, or the merged block carries one stream's label over
+// memory another stream's queued work still touches.
+TEST(CachingAllocator, EmptyCacheMergesAcrossStreamsOnlyAfterTheDeviceIsIdle) {
+  auto sim = Sim();
+  auto cache = Cache(sim);
+  const Stream s = sim->CreateStream(0).value();
+  const Stream t = sim->CreateStream(0).value();
+  Allocation a = cache->Allocate(256 * kKiB, s).value();
+  Allocation b = cache->Allocate(256 * kKiB, t).value();  // a's neighbour in the small pool
+  ASSERT_TRUE(sim->LaunchKernel(t, {{b.ptr, b.bytes, AccessMode::kWrite, 1}}, 2'000'000).ok());
+  ASSERT_TRUE(cache->Deallocate(b).ok());  // on t, its kernel still queued
+  ASSERT_TRUE(cache->Deallocate(a).ok());  // on s
+  ASSERT_TRUE(cache->EmptyCache(/*keep_bytes=*/std::size_t{1} << 40).ok());  // merge, keep all
+  Allocation whole = cache->Allocate(1 * kMiB, s).value();  // may span b's bytes
+  ASSERT_TRUE(sim->MemsetAsync(whole.ptr, 2, whole.bytes, s).ok());
+  ExpectNoStreamOrderViolation(*sim);
+  ASSERT_TRUE(cache->Deallocate(whole).ok());
+  ASSERT_TRUE(cache->EmptyCache().ok());
+  ASSERT_TRUE(sim->DestroyStream(s).ok());
+  ASSERT_TRUE(sim->DestroyStream(t).ok());
+}
+
 TEST(CachingAllocator, NoCrossStreamPolicyKeepsBlocksWithTheirStream) {
   auto sim = Sim();
   CachingOptions o;
