@@ -15,19 +15,19 @@ bool PlantedBugResource::fired() const {
 absl::StatusOr<Allocation> PlantedBugResource::DoAllocate(std::size_t bytes, Stream stream) {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (kept_ && kept_reused_upstream_ && bytes <= kept_->bytes) {
-      // The bug: memory someone else now owns, handed out again.
-      Allocation phantom{kept_->ptr, bytes, stream};
-      kept_.reset();
-      phantoms_.insert(phantom.ptr);
+    if (armed_ && victim_ && bytes <= victim_->bytes) {
+      // The bug: memory that is live, handed out a second time.
+      armed_ = false;
       fired_ = true;
+      const Allocation phantom{victim_->ptr, bytes, stream};
+      phantoms_.insert(phantom.ptr);
       return phantom;
     }
   }
   absl::StatusOr<Allocation> a = upstream_->Allocate(bytes, stream);
   if (a.ok()) {
     std::lock_guard<std::mutex> lock(mu_);
-    if (kept_ && a->ptr == kept_->ptr) kept_reused_upstream_ = true;
+    if (armed_ && !victim_) victim_ = *a;
   }
   return a;
 }
@@ -36,16 +36,10 @@ absl::Status PlantedBugResource::DoDeallocate(const Allocation& allocation, Stre
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (phantoms_.erase(allocation.ptr) > 0) return absl::OkStatus();  // never the upstream's
+    // The victim freed before the bug fired: the next allocation is the new one.
+    if (victim_ && victim_->ptr == allocation.ptr && armed_) victim_.reset();
   }
-  absl::Status st = upstream_->Deallocate(allocation, stream);
-  if (st.ok()) {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (armed_) {
-      armed_ = false;
-      kept_ = allocation;  // freed, yet remembered: the planted bug
-    }
-  }
-  return st;
+  return upstream_->Deallocate(allocation, stream);
 }
 
 }  // namespace gpualloc::harness

@@ -3,11 +3,12 @@
 // stress runner's --inject_bug, the schedule explorer's --plant_bug). It
 // lives in harness/ only: production allocators carry no test scaffolding.
 //
-// The bug is a classic of front caches, a use-after-free: the first block
-// freed after Arm() is given back upstream *and* kept. Once the upstream
-// hands that memory to someone else, the next request that fits is served
-// from the kept block, so two live allocations overlap. Frees of that
-// phantom block are swallowed (the upstream never gave it out).
+// The bug is a classic of caches that track blocks by hand: a block that is
+// still live is handed out again. After Arm(), the next allocation served
+// becomes the victim; the next request that fits in it, while the victim is
+// still live, is served from the victim's memory, so two live allocations
+// overlap. It fires within a few operations, whatever the timing. Frees of
+// that phantom allocation are swallowed (the upstream never gave it out).
 //
 // Thread-safe: one mutex around the adaptor's own state.
 #ifndef GPUALLOC_HARNESS_TESTING_PLANTED_BUG_RESOURCE_H_
@@ -28,7 +29,7 @@ class PlantedBugResource final : public MemoryResource {
   explicit PlantedBugResource(std::shared_ptr<MemoryResource> upstream)
       : upstream_(std::move(upstream)) {}
 
-  // Plants the bug: the next free is the one that is kept.
+  // Plants the bug: the next allocation served becomes the victim.
   void Arm();
   // True once an overlapping (phantom) block was handed out.
   bool fired() const;
@@ -45,9 +46,8 @@ class PlantedBugResource final : public MemoryResource {
   const std::shared_ptr<MemoryResource> upstream_;
   mutable std::mutex mu_;
   bool armed_ = false;
-  std::optional<Allocation> kept_;          // freed upstream, still remembered
-  bool kept_reused_upstream_ = false;       // the upstream handed its memory out again
-  absl::flat_hash_set<void*> phantoms_;     // handed out from kept_, live
+  std::optional<Allocation> victim_;     // live: its memory is handed out again
+  absl::flat_hash_set<void*> phantoms_;  // handed out from a victim, live
   bool fired_ = false;
 };
 
