@@ -24,7 +24,7 @@ struct ScheduledScenarioOptions {
   CrossStreamReuse cross_stream = CrossStreamReuse::kFollowEvents;
   bool expandable_segments = false;
   // Plants an allocator bug (harness::PlantedBugResource over the allocator:
-  // memory someone else owns is handed out again), so the tools can show a
+  // memory that is still live is handed out again), so the tools can show a
   // failure being reported and replayed.
   bool plant_overlap_bug = false;
 };

@@ -78,7 +78,7 @@ struct StressConfig {
   // separate segments; limit changes then unmap free tails with work queued.
   bool expandable_segments = false;
   // Route device 0's allocations through harness::PlantedBugResource, which
-  // hands out memory someone else owns (a planted use-after-free), to prove
+  // hands out memory that is still live a second time (a planted overlap), to prove
   // the campaign catches allocator bugs. Off in every real run.
   bool inject_bug = false;
 
