@@ -473,6 +473,23 @@ absl::StatusOr<Allocation> CachingAllocator::GrowExpandable(FreeSet& pool, Strea
   Segment*& slot = expandable_[IsSmall(pool) ? 0 : 1];
   // Host metadata and the address reservation first: nothing changes if they fail.
   std::unique_ptr<Segment> fresh;
+  // A fresh segment that does not make it to the commit (any return or throw
+  // on the way) gives its address range back, or, if the runtime refuses (a
+  // lost device), retires it to be retried like any emptied range: never
+  // dropped with its reservation and chunks still held.
+  struct DiscardFresh {
+    std::unique_ptr<Segment>& fresh;
+    std::vector<std::unique_ptr<ExpandableRange>>& retired;
+    ~DiscardFresh() {
+      if (fresh == nullptr || fresh->range == nullptr) return;
+      if (fresh->range->ReleaseEverything().ok()) return;
+      try {
+        retired.push_back(std::move(fresh->range));
+      } catch (...) {
+        // No room to remember it: its destructor retries once and reports.
+      }
+    }
+  } discard_fresh{fresh, retired_ranges_};
   Segment* segment = slot;
   if (segment == nullptr) {
     Hook();
@@ -517,7 +534,7 @@ absl::StatusOr<Allocation> CachingAllocator::GrowExpandable(FreeSet& pool, Strea
     }
     if (!grown.ok()) {
       *oom = grown.code() == absl::StatusCode::kResourceExhausted;
-      return grown;  // rolled back; a fresh segment's reservation goes with `fresh`
+      return grown;  // rolled back; a fresh segment's range is released or retired
     }
   }
 

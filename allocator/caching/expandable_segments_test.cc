@@ -218,6 +218,24 @@ TEST(ExpandableSegments, ARollbackStepThatFailsIsRetriedBeforeTheNextGrowth) {
   EXPECT_TRUE(sim->Accounting().AllReleased()) << sim->Accounting().Describe();
 }
 
+// Found by the long fault campaign: a fresh segment whose first growth
+// failed, and whose rollback the runtime then refused (a lost device), was
+// destroyed with its reservation and a mapped chunk: leaked for good. It is
+// retired and retried now, like any emptied range.
+TEST(ExpandableSegments, AFreshSegmentThatNeverGrewIsRetiredNotLostWhenTheDeviceIsLost) {
+  auto sim = Sim();
+  auto faulty = std::make_shared<FailpointBackend>(sim, 1);
+  auto cache = CachingAllocator::Create(faulty, 0, Expandable()).value();
+  faulty->AddRule(FaultRule::NthCall(BackendOp::kVmSetAccess, 1, FaultAction::kReturnError));
+  faulty->AddRule(FaultRule::NthCall(BackendOp::kVmUnmap, 1, FaultAction::kStickyError));
+  EXPECT_FALSE(cache->Allocate(4 * kMiB).ok());
+  faulty->ClearRules();
+  faulty->ClearStickyError();  // the device is back
+  ASSERT_TRUE(cache->EmptyCache().ok());
+  cache.reset();
+  EXPECT_TRUE(sim->Accounting().AllReleased()) << sim->Accounting().Describe();
+}
+
 TEST(ExpandableSegments, NeedVirtualMemoryAndSaySo) {
   SimOptions o = SimOptions::WithDevices(1, 64 * kMiB);
   o.virtual_memory = false;
