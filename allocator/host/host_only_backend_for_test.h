@@ -21,7 +21,7 @@ namespace gpualloc::testing_support {
 class HostOnlyBackend final : public Backend {
  public:
   std::int64_t outstanding() const { return outstanding_; }
-  // Events created from now on stay incomplete until CompleteAll().
+  // Events recorded from now on stay incomplete until CompleteAll().
   void HoldNewEvents() { hold_ = true; }
   void CompleteAll() {
     hold_ = false;
@@ -49,11 +49,12 @@ class HostOnlyBackend final : public Backend {
   }
   absl::StatusOr<DeviceIndex> GetDevice() override { return current_; }
   absl::StatusOr<Event> CreateEvent(DeviceIndex device) override {
-    const Event e{static_cast<std::uintptr_t>(++events_), device};
-    if (hold_ && held_count_ < kMaxHeld) held_[held_count_++] = e.handle;
-    return e;
+    return Event{static_cast<std::uintptr_t>(++events_), device};
   }
-  absl::Status RecordEvent(Event, Stream) override { return absl::OkStatus(); }
+  absl::Status RecordEvent(Event e, Stream) override {
+    if (hold_ && held_count_ < kMaxHeld) held_[held_count_++] = e.handle;
+    return absl::OkStatus();
+  }
   absl::StatusOr<bool> QueryEvent(Event e) override {
     if (on_query_) {
       std::function<void()> hook = std::move(on_query_);

@@ -24,6 +24,14 @@ PinnedHostAllocator::PinnedHostAllocator(std::shared_ptr<Backend> backend,
 
 PinnedHostAllocator::~PinnedHostAllocator() {
   Flush(/*release_cache=*/true).IgnoreError();
+  std::unordered_map<DeviceIndex, std::vector<Event>> spares;
+  {
+    std::lock_guard<Mutex> lock(mu_);
+    spares.swap(spare_events_);
+  }
+  for (const auto& [device, events] : spares) {
+    for (Event e : events) DestroyEvent(e);
+  }
   std::lock_guard<Mutex> lock(mu_);
   if (!live_.empty()) {
     std::fprintf(stderr, "PinnedHostAllocator: %zu blocks (%zu bytes) still live at destruction\n",
@@ -149,18 +157,17 @@ absl::Status PinnedHostAllocator::DeallocateImpl(const PinnedBlock& block) {
   events.reserve(streams.size());
   std::uint64_t host_waits = 0;
   for (Stream s : streams) {
-    absl::StatusOr<Event> e =
-        CallAtBoundary("event create", [&] { return backend_->CreateEvent(s.device); });
+    absl::StatusOr<Event> e = AcquireEvent(s.device);
     if (e.ok() &&
         CallAtBoundary("event record", [&] { return backend_->RecordEvent(*e, s); }).ok()) {
       events.push_back(*e);
       continue;
     }
-    if (e.ok()) DestroyEvents({*e});
+    if (e.ok()) RecycleEvents({*e});
     absl::Status synced =
         CallAtBoundary("stream synchronize", [&] { return backend_->SynchronizeStream(s); });
     if (!synced.ok()) {
-      DestroyEvents(events);
+      RecycleEvents(events);
       return absl::Status(synced.code(),
                           absl::StrFormat("pinned host allocator: cannot order the free of %p "
                                           "after stream %d: %s",
@@ -199,7 +206,7 @@ absl::Status PinnedHostAllocator::DeallocateImpl(const PinnedBlock& block) {
       }
     }
   }
-  DestroyEvents(events);  // what no in-flight entry took
+  RecycleEvents(events);  // what no in-flight entry took
   ReleaseAll(now);
   return refused;
 }
@@ -216,10 +223,47 @@ void PinnedHostAllocator::CacheLocked(const PinnedBlock& block) {
   stats_.cached_bytes += block.bytes;
 }
 
-void PinnedHostAllocator::DestroyEvents(const std::vector<Event>& events) noexcept {
-  for (Event e : events) {
-    CallAtBoundary("event destroy", [&] { return backend_->DestroyEvent(e); }).IgnoreError();
+absl::StatusOr<Event> PinnedHostAllocator::AcquireEvent(DeviceIndex device) {
+  {
+    std::lock_guard<Mutex> lock(mu_);
+    auto it = spare_events_.find(device);
+    if (it != spare_events_.end() && !it->second.empty()) {
+      const Event e = it->second.back();
+      it->second.pop_back();
+      return e;
+    }
   }
+  return CallAtBoundary("event create", [&] { return backend_->CreateEvent(device); });
+}
+
+void PinnedHostAllocator::RecycleEvents(const std::vector<Event>& events) noexcept {
+  std::vector<Event> extra;  // beyond the pool's bound, or with no room to keep them
+  {
+    std::lock_guard<Mutex> lock(mu_);
+    for (Event e : events) {
+      bool kept = false;
+      try {
+        std::vector<Event>& pool = spare_events_[e.device];
+        if (pool.size() < kSpareEventsPerDevice) {
+          pool.push_back(e);
+          kept = true;
+        }
+      } catch (...) {
+      }
+      if (!kept) {
+        try {
+          extra.push_back(e);
+        } catch (...) {
+          DestroyEvent(e);  // a runtime call under the lock, in a corner that should not occur
+        }
+      }
+    }
+  }
+  for (Event e : extra) DestroyEvent(e);
+}
+
+void PinnedHostAllocator::DestroyEvent(Event event) noexcept {
+  CallAtBoundary("event destroy", [&] { return backend_->DestroyEvent(event); }).IgnoreError();
 }
 
 void PinnedHostAllocator::ReapInFlight(bool wait, std::vector<Batch>* now) {
@@ -270,7 +314,7 @@ void PinnedHostAllocator::ReapInFlight(bool wait, std::vector<Batch>* now) {
     }
     EvictLocked(now);
   }
-  DestroyEvents(finished);
+  RecycleEvents(finished);
 }
 
 // --- eviction and release ------------------------------------------------------------

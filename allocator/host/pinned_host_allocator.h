@@ -158,7 +158,13 @@ class PinnedHostAllocator {
   void ReapInFlight(bool wait, std::vector<Batch>* now);
   // Caches a block that no device work uses any more; mu_ held. Strong.
   void CacheLocked(const PinnedBlock& block);
-  void DestroyEvents(const std::vector<Event>& events) noexcept;
+  // Events are pooled per device, not destroyed after each use: fewer
+  // runtime calls, and no event leaks when a destroy is refused (a lost
+  // device) — the pool is destroyed at destruction.
+  absl::StatusOr<Event> AcquireEvent(DeviceIndex device);
+  void RecycleEvents(const std::vector<Event>& events) noexcept;
+  void DestroyEvent(Event event) noexcept;
+  static constexpr std::size_t kSpareEventsPerDevice = 64;
 
   const std::shared_ptr<Backend> backend_;
   const PinnedHostOptions options_;
@@ -170,6 +176,7 @@ class PinnedHostAllocator {
   std::unordered_map<DeviceIndex, Owner> owners_;
   std::unordered_map<void*, LiveBlock> live_;
   std::list<InFlight> in_flight_;
+  std::unordered_map<DeviceIndex, std::vector<Event>> spare_events_;
   std::uint64_t next_in_flight_id_ = 1;
   PinnedHostStats stats_;
 };
