@@ -157,6 +157,29 @@ TEST(PinnedHostAllocator, AReaperNeverCachesABlockFreedAgainWhileItLooked) {
   EXPECT_EQ(backend->outstanding(), 0);
 }
 
+// Found by the long fault campaign: events were destroyed right after use,
+// and a destroy refused by a lost device leaked the event for good. They are
+// pooled now and destroyed with the allocator, once the device is back.
+TEST(PinnedHostAllocator, NoEventIsLostWhenTheDeviceIsLostWhileOneIsGivenBack) {
+  auto sim = Sim();
+  auto faulty = std::make_shared<FailpointBackend>(sim, 1);
+  const Stream s = sim->CreateStream(0).value();
+  {
+    PinnedHostAllocator pinned(faulty);
+    PinnedBlock b = pinned.Allocate(4096, 0).value();
+    ASSERT_TRUE(pinned.RecordStream(b, s).ok());
+    ASSERT_TRUE(pinned.Deallocate(b).ok());  // in flight, one event
+    ASSERT_TRUE(sim->SynchronizeStream(s).ok());
+    faulty->AddRule(FaultRule::NthCall(BackendOp::kEventDestroy, 1, FaultAction::kStickyError));
+    PinnedBlock again = pinned.Allocate(4096, 0).value();  // reaps the in-flight block
+    faulty->ClearRules();
+    faulty->ClearStickyError();  // the device is back
+    ASSERT_TRUE(pinned.Deallocate(again).ok());
+  }
+  EXPECT_EQ(sim->Accounting().live_events, 0u) << sim->Accounting().Describe();
+  ASSERT_TRUE(sim->DestroyStream(s).ok());
+}
+
 TEST(PinnedHostAllocator, CacheIsBoundedLeastRecentlyCachedFirst) {
   auto sim = Sim();
   PinnedHostOptions o;
