@@ -255,6 +255,9 @@ absl::Status OpInterpreter::Apply(const Op& op) {
         break;
       }
       if (std::min(kCookieBytes, src.allocation.bytes) < n) break;  // would not cover the cookie
+      // The copy writes dst's cookie on dst's stream: after every reader of it.
+      result = JoinReaders(dst, dst.allocation.stream);
+      if (!result.ok()) break;
       absl::StatusOr<Completion> copied =
           transfers.DeviceToDevice(to, 0, from, 0, n, dst.allocation.stream);
       result = copied.ok() ? copied->Wait() : copied.status();
