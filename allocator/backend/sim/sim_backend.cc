@@ -294,11 +294,7 @@ absl::Status SimBackend::Free(DeviceIndex device, void* ptr) {
   if (ptr == nullptr) return absl::OkStatus();  // like cudaFree(nullptr)
   // cudaFree synchronises: work still using the memory finishes first, on
   // any device's stream (a peer copy may touch it from another device).
-  {
-    std::vector<std::shared_ptr<SimStreamWorker>> workers = WorkersOn(kAllDevices);
-    for (auto& worker : workers) worker->Drain();
-    HostWaited(workers);
-  }
+  DrainDevice(kAllDevices);
   std::unique_lock<std::shared_mutex> exec(exec_mu_);
   std::lock_guard<std::mutex> lock(mu_);
   auto it = allocations_.find(reinterpret_cast<std::uintptr_t>(ptr));
@@ -396,12 +392,7 @@ absl::Status SimBackend::HostFree(DeviceIndex device, void* ptr) {
   SimulateLatency(options_.cost.host_free_ns);
   GPUALLOC_RETURN_IF_ERROR(CheckDevice(device));
   if (ptr == nullptr) return absl::OkStatus();
-  {
-    // cudaFreeHost synchronises, like cudaFree.
-    std::vector<std::shared_ptr<SimStreamWorker>> workers = WorkersOn(kAllDevices);
-    for (auto& worker : workers) worker->Drain();
-    HostWaited(workers);
-  }
+  DrainDevice(kAllDevices);  // cudaFreeHost synchronises, like cudaFree
   std::unique_lock<std::shared_mutex> exec(exec_mu_);
   std::lock_guard<std::mutex> lock(mu_);
   auto it = allocations_.find(reinterpret_cast<std::uintptr_t>(ptr));
@@ -524,7 +515,7 @@ SimBackend::Location SimBackend::Locate(const void* ptr, std::size_t bytes,
 }
 
 absl::Status SimBackend::CheckCopy(void* dst, const void* src, std::size_t bytes, CopyKind kind,
-                                   DeviceIndex* device) const {
+                                   DeviceIndex* device, std::vector<RangeAccess>* accesses) const {
   if (dst == nullptr || src == nullptr) {
     return SimError(absl::StatusCode::kInvalidArgument, "simErrorInvalidValue",
                     absl::StrCat(CopyKindName(kind), " copy with a null pointer"));
@@ -532,8 +523,9 @@ absl::Status SimBackend::CheckCopy(void* dst, const void* src, std::size_t bytes
   std::lock_guard<std::mutex> lock(mu_);
   DeviceIndex dst_device = 0;
   DeviceIndex src_device = 0;
-  const Location dst_at = Locate(dst, bytes, &dst_device);
-  const Location src_at = Locate(src, bytes, &src_device);
+  AllocationRef dst_ref, src_ref;
+  const Location dst_at = Locate(dst, bytes, &dst_device, &dst_ref);
+  const Location src_at = Locate(src, bytes, &src_device, &src_ref);
   if (dst_at == Location::kInvalid || src_at == Location::kInvalid) {
     return SimError(absl::StatusCode::kInvalidArgument, "simErrorInvalidValue",
                     absl::StrFormat("%s copy of %d bytes from %s to %s runs outside a live "
@@ -563,14 +555,13 @@ absl::Status SimBackend::CheckCopy(void* dst, const void* src, std::size_t bytes
                                     "direction says",
                                     CopyKindName(kind), Hex(src), Hex(dst)));
   }
+  TrackAccess(src, bytes, AccessMode::kRead, src_at, src_ref, accesses);
+  TrackAccess(dst, bytes, AccessMode::kWrite, dst_at, dst_ref, accesses);
   return absl::OkStatus();
 }
 
-void SimBackend::AddAccess(const void* ptr, std::size_t bytes, AccessMode mode,
-                           std::vector<RangeAccess>* out) const {
-  DeviceIndex device = 0;
-  AllocationRef ref;
-  const Location at = Locate(ptr, bytes, &device, &ref);
+void SimBackend::TrackAccess(const void* ptr, std::size_t bytes, AccessMode mode, Location at,
+                             const AllocationRef& ref, std::vector<RangeAccess>* out) {
   if (at == Location::kPageableHost || at == Location::kInvalid) return;
   out->push_back(RangeAccess{reinterpret_cast<std::uintptr_t>(ptr), bytes, mode, ref});
 }
@@ -619,15 +610,10 @@ absl::Status SimBackend::Memcpy(void* dst, const void* src, std::size_t bytes, C
   Count(BackendOp::kMemcpy);
   if (bytes == 0) return absl::OkStatus();
   DeviceIndex device = 0;
-  GPUALLOC_RETURN_IF_ERROR(CheckCopy(dst, src, bytes, kind, &device));
+  std::vector<RangeAccess> accesses;
+  GPUALLOC_RETURN_IF_ERROR(CheckCopy(dst, src, bytes, kind, &device, &accesses));
   GPUALLOC_ASSIGN_OR_RETURN(std::shared_ptr<SimStreamWorker> worker,
                             WorkerFor(Stream::Default(device)));
-  std::vector<RangeAccess> accesses;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    AddAccess(src, bytes, AccessMode::kRead, &accesses);
-    AddAccess(dst, bytes, AccessMode::kWrite, &accesses);
-  }
   const std::int64_t cost = options_.cost.copy_ns_per_kib * static_cast<std::int64_t>(bytes / 1024);
   // On the device's default stream, and the host waits for it.
   worker->WaitFor(EnqueueChecked(*worker, std::move(accesses), "memcpy", [=] {
@@ -644,13 +630,8 @@ absl::Status SimBackend::MemcpyAsync(void* dst, const void* src, std::size_t byt
   GPUALLOC_ASSIGN_OR_RETURN(std::shared_ptr<SimStreamWorker> worker, WorkerFor(stream));
   if (bytes == 0) return absl::OkStatus();
   DeviceIndex device = 0;
-  GPUALLOC_RETURN_IF_ERROR(CheckCopy(dst, src, bytes, kind, &device));
   std::vector<RangeAccess> accesses;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    AddAccess(src, bytes, AccessMode::kRead, &accesses);
-    AddAccess(dst, bytes, AccessMode::kWrite, &accesses);
-  }
+  GPUALLOC_RETURN_IF_ERROR(CheckCopy(dst, src, bytes, kind, &device, &accesses));
   const std::int64_t cost = options_.cost.copy_ns_per_kib * static_cast<std::int64_t>(bytes / 1024);
   EnqueueChecked(*worker, std::move(accesses), "memcpy_async", [=] {
     SimulateLatency(cost);
@@ -659,15 +640,17 @@ absl::Status SimBackend::MemcpyAsync(void* dst, const void* src, std::size_t byt
   return absl::OkStatus();
 }
 
-absl::Status SimBackend::CheckMemsetTarget(void* dst, std::size_t bytes,
-                                           DeviceIndex* device) const {
+absl::Status SimBackend::CheckMemsetTarget(void* dst, std::size_t bytes, DeviceIndex* device,
+                                           std::vector<RangeAccess>* accesses) const {
   std::lock_guard<std::mutex> lock(mu_);
-  const Location at = dst ? Locate(dst, bytes, device) : Location::kInvalid;
+  AllocationRef ref;
+  const Location at = dst ? Locate(dst, bytes, device, &ref) : Location::kInvalid;
   if (at != Location::kDevice && at != Location::kManaged) {
     return SimError(absl::StatusCode::kInvalidArgument, "simErrorInvalidValue",
                     absl::StrFormat("memset of %d bytes at %s: not within device memory", bytes,
                                     Hex(dst)));
   }
+  TrackAccess(dst, bytes, AccessMode::kWrite, at, ref, accesses);
   return absl::OkStatus();
 }
 
@@ -675,14 +658,10 @@ absl::Status SimBackend::Memset(void* dst, int value, std::size_t bytes) {
   Count(BackendOp::kMemset);
   if (bytes == 0) return absl::OkStatus();
   DeviceIndex device = 0;
-  GPUALLOC_RETURN_IF_ERROR(CheckMemsetTarget(dst, bytes, &device));
+  std::vector<RangeAccess> accesses;
+  GPUALLOC_RETURN_IF_ERROR(CheckMemsetTarget(dst, bytes, &device, &accesses));
   GPUALLOC_ASSIGN_OR_RETURN(std::shared_ptr<SimStreamWorker> worker,
                             WorkerFor(Stream::Default(device)));
-  std::vector<RangeAccess> accesses;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    AddAccess(dst, bytes, AccessMode::kWrite, &accesses);
-  }
   worker->WaitFor(EnqueueChecked(*worker, std::move(accesses), "memset",
                                  [=] { std::memset(dst, value, bytes); }));
   HostWaited({worker});
@@ -694,12 +673,8 @@ absl::Status SimBackend::MemsetAsync(void* dst, int value, std::size_t bytes, St
   GPUALLOC_ASSIGN_OR_RETURN(std::shared_ptr<SimStreamWorker> worker, WorkerFor(stream));
   if (bytes == 0) return absl::OkStatus();
   DeviceIndex device = 0;
-  GPUALLOC_RETURN_IF_ERROR(CheckMemsetTarget(dst, bytes, &device));
   std::vector<RangeAccess> accesses;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    AddAccess(dst, bytes, AccessMode::kWrite, &accesses);
-  }
+  GPUALLOC_RETURN_IF_ERROR(CheckMemsetTarget(dst, bytes, &device, &accesses));
   EnqueueChecked(*worker, std::move(accesses), "memset_async",
                  [=] { std::memset(dst, value, bytes); });
   return absl::OkStatus();
@@ -713,8 +688,9 @@ absl::Status SimBackend::LaunchKernel(Stream stream, std::vector<KernelArg> args
     std::lock_guard<std::mutex> lock(mu_);
     for (const KernelArg& arg : args) {
       DeviceIndex device = 0;
+      AllocationRef ref;
       const Location at =
-          arg.ptr != nullptr && arg.bytes > 0 ? Locate(arg.ptr, arg.bytes, &device)
+          arg.ptr != nullptr && arg.bytes > 0 ? Locate(arg.ptr, arg.bytes, &device, &ref)
                                               : Location::kInvalid;
       if (at == Location::kInvalid || at == Location::kPageableHost) {
         return SimError(absl::StatusCode::kInvalidArgument, "simErrorInvalidValue",
@@ -722,7 +698,7 @@ absl::Status SimBackend::LaunchKernel(Stream stream, std::vector<KernelArg> args
                                         "managed or pinned memory",
                                         name, Hex(arg.ptr), arg.bytes));
       }
-      AddAccess(arg.ptr, arg.bytes, arg.mode, &accesses);
+      TrackAccess(arg.ptr, arg.bytes, arg.mode, at, ref, &accesses);
     }
   }
   EnqueueChecked(*worker, std::move(accesses), name, [args = std::move(args), duration_ns] {
@@ -747,14 +723,15 @@ absl::Status SimBackend::NoteHostAccess(const void* ptr, std::size_t bytes, Acce
   DeviceIndex device = 0;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    const Location at = Locate(ptr, bytes, &device);
+    AllocationRef ref;
+    const Location at = Locate(ptr, bytes, &device, &ref);
     if (at != Location::kPinnedHost && at != Location::kManaged) {
       return SimError(absl::StatusCode::kInvalidArgument, "simErrorInvalidValue",
                       absl::StrFormat("host access to [%s, +%d): not within pinned or managed "
                                       "memory",
                                       Hex(ptr), bytes));
     }
-    AddAccess(ptr, bytes, mode, &accesses);
+    TrackAccess(ptr, bytes, mode, at, ref, &accesses);
   }
   checker_->HostAccess(accesses, mode == AccessMode::kWrite ? "host write" : "host read");
   return absl::OkStatus();

@@ -202,8 +202,10 @@ class SimBackend final : public Backend {
   // Every stream of `device` (or of all devices), in a fixed order.
   std::vector<std::shared_ptr<SimStreamWorker>> WorkersOn(DeviceIndex device) const;
   absl::StatusOr<std::shared_ptr<SimStreamWorker>> WorkerFor(Stream stream);
+
   // Waits for every stream of `device` (or of every device, kAllDevices),
-  // without holding mu_ while waiting.
+  // without holding mu_ while waiting; the stream-order checker then knows
+  // the host has seen all that work.
   static constexpr DeviceIndex kAllDevices = -2;
   void DrainDevice(DeviceIndex device);
   // Where `event` was recorded: its stream (null if never recorded) and seq.
@@ -222,10 +224,11 @@ class SimBackend final : public Backend {
   Location Locate(const void* ptr, std::size_t bytes, DeviceIndex* device,
                   AllocationRef* ref = nullptr) const;
   // --- stream-order checking (no-ops when the checker is off) ---
-  // The accesses of [ptr, ptr+bytes) in `mode`, if it is memory the device
-  // knows (pageable host memory is the program's own and is not tracked).
-  void AddAccess(const void* ptr, std::size_t bytes, AccessMode mode,
-                 std::vector<RangeAccess>* out) const;  // mu_ held
+  // Appends the access of [ptr, ptr+bytes) in `mode`, found by Locate at
+  // `at` in `ref`, if it is memory the device knows (pageable host memory is
+  // the program's own and is not tracked).
+  static void TrackAccess(const void* ptr, std::size_t bytes, AccessMode mode, Location at,
+                          const AllocationRef& ref, std::vector<RangeAccess>* out);
   int ActorOf(const SimStreamWorker& worker) const { return worker.checker_actor(); }
   // Enqueues `body` on `worker` after checking `accesses`; when it runs,
   // each access's memory must still be there, or it is skipped and reported.
@@ -236,10 +239,14 @@ class SimBackend final : public Backend {
   // A worker thread for `stream`. The machine may refuse a thread (too many
   // streams for it): ResourceExhausted, never a throw.
   absl::StatusOr<std::shared_ptr<SimStreamWorker>> NewWorker(Stream stream);
-  // OK when [dst, dst+bytes) is device or managed memory; sets its device.
-  absl::Status CheckMemsetTarget(void* dst, std::size_t bytes, DeviceIndex* device) const;
+  // OK when [dst, dst+bytes) is device or managed memory; sets its device
+  // and appends the write to `accesses`, from the one lookup.
+  absl::Status CheckMemsetTarget(void* dst, std::size_t bytes, DeviceIndex* device,
+                                 std::vector<RangeAccess>* accesses) const;
+  // OK when the copy's pointers are where `kind` says; sets the device that
+  // runs it and appends its read and write to `accesses`, from the one lookup.
   absl::Status CheckCopy(void* dst, const void* src, std::size_t bytes, CopyKind kind,
-                         DeviceIndex* device) const;
+                         DeviceIndex* device, std::vector<RangeAccess>* accesses) const;
   // Counts a call at its entry. Under a deterministic schedule the entry of
   // every device call is also a scheduling point, as a driver call is a place
   // where real threads interleave. Never called with mu_ held.

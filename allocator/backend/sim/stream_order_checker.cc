@@ -175,7 +175,8 @@ std::uint64_t StreamOrderChecker::Enqueue(int actor, absl::Span<const RangeAcces
   std::lock_guard<std::mutex> lock(mu_);
   const std::uint64_t op = next_op_++;
   ++stats_.operations;
-  Join(ClockOf(actor), ClockOf(kHost));  // work enqueued now follows what the host knows
+  // Work enqueued now follows what the host knows (the host knows itself).
+  if (actor != kHost) Join(ClockOf(actor), ClockOf(kHost));
   const std::uint64_t epoch = TickLocked(actor);
   const VectorClock& clock = ClockOf(actor);  // unchanged while the accesses are checked
   for (const RangeAccess& range : accesses) {
@@ -186,15 +187,7 @@ std::uint64_t StreamOrderChecker::Enqueue(int actor, absl::Span<const RangeAcces
 
 std::uint64_t StreamOrderChecker::HostAccess(absl::Span<const RangeAccess> accesses,
                                              const char* what) {
-  std::lock_guard<std::mutex> lock(mu_);
-  const std::uint64_t op = next_op_++;
-  ++stats_.operations;
-  const std::uint64_t epoch = TickLocked(kHost);
-  const VectorClock& clock = ClockOf(kHost);
-  for (const RangeAccess& range : accesses) {
-    CheckAndRecordLocked(AccessRecord{kHost, epoch, op, what, range.mode}, clock, range);
-  }
-  return op;
+  return Enqueue(kHost, accesses, what);
 }
 
 void StreamOrderChecker::Release(int actor, std::uintptr_t begin, std::size_t bytes,
@@ -215,21 +208,20 @@ void StreamOrderChecker::Release(int actor, std::uintptr_t begin, std::size_t by
   std::uint64_t last_reported = 0;
   for (auto it = first; it != last; ++it) {
     const Shadow& s = it->second;
-    std::vector<const AccessRecord*> pending;
-    if (s.written) pending.push_back(&s.write);
-    for (const AccessRecord& r : s.reads) pending.push_back(&r);
-    for (const AccessRecord* a : pending) {
-      if (a->actor == actor || Ordered(*a, clock) || a->op == last_reported) continue;
-      last_reported = a->op;
+    auto check = [&](const AccessRecord& a) {
+      if (a.actor == actor || Ordered(a, clock) || a.op == last_reported) return;
+      last_reported = a.op;
       StreamOrderViolation v;
       v.kind = StreamOrderViolation::Kind::kUnorderedRelease;
       v.begin = it->first;
       v.end = s.end;
       v.allocation = allocation;
-      v.earlier = *a;
+      v.earlier = a;
       v.later = release;
       AddViolationLocked(std::move(v));
-    }
+    };
+    if (s.written) check(s.write);
+    for (const AccessRecord& r : s.reads) check(r);
   }
   shadow_.erase(first, last);
 }
