@@ -237,11 +237,11 @@ absl::StatusOr<Event> PinnedHostAllocator::AcquireEvent(DeviceIndex device) {
 }
 
 void PinnedHostAllocator::RecycleEvents(const std::vector<Event>& events) noexcept {
-  std::vector<Event> extra;  // beyond the pool's bound, or with no room to keep them
-  {
-    std::lock_guard<Mutex> lock(mu_);
-    for (Event e : events) {
-      bool kept = false;
+  // Few per call (one per recorded stream): one short lock each.
+  for (Event e : events) {
+    bool kept = false;
+    {
+      std::lock_guard<Mutex> lock(mu_);
       try {
         std::vector<Event>& pool = spare_events_[e.device];
         if (pool.size() < kSpareEventsPerDevice) {
@@ -249,17 +249,11 @@ void PinnedHostAllocator::RecycleEvents(const std::vector<Event>& events) noexce
           kept = true;
         }
       } catch (...) {
-      }
-      if (!kept) {
-        try {
-          extra.push_back(e);
-        } catch (...) {
-          DestroyEvent(e);  // a runtime call under the lock, in a corner that should not occur
-        }
+        // No room to keep it: destroyed below.
       }
     }
+    if (!kept) DestroyEvent(e);  // beyond the bound: a runtime call, outside the lock
   }
-  for (Event e : extra) DestroyEvent(e);
 }
 
 void PinnedHostAllocator::DestroyEvent(Event event) noexcept {
