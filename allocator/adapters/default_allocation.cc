@@ -1,5 +1,7 @@
 #include "allocator/adapters/default_allocation.h"
 
+#include <array>
+
 #include "absl/strings/str_format.h"
 #include "allocator/common/status_macros.h"
 
@@ -18,16 +20,22 @@ absl::StatusOr<Allocation> Allocate(std::size_t bytes, Stream stream, Context& c
 
 absl::Status Deallocate(const Allocation& allocation, Context& context) {
   // The allocation's own device: its index is in the allocation; its type is
-  // that of the runtime which owns the pointer, looked for among the runtimes
-  // of that index that exist, the current device's type first (the common
-  // case). None is created for the look.
+  // that of the runtime which owns the pointer, among the runtimes of that
+  // index that exist, the current device's type first. None is created for
+  // the look. With one such runtime (the common case) it is the owner or
+  // nobody is, and its own free says which, without a second lock.
   const DeviceType current = context.CurrentDevice().type;
+  std::array<Runtime*, kDeviceTypeCount> candidates{};
+  int count = 0;
   for (int t = -1; t < kDeviceTypeCount; ++t) {
     const DeviceType type = t < 0 ? current : static_cast<DeviceType>(t);
     if (t >= 0 && type == current) continue;
-    Runtime* runtime = context.FindRuntime(Device{type, allocation.device()});
-    if (runtime != nullptr && runtime->allocator()->Owns(allocation.ptr)) {
-      return runtime->resource().Deallocate(allocation);
+    if (Runtime* r = context.FindRuntime(Device{type, allocation.device()})) candidates[count++] = r;
+  }
+  if (count == 1) return candidates[0]->resource().Deallocate(allocation);
+  for (int i = 0; i < count; ++i) {
+    if (candidates[i]->allocator()->Owns(allocation.ptr)) {
+      return candidates[i]->resource().Deallocate(allocation);
     }
   }
   return absl::InvalidArgumentError(absl::StrFormat(

@@ -119,9 +119,6 @@ absl::Status Write(SimBackend& sim, const Allocation& a, Stream s, unsigned char
 absl::Status Read(SimBackend& sim, const Allocation& a, Stream s) {
   return sim.LaunchKernel(s, {{a.ptr, a.bytes, AccessMode::kRead, 0}}, kKernelNs, "read");
 }
-absl::Status Order(SimBackend& sim, Stream from, Stream to) {
-  return OrderStreams(sim, from, to);
-}
 
 TEST_P(ResourceConformance, FreedWithWorkQueuedAndReusedOnTheSameStream) {
   if (!under_test_.sim) GTEST_SKIP() << "needs the simulated device";
@@ -174,12 +171,12 @@ TEST_P(ResourceConformance, UsedOnSeveralStreamsItIsReusedOnlyAfterAllOfThem) {
     ASSERT_TRUE(a.ok()) << a.status();
     ASSERT_TRUE(Write(sim, *a, s, 1).ok());
     for (Stream other : {t, u}) {
-      ASSERT_TRUE(Order(sim, s, other).ok());  // read only after the write
+      ASSERT_TRUE(OrderStreams(sim, s, other).ok());  // read only after the write
       ASSERT_TRUE(Read(sim, *a, other).ok());
       if (under_test_.record_stream) {
         ASSERT_TRUE(under_test_.record_stream(*a, other).ok());
       } else {
-        ASSERT_TRUE(Order(sim, other, s).ok());  // the free follows the reads
+        ASSERT_TRUE(OrderStreams(sim, other, s).ok());  // the free follows the reads
       }
     }
     ASSERT_TRUE(resource().Deallocate(*a, s).ok());
@@ -203,7 +200,7 @@ TEST_P(ResourceConformance, FreedOnARecordedStreamItStillWaitsForItsOwnStream) {
   absl::StatusOr<Allocation> a = resource().Allocate(128 * 1024, s);
   ASSERT_TRUE(a.ok()) << a.status();
   ASSERT_TRUE(Write(sim, *a, s, 1).ok());
-  ASSERT_TRUE(Order(sim, s, t).ok());
+  ASSERT_TRUE(OrderStreams(sim, s, t).ok());
   ASSERT_TRUE(Read(sim, *a, t).ok());
   ASSERT_TRUE(under_test_.record_stream(*a, t).ok());
   ASSERT_TRUE(Read(sim, *a, s).ok());             // s still reads after t is done
