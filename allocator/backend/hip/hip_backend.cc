@@ -6,6 +6,7 @@
 #include <hip/hip_runtime_api.h>
 
 #include "absl/strings/str_cat.h"
+#include "allocator/backend/hip/hip_runtime_loader.h"
 #include "absl/strings/str_format.h"
 #include "allocator/common/status_macros.h"
 #endif
@@ -26,6 +27,10 @@ std::unique_ptr<Backend> MakeHipBackend() {
 bool HipBackendCompiledIn() { return true; }
 
 namespace {
+
+// The loaded runtime. Only reached from a HipBackend, which MakeHipBackend
+// creates after the runtime loaded.
+const HipRuntime& Hip() { return **LoadHipRuntime(); }
 
 absl::StatusCode CodeFor(hipError_t e) {
   switch (e) {
@@ -49,11 +54,11 @@ absl::StatusCode CodeFor(hipError_t e) {
 
 absl::Status Check(hipError_t e, absl::string_view op) {
   if (e == hipSuccess) return absl::OkStatus();
-  (void)hipGetLastError();
+  (void)Hip().hipGetLastError();
   std::string prefix(op);
   if (e == hipErrorNoDevice || e == hipErrorInsufficientDriver) prefix = "no HIP device";
-  return absl::Status(CodeFor(e), absl::StrCat(prefix, ": ", hipGetErrorName(e), ": ",
-                                               hipGetErrorString(e)));
+  return absl::Status(CodeFor(e), absl::StrCat(prefix, ": ", Hip().hipGetErrorName(e), ": ",
+                                               Hip().hipGetErrorString(e)));
 }
 
 hipStream_t Raw(Stream s) { return reinterpret_cast<hipStream_t>(s.handle); }
@@ -72,14 +77,14 @@ hipMemcpyKind Raw(CopyKind k) {
 class ScopedHipDevice {
  public:
   explicit ScopedHipDevice(DeviceIndex device) {
-    status_ = Check(hipGetDevice(&previous_), "hipGetDevice");
+    status_ = Check(Hip().hipGetDevice(&previous_), "hipGetDevice");
     if (status_.ok() && previous_ != device) {
-      status_ = Check(hipSetDevice(device), "hipSetDevice");
+      status_ = Check(Hip().hipSetDevice(device), "hipSetDevice");
       switched_ = status_.ok();
     }
   }
   ~ScopedHipDevice() {
-    if (switched_) (void)hipSetDevice(previous_);
+    if (switched_) (void)Hip().hipSetDevice(previous_);
   }
   const absl::Status& status() const { return status_; }
 
@@ -96,12 +101,12 @@ class ScopedHipDevice {
 absl::Status CheckDirection(void* dst, const void* src, CopyKind kind) {
   hipPointerAttribute_t d = {}, s = {};
   // Unregistered host memory makes hipPointerGetAttributes fail: that is host.
-  const bool d_dev = hipPointerGetAttributes(&d, dst) == hipSuccess &&
+  const bool d_dev = Hip().hipPointerGetAttributes(&d, dst) == hipSuccess &&
                      (d.memoryType == hipMemoryTypeDevice || d.isManaged);
-  (void)hipGetLastError();
-  const bool s_dev = hipPointerGetAttributes(&s, src) == hipSuccess &&
+  (void)Hip().hipGetLastError();
+  const bool s_dev = Hip().hipPointerGetAttributes(&s, src) == hipSuccess &&
                      (s.memoryType == hipMemoryTypeDevice || s.isManaged);
-  (void)hipGetLastError();
+  (void)Hip().hipGetLastError();
   const bool ok = (kind == CopyKind::kHostToDevice && d_dev) ||
                   (kind == CopyKind::kDeviceToHost && s_dev) ||
                   (kind == CopyKind::kDeviceToDevice && d_dev && s_dev);
@@ -124,21 +129,21 @@ class HipBackend final : public Backend {
 
   absl::StatusOr<int> DeviceCount() override {
     int n = 0;
-    GPUALLOC_RETURN_IF_ERROR(Check(hipGetDeviceCount(&n), "hipGetDeviceCount"));
+    GPUALLOC_RETURN_IF_ERROR(Check(Hip().hipGetDeviceCount(&n), "hipGetDeviceCount"));
     if (n == 0) return absl::FailedPreconditionError("no HIP device: the runtime found none");
     return n;
   }
 
   absl::StatusOr<DeviceProperties> GetDeviceProperties(DeviceIndex device) override {
     hipDeviceProp_t prop = {};
-    GPUALLOC_RETURN_IF_ERROR(Check(hipGetDeviceProperties(&prop, device), "hipGetDeviceProperties"));
+    GPUALLOC_RETURN_IF_ERROR(Check(Hip().hipGetDeviceProperties(&prop, device), "hipGetDeviceProperties"));
     DeviceProperties p;
     p.name = prop.name;
     p.total_bytes = prop.totalGlobalMem;
     p.alignment = 256;
     int pools = 0, managed = 0;
-    (void)hipDeviceGetAttribute(&pools, hipDeviceAttributeMemoryPoolsSupported, device);
-    (void)hipDeviceGetAttribute(&managed, hipDeviceAttributeManagedMemory, device);
+    (void)Hip().hipDeviceGetAttribute(&pools, hipDeviceAttributeMemoryPoolsSupported, device);
+    (void)Hip().hipDeviceGetAttribute(&managed, hipDeviceAttributeManagedMemory, device);
     p.supports_stream_ordered_alloc = pools != 0;
     p.supports_managed_memory = managed != 0;
     return p;
@@ -147,76 +152,76 @@ class HipBackend final : public Backend {
   absl::StatusOr<MemoryInfo> GetMemoryInfo(DeviceIndex device) override {
     GPUALLOC_ON_DEVICE(device);
     MemoryInfo info;
-    GPUALLOC_RETURN_IF_ERROR(Check(hipMemGetInfo(&info.free_bytes, &info.total_bytes), "hipMemGetInfo"));
+    GPUALLOC_RETURN_IF_ERROR(Check(Hip().hipMemGetInfo(&info.free_bytes, &info.total_bytes), "hipMemGetInfo"));
     return info;
   }
 
   absl::Status SetDevice(DeviceIndex device) override {
-    return Check(hipSetDevice(device), "hipSetDevice");
+    return Check(Hip().hipSetDevice(device), "hipSetDevice");
   }
 
   absl::StatusOr<DeviceIndex> GetDevice() override {
     int d = 0;
-    GPUALLOC_RETURN_IF_ERROR(Check(hipGetDevice(&d), "hipGetDevice"));
+    GPUALLOC_RETURN_IF_ERROR(Check(Hip().hipGetDevice(&d), "hipGetDevice"));
     return d;
   }
 
   absl::Status DeviceSynchronize(DeviceIndex device) override {
     GPUALLOC_ON_DEVICE(device);
-    return Check(hipDeviceSynchronize(), "hipDeviceSynchronize");
+    return Check(Hip().hipDeviceSynchronize(), "hipDeviceSynchronize");
   }
 
   absl::StatusOr<void*> Malloc(DeviceIndex device, std::size_t bytes) override {
     if (bytes == 0) return absl::InvalidArgumentError("hipMalloc: zero-byte allocation requested");
     GPUALLOC_ON_DEVICE(device);
     void* p = nullptr;
-    GPUALLOC_RETURN_IF_ERROR(Check(hipMalloc(&p, bytes), absl::StrFormat("hipMalloc(%d)", bytes)));
+    GPUALLOC_RETURN_IF_ERROR(Check(Hip().hipMalloc(&p, bytes), absl::StrFormat("hipMalloc(%d)", bytes)));
     return p;
   }
 
   absl::Status Free(DeviceIndex device, void* ptr) override {
     GPUALLOC_ON_DEVICE(device);
-    return Check(hipFree(ptr), "hipFree");
+    return Check(Hip().hipFree(ptr), "hipFree");
   }
 
   absl::StatusOr<void*> MallocAsync(std::size_t bytes, Stream stream) override {
     if (bytes == 0) return absl::InvalidArgumentError("hipMallocAsync: zero-byte allocation");
     GPUALLOC_ON_DEVICE(stream.device);
     void* p = nullptr;
-    GPUALLOC_RETURN_IF_ERROR(Check(hipMallocAsync(&p, bytes, Raw(stream)), "hipMallocAsync"));
+    GPUALLOC_RETURN_IF_ERROR(Check(Hip().hipMallocAsync(&p, bytes, Raw(stream)), "hipMallocAsync"));
     return p;
   }
 
   absl::Status FreeAsync(void* ptr, Stream stream) override {
     GPUALLOC_ON_DEVICE(stream.device);
-    return Check(hipFreeAsync(ptr, Raw(stream)), "hipFreeAsync");
+    return Check(Hip().hipFreeAsync(ptr, Raw(stream)), "hipFreeAsync");
   }
 
   absl::StatusOr<void*> HostAlloc(DeviceIndex device, std::size_t bytes) override {
     if (bytes == 0) return absl::InvalidArgumentError("hipHostMalloc: zero-byte allocation");
     GPUALLOC_ON_DEVICE(device);
     void* p = nullptr;
-    GPUALLOC_RETURN_IF_ERROR(Check(hipHostMalloc(&p, bytes, hipHostMallocPortable), "hipHostMalloc"));
+    GPUALLOC_RETURN_IF_ERROR(Check(Hip().hipHostMalloc(&p, bytes, hipHostMallocPortable), "hipHostMalloc"));
     return p;
   }
 
   absl::Status HostFree(DeviceIndex device, void* ptr) override {
     GPUALLOC_ON_DEVICE(device);
-    return Check(hipHostFree(ptr), "hipHostFree");
+    return Check(Hip().hipHostFree(ptr), "hipHostFree");
   }
 
   absl::StatusOr<void*> MallocManaged(DeviceIndex device, std::size_t bytes) override {
     if (bytes == 0) return absl::InvalidArgumentError("hipMallocManaged: zero-byte allocation");
     GPUALLOC_ON_DEVICE(device);
     void* p = nullptr;
-    GPUALLOC_RETURN_IF_ERROR(Check(hipMallocManaged(&p, bytes, hipMemAttachGlobal), "hipMallocManaged"));
+    GPUALLOC_RETURN_IF_ERROR(Check(Hip().hipMallocManaged(&p, bytes, hipMemAttachGlobal), "hipMallocManaged"));
     return p;
   }
 
   absl::Status Prefetch(const void* ptr, std::size_t bytes, DeviceIndex destination,
                         Stream stream) override {
     GPUALLOC_ON_DEVICE(stream.device);
-    return Check(hipMemPrefetchAsync(ptr, bytes, destination == kHostDevice ? hipCpuDeviceId : destination,
+    return Check(Hip().hipMemPrefetchAsync(ptr, bytes, destination == kHostDevice ? hipCpuDeviceId : destination,
                                      Raw(stream)),
                  "hipMemPrefetchAsync");
   }
@@ -224,7 +229,7 @@ class HipBackend final : public Backend {
   absl::StatusOr<Stream> CreateStream(DeviceIndex device) override {
     GPUALLOC_ON_DEVICE(device);
     hipStream_t s = nullptr;
-    GPUALLOC_RETURN_IF_ERROR(Check(hipStreamCreateWithFlags(&s, hipStreamNonBlocking), "hipStreamCreate"));
+    GPUALLOC_RETURN_IF_ERROR(Check(Hip().hipStreamCreateWithFlags(&s, hipStreamNonBlocking), "hipStreamCreate"));
     return Stream{reinterpret_cast<std::uintptr_t>(s), device};
   }
 
@@ -233,36 +238,36 @@ class HipBackend final : public Backend {
       return absl::InvalidArgumentError("hipStreamDestroy: the default stream cannot be destroyed");
     }
     GPUALLOC_ON_DEVICE(stream.device);
-    GPUALLOC_RETURN_IF_ERROR(Check(hipStreamSynchronize(Raw(stream)), "hipStreamSynchronize"));
-    return Check(hipStreamDestroy(Raw(stream)), "hipStreamDestroy");
+    GPUALLOC_RETURN_IF_ERROR(Check(Hip().hipStreamSynchronize(Raw(stream)), "hipStreamSynchronize"));
+    return Check(Hip().hipStreamDestroy(Raw(stream)), "hipStreamDestroy");
   }
 
   absl::Status SynchronizeStream(Stream stream) override {
     GPUALLOC_ON_DEVICE(stream.device);
-    return Check(hipStreamSynchronize(Raw(stream)), "hipStreamSynchronize");
+    return Check(Hip().hipStreamSynchronize(Raw(stream)), "hipStreamSynchronize");
   }
 
   absl::Status StreamWaitEvent(Stream stream, Event event) override {
     GPUALLOC_ON_DEVICE(stream.device);
-    return Check(hipStreamWaitEvent(Raw(stream), Raw(event), 0), "hipStreamWaitEvent");
+    return Check(Hip().hipStreamWaitEvent(Raw(stream), Raw(event), 0), "hipStreamWaitEvent");
   }
 
   absl::StatusOr<Event> CreateEvent(DeviceIndex device) override {
     GPUALLOC_ON_DEVICE(device);
     hipEvent_t e = nullptr;
-    GPUALLOC_RETURN_IF_ERROR(Check(hipEventCreateWithFlags(&e, hipEventDisableTiming), "hipEventCreate"));
+    GPUALLOC_RETURN_IF_ERROR(Check(Hip().hipEventCreateWithFlags(&e, hipEventDisableTiming), "hipEventCreate"));
     return Event{reinterpret_cast<std::uintptr_t>(e), device};
   }
 
   absl::Status RecordEvent(Event event, Stream stream) override {
     GPUALLOC_ON_DEVICE(stream.device);
-    return Check(hipEventRecord(Raw(event), Raw(stream)), "hipEventRecord");
+    return Check(Hip().hipEventRecord(Raw(event), Raw(stream)), "hipEventRecord");
   }
 
   absl::StatusOr<bool> QueryEvent(Event event) override {
-    const hipError_t e = hipEventQuery(Raw(event));
+    const hipError_t e = Hip().hipEventQuery(Raw(event));
     if (e == hipErrorNotReady) {
-      (void)hipGetLastError();
+      (void)Hip().hipGetLastError();
       return false;
     }
     GPUALLOC_RETURN_IF_ERROR(Check(e, "hipEventQuery"));
@@ -270,17 +275,17 @@ class HipBackend final : public Backend {
   }
 
   absl::Status SynchronizeEvent(Event event) override {
-    return Check(hipEventSynchronize(Raw(event)), "hipEventSynchronize");
+    return Check(Hip().hipEventSynchronize(Raw(event)), "hipEventSynchronize");
   }
 
   absl::Status DestroyEvent(Event event) override {
-    return Check(hipEventDestroy(Raw(event)), "hipEventDestroy");
+    return Check(Hip().hipEventDestroy(Raw(event)), "hipEventDestroy");
   }
 
   absl::Status Memcpy(void* dst, const void* src, std::size_t bytes, CopyKind kind) override {
     if (bytes == 0) return absl::OkStatus();
     GPUALLOC_RETURN_IF_ERROR(CheckDirection(dst, src, kind));
-    return Check(hipMemcpy(dst, src, bytes, Raw(kind)), "hipMemcpy");
+    return Check(Hip().hipMemcpy(dst, src, bytes, Raw(kind)), "hipMemcpy");
   }
 
   absl::Status MemcpyAsync(void* dst, const void* src, std::size_t bytes, CopyKind kind,
@@ -288,16 +293,16 @@ class HipBackend final : public Backend {
     if (bytes == 0) return absl::OkStatus();
     GPUALLOC_RETURN_IF_ERROR(CheckDirection(dst, src, kind));
     GPUALLOC_ON_DEVICE(stream.device);
-    return Check(hipMemcpyAsync(dst, src, bytes, Raw(kind), Raw(stream)), "hipMemcpyAsync");
+    return Check(Hip().hipMemcpyAsync(dst, src, bytes, Raw(kind), Raw(stream)), "hipMemcpyAsync");
   }
 
   absl::Status Memset(void* dst, int value, std::size_t bytes) override {
-    return Check(hipMemset(dst, value, bytes), "hipMemset");
+    return Check(Hip().hipMemset(dst, value, bytes), "hipMemset");
   }
 
   absl::Status MemsetAsync(void* dst, int value, std::size_t bytes, Stream stream) override {
     GPUALLOC_ON_DEVICE(stream.device);
-    return Check(hipMemsetAsync(dst, value, bytes, Raw(stream)), "hipMemsetAsync");
+    return Check(Hip().hipMemsetAsync(dst, value, bytes, Raw(stream)), "hipMemsetAsync");
   }
 
   absl::StatusOr<std::uintptr_t> VmReserve(DeviceIndex, std::size_t) override { return NoVmm(); }
@@ -313,7 +318,13 @@ class HipBackend final : public Backend {
 
 }  // namespace
 
-std::unique_ptr<Backend> MakeHipBackend() { return std::make_unique<HipBackend>(); }
+std::unique_ptr<Backend> MakeHipBackend() {
+  absl::StatusOr<const HipRuntime*> runtime = LoadHipRuntime();
+  if (!runtime.ok()) {
+    return std::make_unique<UnavailableBackend>("hip", std::string(runtime.status().message()));
+  }
+  return std::make_unique<HipBackend>();
+}
 
 #endif  // GPUALLOC_HAVE_HIP
 
