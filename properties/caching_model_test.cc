@@ -10,6 +10,9 @@
 #include <ostream>
 
 #include "harness/ops/interpreter.h"
+#ifdef GPUALLOC_TEST_RUNTIME
+#include "harness/gpu/require_device.h"
+#endif
 #include "harness/ops/ops.h"
 #include "gtest/gtest.h"
 #include "rapidcheck.h"
@@ -80,6 +83,9 @@ void CheckRandomCommandSequences(CrossStreamReuse policy,
   options.caching.cross_stream = policy;
   options.stack = stack;
   options.seed = *rc::gen::inRange<std::uint64_t>(1, 1 << 20);
+#ifdef GPUALLOC_TEST_RUNTIME  // the gpu_test build: the same properties on the real device
+  options.device = MakeRealBackend(GPUALLOC_TEST_RUNTIME);
+#endif
   OpInterpreter sut(options);
   rc::state::check(Model{}, sut,
                    rc::state::gen::execOneOfWithArgs<

@@ -8,6 +8,8 @@
 #include <mutex>
 #include <string>
 
+#include "absl/strings/str_cat.h"
+#include "allocator/adapters/alloc_conf.h"
 #include "allocator/context/context.h"
 
 namespace {
@@ -32,19 +34,40 @@ void RecordError(const absl::Status& status) {
 
 struct TorchAllocators {
   DeviceType type = DeviceType::kCuda;
-  Context* context = nullptr;
+  Context* context = nullptr;  // null when the configuration is bad
+  absl::Status configuration;  // why there is no context
 };
 
-// The library's own context, built once from GPUALLOC_BACKEND (thread-safe
-// static initialisation); never destroyed, as PyTorch may free at exit.
+// The library's own context, built once from GPUALLOC_BACKEND and
+// GPUALLOC_CONF (thread-safe static initialisation); never destroyed, as
+// PyTorch may free at exit. A bad value is an error at first use, reported
+// on stderr and by every call after, never a silent fallback to defaults.
 const TorchAllocators& Allocators() {
   static const TorchAllocators* allocators = [] {
     auto* a = new TorchAllocators;
     const char* name = std::getenv("GPUALLOC_BACKEND");
-    if (name == nullptr || !gpualloc::ParseDeviceType(name, &a->type)) a->type = DeviceType::kCuda;
+    if (name != nullptr && *name != '\0' && !gpualloc::ParseDeviceType(name, &a->type)) {
+      a->configuration = absl::InvalidArgumentError(
+          absl::StrCat("GPUALLOC_BACKEND='", name, "': expected cuda, hip or sim"));
+    }
     ContextOptions options = ContextOptions::Standard();
     options.default_device = Device{a->type, 0};
-    a->context = new Context(std::move(options));
+    if (a->configuration.ok()) {
+      const char* conf = std::getenv("GPUALLOC_CONF");
+      absl::StatusOr<gpualloc::CachingOptions> caching =
+          gpualloc::ApplyAllocConf(conf != nullptr ? conf : "", options.caching);
+      if (caching.ok()) {
+        options.caching = *caching;
+      } else {
+        a->configuration = caching.status();
+      }
+    }
+    if (a->configuration.ok()) {
+      a->context = new Context(std::move(options));
+    } else {
+      std::fprintf(stderr, "libgpualloc_torch: %s\n",
+                   std::string(a->configuration.message()).c_str());
+    }
     return a;
   }();
   return *allocators;
@@ -52,6 +75,7 @@ const TorchAllocators& Allocators() {
 
 absl::StatusOr<Runtime*> RuntimeFor(int device) {
   const TorchAllocators& a = Allocators();
+  if (a.context == nullptr) return a.configuration;
   return a.context->GetRuntime(Device{a.type, device});
 }
 
@@ -109,13 +133,101 @@ extern "C" void gpualloc_torch_free(void* ptr, size_t size, int device, void* st
 }
 
 extern "C" int gpualloc_torch_empty_cache(void) {
+  const TorchAllocators& a = Allocators();
+  if (a.context == nullptr) {
+    RecordError(a.configuration);
+    return -1;
+  }
   int failures = 0;
-  for (int d = 0; d < Allocators().context->options().max_device_index; ++d) {
-    absl::StatusOr<Runtime*> runtime = RuntimeFor(d);
-    if (!runtime.ok()) break;  // past the last device
-    if (!(*runtime)->allocator()->EmptyCache().ok()) ++failures;
+  // Only the devices already in use: emptying must not create contexts.
+  for (int d = 0; d < a.context->options().max_device_index; ++d) {
+    Runtime* runtime = a.context->FindRuntime(Device{a.type, d});
+    if (runtime == nullptr) continue;
+    if (absl::Status st = runtime->allocator()->EmptyCache(); !st.ok()) {
+      RecordError(st);
+      ++failures;
+    }
   }
   return failures == 0 ? 0 : -1;
+}
+
+extern "C" void gpualloc_torch_reset(void) { (void)gpualloc_torch_empty_cache(); }
+
+extern "C" void gpualloc_torch_record_stream(void* ptr, void* stream) {
+  const TorchAllocators& a = Allocators();
+  if (a.context == nullptr) {
+    RecordError(a.configuration);
+    return;
+  }
+  for (int d = 0; d < a.context->options().max_device_index; ++d) {
+    Runtime* runtime = a.context->FindRuntime(Device{a.type, d});
+    if (runtime == nullptr || !runtime->allocator()->Owns(ptr)) continue;
+    absl::StatusOr<Stream> s = StreamFor(*runtime, d, stream);
+    absl::Status st = s.ok() ? runtime->allocator()->RecordStream(Allocation{ptr, 1, *s}, *s)
+                             : s.status();
+    if (!st.ok()) {
+      RecordError(st);
+      std::fprintf(stderr, "gpualloc_torch_record_stream(%p): %s\n", ptr,
+                   std::string(st.message()).c_str());
+    }
+    return;
+  }
+  RecordError(absl::InvalidArgumentError(
+      absl::StrCat("gpualloc_torch_record_stream: ", reinterpret_cast<std::uintptr_t>(ptr),
+                   " is not a live allocation of this library")));
+}
+
+extern "C" void gpualloc_torch_set_memory_fraction(double fraction, int device) {
+  absl::StatusOr<Runtime*> runtime = RuntimeFor(device);
+  absl::Status st = runtime.status();
+  if (st.ok() && !(fraction > 0 && fraction <= 1)) {
+    st = absl::InvalidArgumentError(
+        absl::StrCat("set_memory_fraction: ", fraction, " is not in (0, 1]"));
+  }
+  if (st.ok()) {
+    absl::StatusOr<gpualloc::DeviceProperties> p =
+        (*runtime)->backend().GetDeviceProperties(device);
+    st = p.ok() ? (*runtime)->allocator()->SetReservedLimit(
+                      static_cast<std::size_t>(fraction * static_cast<double>(p->total_bytes)))
+                : p.status();
+  }
+  if (!st.ok()) {
+    RecordError(st);
+    std::fprintf(stderr, "gpualloc_torch_set_memory_fraction(%g, %d): %s\n", fraction, device,
+                 std::string(st.message()).c_str());
+  }
+}
+
+extern "C" int gpualloc_torch_stats(int device, long long* out, int capacity) {
+  absl::StatusOr<Runtime*> runtime = RuntimeFor(device);
+  if (!runtime.ok()) {
+    RecordError(runtime.status());
+    return -1;
+  }
+  const gpualloc::MemoryStats s = (*runtime)->allocator()->stats();
+  const long long values[] = {
+      s.allocated_bytes.current, s.allocated_bytes.peak, s.reserved_bytes.current,
+      s.reserved_bytes.peak,     s.active_blocks.current, s.segments.current,
+      static_cast<long long>(s.oom_events), static_cast<long long>(s.cache_hits),
+      static_cast<long long>(s.cache_misses), static_cast<long long>(s.cross_stream_reuses),
+      static_cast<long long>((*runtime)->allocator()->reserved_limit()),
+  };
+  const int n = static_cast<int>(sizeof(values) / sizeof(values[0]));
+  if (out == nullptr || capacity <= 0) return n;
+  for (int i = 0; i < n && i < capacity; ++i) out[i] = values[i];
+  return n;
+}
+
+extern "C" int gpualloc_torch_configuration_error(char* buffer, size_t len) {
+  const TorchAllocators& a = Allocators();
+  if (a.configuration.ok()) return 0;
+  if (buffer != nullptr && len > 0) {
+    const std::string message(a.configuration.message());
+    const size_t n = std::min(len - 1, message.size());
+    std::memcpy(buffer, message.data(), n);
+    buffer[n] = '\0';
+  }
+  return 1;
 }
 
 extern "C" long long gpualloc_torch_allocated_bytes(int device) {

@@ -25,6 +25,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "allocator/backend/types.h"
 
@@ -111,6 +112,19 @@ class Backend {
   virtual absl::Status VmSetAccess(std::uintptr_t address, std::size_t bytes,
                                    DeviceIndex device) = 0;
   virtual absl::Status VmUnmap(std::uintptr_t address, std::size_t bytes) = 0;
+
+  // --- host functions ---------------------------------------------------------
+  // Enqueues `fn(data)` on `stream`: it runs on a runtime thread once the
+  // stream's earlier work is done, and the stream's later work waits for it
+  // to return (cudaLaunchHostFunc). `fn` must not call the runtime. Tests use
+  // it to hold a real stream's work back deterministically; Unimplemented
+  // where the backend has no such call (the default).
+  virtual absl::Status LaunchHostFunc(Stream stream, void (*fn)(void*), void* data) {
+    (void)stream;
+    (void)fn;
+    (void)data;
+    return absl::UnimplementedError(absl::StrCat(name(), ": no host functions on streams"));
+  }
 
   // --- stream-order checking --------------------------------------------------
   // The host is about to read or write [ptr, ptr+bytes) of pinned or managed

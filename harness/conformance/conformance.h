@@ -6,8 +6,15 @@
 //     auto sim = std::make_shared<gpualloc::SimBackend>(
 //         gpualloc::SimOptions::WithDevices(1, 256 << 20));
 //     return {std::make_shared<MyResource>(sim, 0), sim, /*release_cache=*/nullptr,
-//             /*record_stream=*/nullptr};
+//             /*record_stream=*/nullptr, /*device=*/sim};
 //   }
+//
+// On a real device, leave `sim` null and set `device` to the backend (see
+// harness/gpu/cuda_conformance_test.cc): every case runs, with the device's
+// own copies for the data checks, real streams held back by a host function
+// so memory changes hands with work in flight, and contents read back to
+// judge stream order; the leak check uses the stats and the device's free
+// memory instead of the sim's accounting.
 //   GPUALLOC_INSTANTIATE_CONFORMANCE(Mine, MakeMine);
 //
 // and link the target against //harness/conformance (see
@@ -18,8 +25,9 @@
 // stream order (memory used by kernels on streams, freed with work still
 // queued, reused on the same stream and on others, used on several streams
 // and recorded or waited for: the sim's stream-order checker must find no
-// access that happens-before does not order, in any case); and that the
-// simulated device's accounting is back to zero at the end.
+// access that happens-before does not order, in any case; on a real device,
+// no stream's late work shows in memory that changed hands); and that the
+// device's memory is all given back at the end.
 #ifndef GPUALLOC_HARNESS_CONFORMANCE_CONFORMANCE_H_
 #define GPUALLOC_HARNESS_CONFORMANCE_CONFORMANCE_H_
 
@@ -36,7 +44,8 @@ namespace gpualloc::harness {
 
 struct ResourceUnderTest {
   std::shared_ptr<MemoryResource> resource;
-  // The simulated device under it: data checks and leak accounting use it.
+  // The simulated device under it, if any: its stream-order checker and its
+  // accounting judge every case.
   std::shared_ptr<SimBackend> sim;
   // Returns cached memory to the device before the leak check (e.g. a
   // caching allocator's EmptyCache); may be empty.
@@ -45,6 +54,8 @@ struct ResourceUnderTest {
   // (CachingAllocator::RecordStream), for resources that can; empty for
   // the others, whose users order other streams' work before the free.
   std::function<absl::Status(const Allocation&, Stream)> record_stream;
+  // The device the memory lives on; the sim when null.
+  std::shared_ptr<Backend> device;
 };
 
 struct ResourceFactory {
@@ -59,6 +70,9 @@ class ResourceConformance : public ::testing::TestWithParam<ResourceFactory> {
   void TearDown() override;
   ResourceUnderTest under_test_;
   MemoryResource& resource() { return *under_test_.resource; }
+  Backend& device() { return *under_test_.device; }
+  // A real device's free bytes before the case, for the leak check.
+  std::size_t free_before_ = 0;
 };
 
 }  // namespace gpualloc::harness

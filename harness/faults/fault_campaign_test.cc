@@ -7,13 +7,23 @@
 // cache. Each campaign runs random operations through the shared interpreter,
 // whose model, invariants and cookies are checked after every operation and
 // whose leak check runs at the end. A failure names its seed; rerun one with
-// GPUALLOC_CAMPAIGN_SEED=<seed>.
+// GPUALLOC_CAMPAIGN_SEED=<seed> (or --gtest_filter='*/<seed>'). GPUALLOC_CAMPAIGNS
+// sets how many seeds run (60); a sharded run (shard_count) splits them
+// between the shards.
+//
+// Built with GPUALLOC_TEST_RUNTIME ("cuda", "hip"), the same campaigns run
+// over the real device: the failpoint backend wraps the real runtime.
+#include <cstdio>
 #include <cstdlib>
 #include <random>
 #include <string>
+#include <vector>
 
 #include "gtest/gtest.h"
 #include "harness/ops/interpreter.h"
+#ifdef GPUALLOC_TEST_RUNTIME
+#include "harness/gpu/require_device.h"
+#endif
 
 namespace gpualloc::harness {
 namespace {
@@ -33,7 +43,7 @@ struct Campaign {
 };
 
 // Arms `fp` for one campaign and says what was armed.
-Campaign Arm(std::mt19937_64& rng, FailpointBackend& fp, SimBackend& sim) {
+Campaign Arm(std::mt19937_64& rng, FailpointBackend& fp, Backend& device) {
   std::uniform_real_distribution<double> unit(0, 1);
   Campaign c;
   for (BackendOp site : kSites) {
@@ -51,11 +61,16 @@ Campaign Arm(std::mt19937_64& rng, FailpointBackend& fp, SimBackend& sim) {
     c.description += "sticky ";
   }
   if (unit(rng) < 0.3) {  // a device under pressure: OOM while much is held
+    // Held = how much less the device has free than when the campaign began.
     const std::size_t budget = (8 + rng() % 40) << 20;
+    const std::size_t free_at_start = device.GetMemoryInfo(0).value().free_bytes;
     FaultRule pressure = FaultRule::When(
         BackendOp::kMalloc,
-        [&sim, budget](const CallInfo& call) {
-          return sim.Accounting().devices[0].device_bytes + call.bytes > budget;
+        [&device, budget, free_at_start](const CallInfo& call) {
+          absl::StatusOr<MemoryInfo> now = device.GetMemoryInfo(0);
+          const std::size_t held =
+              now.ok() && now->free_bytes < free_at_start ? free_at_start - now->free_bytes : 0;
+          return held + call.bytes > budget;
         },
         FaultAction::kReturnError);
     pressure.code = absl::StatusCode::kResourceExhausted;
@@ -86,8 +101,15 @@ void RunCampaign(std::uint64_t seed) {
   options.caching.cross_stream = static_cast<CrossStreamReuse>(rng() % 3);
   options.caching.expandable_segments = rng() % 4 == 0;
   options.stack = static_cast<InterpreterStack>(rng() % 3);
+#ifdef GPUALLOC_TEST_RUNTIME
+  options.device = MakeRealBackend(GPUALLOC_TEST_RUNTIME);
+  if (options.caching.expandable_segments) {
+    absl::StatusOr<DeviceProperties> p = options.device->GetDeviceProperties(0);
+    options.caching.expandable_segments = p.ok() && p->supports_virtual_memory;
+  }
+#endif
   OpInterpreter interpreter(options);
-  const Campaign c = Arm(rng, interpreter.failpoints(), interpreter.sim());
+  const Campaign c = Arm(rng, interpreter.failpoints(), interpreter.device());
   for (int i = 0; i < 250; ++i) {
     const absl::Status st = interpreter.Apply(RandomOp(rng));
     ASSERT_TRUE(st.ok()) << "campaign seed " << seed << " [" << c.description << "]\n" << st;
@@ -96,15 +118,28 @@ void RunCampaign(std::uint64_t seed) {
   ASSERT_TRUE(st.ok()) << "campaign seed " << seed << " [" << c.description << "]\n" << st;
 }
 
-TEST(FaultCampaigns, RandomFaultSitesNeverBreakAnInvariant) {
+// One test case per seed, so Bazel's sharding (through GoogleTest's) gives
+// each shard a disjoint share of the seeds and the shards together run them
+// all; a failure's name is its seed.
+class FaultCampaigns : public ::testing::TestWithParam<std::uint64_t> {};
+
+TEST_P(FaultCampaigns, RandomFaultSitesNeverBreakAnInvariant) { RunCampaign(GetParam()); }
+
+std::vector<std::uint64_t> Seeds() {
   if (const char* one = std::getenv("GPUALLOC_CAMPAIGN_SEED")) {
-    RunCampaign(std::strtoull(one, nullptr, 10));
-    return;
+    return {std::strtoull(one, nullptr, 10)};
   }
   const char* count = std::getenv("GPUALLOC_CAMPAIGNS");
   const std::uint64_t n = count ? std::strtoull(count, nullptr, 10) : 60;
-  for (std::uint64_t seed = 1; seed <= n && !HasFatalFailure(); ++seed) RunCampaign(seed);
+  std::vector<std::uint64_t> seeds;
+  for (std::uint64_t seed = 1; seed <= n; ++seed) seeds.push_back(seed);
+  return seeds;
 }
+
+INSTANTIATE_TEST_SUITE_P(Seed, FaultCampaigns, ::testing::ValuesIn(Seeds()),
+                         [](const ::testing::TestParamInfo<std::uint64_t>& info) {
+                           return std::to_string(info.param);
+                         });
 
 }  // namespace
 }  // namespace gpualloc::harness

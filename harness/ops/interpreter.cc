@@ -26,8 +26,14 @@ bool ExpectedFailure(const absl::Status& st) {
 
 OpInterpreter::OpInterpreter(InterpreterOptions options)
     : options_(options), next_cookie_(options.seed * 7919) {
-  sim_ = std::make_shared<SimBackend>(SimOptions::WithDevices(2, options_.device_capacity));
-  faulty_ = std::make_shared<FailpointBackend>(sim_, options_.seed);
+  if (options_.device) {
+    device_ = options_.device;
+    devices_ = std::clamp(device_->DeviceCount().value_or(1), 1, 2);
+  } else {
+    sim_ = std::make_shared<SimBackend>(SimOptions::WithDevices(2, options_.device_capacity));
+    device_ = sim_;
+  }
+  faulty_ = std::make_shared<FailpointBackend>(device_, options_.seed);
   cache_ = CachingAllocator::Create(faulty_, 0, options_.caching).value();
   switch (options_.stack) {
     case InterpreterStack::kCaching:
@@ -49,7 +55,22 @@ OpInterpreter::OpInterpreter(InterpreterOptions options)
   pinned.max_pending_per_owner = 4;
   pinned_ = std::make_unique<PinnedHostAllocator>(faulty_, pinned);
   streams_.push_back(Stream::Default(0));
-  for (int i = 1; i < options_.streams; ++i) streams_.push_back(sim_->CreateStream(0).value());
+  for (int i = 1; i < options_.streams; ++i) streams_.push_back(device_->CreateStream(0).value());
+  if (!sim_) free_before_ = device_->GetMemoryInfo(0).value().free_bytes;
+}
+
+absl::Status OpInterpreter::Work(Stream on, void* p, std::size_t n, AccessMode mode,
+                                 std::int64_t ns, const char* name) {
+  if (sim_) return sim_->LaunchKernel(on, {{p, n, mode, 0x33}}, ns, name);
+  if (mode == AccessMode::kWrite) return device_->MemsetAsync(p, 0x33, n, on);
+  constexpr std::size_t kScratchBytes = 1 << 20;
+  void*& scratch = scratch_[on.handle];
+  if (scratch == nullptr) {
+    absl::StatusOr<void*> got = device_->Malloc(on.device, kScratchBytes);
+    GPUALLOC_RETURN_IF_ERROR(got.status());
+    scratch = *got;
+  }
+  return device_->MemcpyAsync(scratch, p, std::min(n, kScratchBytes), CopyKind::kDeviceToDevice, on);
 }
 
 OpInterpreter::~OpInterpreter() {
@@ -67,7 +88,7 @@ std::pair<void*, std::size_t> OpInterpreter::WorkRegion(const Allocation& a) {
 }
 
 absl::Status OpInterpreter::Order(Stream from, Stream to) {
-  return OrderStreams(*sim_, from, to);
+  return OrderStreams(*device_, from, to);
 }
 
 absl::Status OpInterpreter::JoinReaders(Live& l, Stream to) {
@@ -77,7 +98,7 @@ absl::Status OpInterpreter::JoinReaders(Live& l, Stream to) {
 }
 
 absl::Status OpInterpreter::Check() {
-  GPUALLOC_RETURN_IF_ERROR(CheckStreamOrder(*sim_));
+  if (sim_) GPUALLOC_RETURN_IF_ERROR(CheckStreamOrder(*sim_));
   const MemorySnapshot snap = cache_->Snapshot();
   GPUALLOC_RETURN_IF_ERROR(CheckSnapshot(snap));
   if (top_ == cache_) GPUALLOC_RETURN_IF_ERROR(shadow_.CheckAgainst(snap));
@@ -125,7 +146,7 @@ absl::Status OpInterpreter::Apply(const Op& op) {
     return l;
   };
   auto free_live = [&](const Live& l, Stream on) -> absl::Status {
-    GPUALLOC_RETURN_IF_ERROR(VerifyCookie(*sim_, l.allocation, l.cookie,
+    GPUALLOC_RETURN_IF_ERROR(VerifyCookie(*device_, l.allocation, l.cookie,
                                           std::min(kCookieBytes, l.allocation.bytes)));
     absl::Status st = top_->Deallocate(l.allocation, on);
     if (st.ok()) return shadow_.Remove(l.allocation);
@@ -143,7 +164,7 @@ absl::Status OpInterpreter::Apply(const Op& op) {
         Live l{*a, next_cookie_++, {}};
         result = shadow_.Add(*a, top_->alignment());
         if (result.ok()) {
-          result = WriteCookie(*sim_, *a, l.cookie, std::min(kCookieBytes, a->bytes));
+          result = WriteCookie(*device_, *a, l.cookie, std::min(kCookieBytes, a->bytes));
         }
         live_.push_back(l);
       } else if (!ExpectedFailure(a.status())) {
@@ -164,7 +185,7 @@ absl::Status OpInterpreter::Apply(const Op& op) {
       }
       break;
     case OpKind::kSyncStream:
-      result = sim_->SynchronizeStream(StreamAt(op.b));
+      result = device_->SynchronizeStream(StreamAt(op.b));
       break;
     case OpKind::kEmptyCache: {
       absl::Status st = cache_->EmptyCache(op.a << 16);
@@ -209,10 +230,10 @@ absl::Status OpInterpreter::Apply(const Op& op) {
     }
     case OpKind::kPinnedAllocate: {
       absl::StatusOr<PinnedBlock> b = pinned_->Allocate(std::max<std::uint64_t>(op.a, 1),
-                                                        static_cast<DeviceIndex>(op.b % 2));
+                                                        static_cast<DeviceIndex>(op.b % devices_));
       if (b.ok()) {
         const std::size_t n = std::min<std::size_t>(b->bytes, 64);
-        result = sim_->NoteHostAccess(b->ptr, n, AccessMode::kWrite);
+        result = device_->NoteHostAccess(b->ptr, n, AccessMode::kWrite);
         std::memset(b->ptr, 0x5A, n);  // host-accessible
         pinned_live_.push_back(LivePinned{*b, std::nullopt});
       } else if (!ExpectedFailure(b.status())) {
@@ -233,8 +254,8 @@ absl::Status OpInterpreter::Apply(const Op& op) {
       }
       break;
     case OpKind::kSwitchDevice: {
-      const DeviceIndex d = static_cast<DeviceIndex>(op.b % 2);
-      result = sim_->SetDevice(d);
+      const DeviceIndex d = static_cast<DeviceIndex>(op.b % devices_);
+      result = device_->SetDevice(d);
       if (result.ok()) pinned_->OnDeviceCurrent(d);
       break;
     }
@@ -244,7 +265,7 @@ absl::Status OpInterpreter::Apply(const Op& op) {
       Live& dst = live_[op.b % live_.size()];
       if (&src == &dst) break;
       const std::size_t n = std::min(kCookieBytes, dst.allocation.bytes);
-      Transfers transfers(sim_);
+      Transfers transfers(device_);
       const DeviceSpan to{dst.allocation.ptr, dst.allocation.bytes, dst.allocation.device()};
       const DeviceSpan from{src.allocation.ptr, src.allocation.bytes, src.allocation.device()};
       // Past the end of the destination: refused before anything is enqueued.
@@ -292,9 +313,8 @@ absl::Status OpInterpreter::Apply(const Op& op) {
       result = Order(own, on);  // used elsewhere only after the allocation's stream
       if (result.ok() && write) result = JoinReaders(l, on);  // and a write after every reader
       if (result.ok()) {
-        result = sim_->LaunchKernel(
-            on, {{region, n, write ? AccessMode::kWrite : AccessMode::kRead, 0x33}}, kWorkNs,
-            write ? "work_write" : "work_read");
+        result = Work(on, region, n, write ? AccessMode::kWrite : AccessMode::kRead, kWorkNs,
+                      write ? "work_write" : "work_read");
       }
       if (result.ok() && on != own) {
         // The allocator must hear of the other stream, or the free must follow it.
@@ -315,16 +335,14 @@ absl::Status OpInterpreter::Apply(const Op& op) {
       break;
     case OpKind::kFreeInFlight:
       if (auto l = take_live(op.a)) {
-        result = VerifyCookie(*sim_, l->allocation, l->cookie,
+        result = VerifyCookie(*device_, l->allocation, l->cookie,
                               std::min(kCookieBytes, l->allocation.bytes));
         // A last read of what only the allocation's stream writes (the cookie):
         // other streams' work on the rest was ordered or recorded already.
         if (result.ok()) {
-          result = sim_->LaunchKernel(l->allocation.stream,
-                                      {{l->allocation.ptr,
-                                        std::min(kCookieBytes, l->allocation.bytes),
-                                        AccessMode::kRead, 0}},
-                                      kWorkNs * 5, "last_read");
+          result = Work(l->allocation.stream, l->allocation.ptr,
+                        std::min(kCookieBytes, l->allocation.bytes), AccessMode::kRead,
+                        kWorkNs * 5, "last_read");
         }
         // The caching allocator waits for the allocation's stream when freed on
         // another; a pool or arena above it promises only the free stream.
@@ -344,7 +362,7 @@ absl::Status OpInterpreter::Apply(const Op& op) {
       }
       break;
     case OpKind::kHostSync:
-      result = sim_->DeviceSynchronize(0);
+      result = device_->DeviceSynchronize(0);
       break;
     case OpKind::kPinnedCopy: {
       if (pinned_live_.empty() || live_.empty()) break;
@@ -356,18 +374,18 @@ absl::Status OpInterpreter::Apply(const Op& op) {
       const Stream on = l.allocation.stream;
       if ((op.b >> 12) % 2 == 0) {
         // The host fills the block first: any copy still using it must be done.
-        if (p.used_on) result = sim_->SynchronizeStream(*p.used_on);
-        if (result.ok()) result = sim_->NoteHostAccess(p.block.ptr, n, AccessMode::kWrite);
+        if (p.used_on) result = device_->SynchronizeStream(*p.used_on);
+        if (result.ok()) result = device_->NoteHostAccess(p.block.ptr, n, AccessMode::kWrite);
         if (!result.ok()) break;
         std::memset(p.block.ptr, static_cast<int>(op.a & 0xFF), n);
         result = JoinReaders(l, on);  // the copy writes the allocation
         if (result.ok()) {
-          result = sim_->MemcpyAsync(region, p.block.ptr, n, CopyKind::kHostToDevice, on);
+          result = device_->MemcpyAsync(region, p.block.ptr, n, CopyKind::kHostToDevice, on);
         }
       } else {
         if (p.used_on && *p.used_on != on) result = Order(*p.used_on, on);
         if (result.ok()) {
-          result = sim_->MemcpyAsync(p.block.ptr, region, n, CopyKind::kDeviceToHost, on);
+          result = device_->MemcpyAsync(p.block.ptr, region, n, CopyKind::kDeviceToHost, on);
         }
       }
       if (result.ok()) result = pinned_->RecordStream(p.block, on);
@@ -395,7 +413,7 @@ absl::Status OpInterpreter::Finish() {
   faulty_->ClearStickyError();  // a lost device is "reset" before the final checks
   absl::Status result = absl::OkStatus();
   for (const Live& l : live_) {
-    absl::Status st = VerifyCookie(*sim_, l.allocation, l.cookie, std::min(kCookieBytes, l.allocation.bytes));
+    absl::Status st = VerifyCookie(*device_, l.allocation, l.cookie, std::min(kCookieBytes, l.allocation.bytes));
     if (st.ok()) st = top_->Deallocate(l.allocation);
     if (st.ok()) st = shadow_.Remove(l.allocation);
     if (!st.ok() && result.ok()) result = st;
@@ -411,12 +429,28 @@ absl::Status OpInterpreter::Finish() {
   if (absl::Status st = cache_->EmptyCache(); !st.ok() && result.ok()) result = st;
   cache_.reset();
   for (Stream s : streams_) {
-    if (!s.is_default()) sim_->DestroyStream(s).IgnoreError();
+    if (!s.is_default()) device_->DestroyStream(s).IgnoreError();
   }
-  if (result.ok()) result = CheckStreamOrder(*sim_);
-  const SimAccounting acc = sim_->Accounting();
-  if (result.ok() && (!acc.AllReleased() || acc.guard_violations != 0)) {
-    result = absl::FailedPreconditionError("leak at teardown: " + acc.Describe());
+  for (auto& [stream, scratch] : scratch_) device_->Free(0, scratch).IgnoreError();
+  scratch_.clear();
+  if (sim_) {
+    if (result.ok()) result = CheckStreamOrder(*sim_);
+    const SimAccounting acc = sim_->Accounting();
+    if (result.ok() && (!acc.AllReleased() || acc.guard_violations != 0)) {
+      result = absl::FailedPreconditionError("leak at teardown: " + acc.Describe());
+    }
+  } else if (result.ok()) {
+    // A real device: its free memory is back, within what the runtime keeps.
+    constexpr std::size_t kRuntimeSlack = 64u << 20;
+    GPUALLOC_RETURN_IF_ERROR(device_->DeviceSynchronize(0));
+    absl::StatusOr<MemoryInfo> info = device_->GetMemoryInfo(0);
+    if (!info.ok()) {
+      result = info.status();
+    } else if (info->free_bytes + kRuntimeSlack < free_before_) {
+      result = absl::FailedPreconditionError(absl::StrFormat(
+          "leak at teardown: the device has %d bytes less free than at the start",
+          free_before_ - info->free_bytes));
+    }
   }
   return result.ok() ? result : Violation(result);
 }

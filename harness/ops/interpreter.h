@@ -18,6 +18,7 @@
 #ifndef GPUALLOC_HARNESS_OPS_INTERPRETER_H_
 #define GPUALLOC_HARNESS_OPS_INTERPRETER_H_
 
+#include <map>
 #include <memory>
 #include <optional>
 #include <utility>
@@ -44,6 +45,11 @@ struct InterpreterOptions {
   CachingOptions caching;
   InterpreterStack stack = InterpreterStack::kCaching;
   std::uint64_t seed = 1;
+  // A real device to run on instead of the two simulated ones (null: the
+  // sim). Device work becomes memsets and copies; the leak check uses the
+  // device's free memory; the stream-order checker and the sim's accounting
+  // are the sim's alone. Uses device 0, and device 1 where there is one.
+  std::shared_ptr<Backend> device;
 };
 
 class OpInterpreter {
@@ -57,7 +63,10 @@ class OpInterpreter {
 
   std::size_t live_count() const { return live_.size(); }
   CachingAllocator& allocator() { return *cache_; }
-  SimBackend& sim() { return *sim_; }
+  // The simulated device, or null over a real one.
+  SimBackend* sim() { return sim_.get(); }
+  // The device everything runs on (the sim, or options.device).
+  Backend& device() { return *device_; }
   // The fault injector every allocator call goes through (campaigns arm it).
   FailpointBackend& failpoints() { return *faulty_; }
 
@@ -86,8 +95,17 @@ class OpInterpreter {
   absl::Status Violation(const absl::Status& st) const;
   Stream StreamAt(std::uint64_t i) const { return streams_[i % streams_.size()]; }
 
+  // Device work on `on` over [p, p+n): a kernel on the sim; a memset
+  // (write) or a copy into scratch memory (read) on a real device.
+  absl::Status Work(Stream on, void* p, std::size_t n, AccessMode mode, std::int64_t ns,
+                    const char* name);
+
   InterpreterOptions options_;
-  std::shared_ptr<SimBackend> sim_;
+  std::shared_ptr<SimBackend> sim_;     // null over a real device
+  std::shared_ptr<Backend> device_;     // sim_ or options_.device
+  int devices_ = 2;                     // how many of the device's indices ops use
+  std::size_t free_before_ = 0;         // a real device's free bytes at the start
+  std::map<std::uintptr_t, void*> scratch_;  // per stream, for reads on a real device
   std::shared_ptr<FailpointBackend> faulty_;
   std::shared_ptr<CachingAllocator> cache_;
   std::shared_ptr<MemoryResource> top_;  // what allocations go through

@@ -6,7 +6,9 @@
 #include <cuda.h>
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <mutex>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -71,32 +73,6 @@ cudaMemcpyKind Raw(CopyKind k) {
   }
   return cudaMemcpyDefault;
 }
-
-// Makes `device` current for a scope and restores the caller's device, so no
-// backend call leaks a device switch into the calling thread.
-class ScopedCudaDevice {
- public:
-  explicit ScopedCudaDevice(DeviceIndex device) {
-    status_ = Check(cudaGetDevice(&previous_), "cudaGetDevice");
-    if (status_.ok() && previous_ != device) {
-      status_ = Check(cudaSetDevice(device), "cudaSetDevice");
-      switched_ = status_.ok();
-    }
-  }
-  ~ScopedCudaDevice() {
-    if (switched_) (void)cudaSetDevice(previous_);
-  }
-  const absl::Status& status() const { return status_; }
-
- private:
-  int previous_ = 0;
-  bool switched_ = false;
-  absl::Status status_;
-};
-
-#define GPUALLOC_ON_DEVICE(device)        \
-  ScopedCudaDevice on_device_(device);    \
-  GPUALLOC_RETURN_IF_ERROR(on_device_.status())
 
 // Driver-API virtual-memory entry points, resolved once.
 struct DriverVmm {
@@ -173,11 +149,86 @@ CUmemAllocationProp PinnedDeviceProp(DeviceIndex device) {
   return prop;
 }
 
+// The two driver calls that let a scope restore the caller's device without
+// creating a context there, resolved once; null where the driver lacks them.
+struct DriverContext {
+  CUresult (*primary_ctx_get_state)(CUdevice, unsigned int*, int*) = nullptr;
+  CUresult (*ctx_set_current)(CUcontext) = nullptr;
+};
+
+const DriverContext& Context() {
+  static const DriverContext* ctx = [] {
+    auto* c = new DriverContext;  // resolved once for the process; never freed
+    if (!Resolve("cuDevicePrimaryCtxGetState", &c->primary_ctx_get_state).ok() ||
+        !Resolve("cuCtxSetCurrent", &c->ctx_set_current).ok()) {
+      *c = DriverContext{};
+    }
+    return c;
+  }();
+  return *ctx;
+}
+
+// Whether `device`'s primary context exists (a runtime call there would not
+// create one). True when the driver cannot say: then restoring is the old way.
+bool HasPrimaryContext(DeviceIndex device) {
+  const DriverContext& c = Context();
+  if (c.primary_ctx_get_state == nullptr) return true;
+  unsigned int flags = 0;
+  int active = 0;
+  return c.primary_ctx_get_state(static_cast<CUdevice>(device), &flags, &active) != CUDA_SUCCESS ||
+         active != 0;
+}
+
+// Makes `device` current for a scope and gives the caller back the device it
+// had, so no backend call leaks a device switch into the calling thread.
+// Switches only when the device differs. On the way back it never creates a
+// context on a device the thread had not used (PyTorch's MaybeExchangeDevice
+// rule): a thread that had no context yet gets none again (cuCtxSetCurrent
+// to null), which the runtime reports as device 0, as before the scope.
+class ScopedCudaDevice {
+ public:
+  explicit ScopedCudaDevice(DeviceIndex device) {
+    status_ = Check(cudaGetDevice(&previous_), "cudaGetDevice");
+    if (status_.ok() && previous_ != device) {
+      previous_had_context_ = HasPrimaryContext(previous_);
+      status_ = Check(cudaSetDevice(device), "cudaSetDevice");
+      switched_ = status_.ok();
+    }
+  }
+  ~ScopedCudaDevice() {
+    if (!switched_) return;
+    if (previous_had_context_ || Context().ctx_set_current == nullptr) {
+      (void)cudaSetDevice(previous_);
+    } else {
+      (void)Context().ctx_set_current(nullptr);
+    }
+  }
+  const absl::Status& status() const { return status_; }
+
+ private:
+  int previous_ = 0;
+  bool switched_ = false;
+  bool previous_had_context_ = true;
+  absl::Status status_;
+};
+
+#define GPUALLOC_ON_DEVICE(device)        \
+  ScopedCudaDevice on_device_(device);    \
+  GPUALLOC_RETURN_IF_ERROR(on_device_.status())
+
 // Where a pointer lives according to the runtime, for direction checks.
 absl::StatusOr<cudaMemoryType> MemoryTypeOf(const void* p) {
   cudaPointerAttributes attrs = {};
   GPUALLOC_RETURN_IF_ERROR(Check(cudaPointerGetAttributes(&attrs, p), "cudaPointerGetAttributes"));
   return attrs.type;
+}
+
+// The device that owns device memory at `p`, or -1 for host memory: a
+// synchronous copy or memset runs there, whichever device is current.
+absl::StatusOr<int> OwningDevice(const void* p) {
+  cudaPointerAttributes attrs = {};
+  GPUALLOC_RETURN_IF_ERROR(Check(cudaPointerGetAttributes(&attrs, p), "cudaPointerGetAttributes"));
+  return attrs.type == cudaMemoryTypeDevice ? attrs.device : -1;
 }
 
 absl::Status CheckDirection(void* dst, const void* src, CopyKind kind) {
@@ -378,6 +429,9 @@ class CudaBackend final : public Backend {
   absl::Status Memcpy(void* dst, const void* src, std::size_t bytes, CopyKind kind) override {
     if (bytes == 0) return absl::OkStatus();
     GPUALLOC_RETURN_IF_ERROR(CheckDirection(dst, src, kind));
+    GPUALLOC_ASSIGN_OR_RETURN(int owner, OwningDevice(kind == CopyKind::kHostToDevice ? dst : src));
+    if (owner < 0) return Check(cudaMemcpy(dst, src, bytes, Raw(kind)), "cudaMemcpy");
+    GPUALLOC_ON_DEVICE(owner);
     return Check(cudaMemcpy(dst, src, bytes, Raw(kind)), "cudaMemcpy");
   }
 
@@ -390,12 +444,20 @@ class CudaBackend final : public Backend {
   }
 
   absl::Status Memset(void* dst, int value, std::size_t bytes) override {
+    GPUALLOC_ASSIGN_OR_RETURN(int owner, OwningDevice(dst));
+    if (owner < 0) return Check(cudaMemset(dst, value, bytes), "cudaMemset");
+    GPUALLOC_ON_DEVICE(owner);
     return Check(cudaMemset(dst, value, bytes), "cudaMemset");
   }
 
   absl::Status MemsetAsync(void* dst, int value, std::size_t bytes, Stream stream) override {
     GPUALLOC_ON_DEVICE(stream.device);
     return Check(cudaMemsetAsync(dst, value, bytes, Raw(stream)), "cudaMemsetAsync");
+  }
+
+  absl::Status LaunchHostFunc(Stream stream, void (*fn)(void*), void* data) override {
+    GPUALLOC_ON_DEVICE(stream.device);
+    return Check(cudaLaunchHostFunc(Raw(stream), fn, data), "cudaLaunchHostFunc");
   }
 
   absl::StatusOr<std::uintptr_t> VmReserve(DeviceIndex device, std::size_t bytes) override {
@@ -433,11 +495,26 @@ class CudaBackend final : public Backend {
   absl::Status VmSetAccess(std::uintptr_t address, std::size_t bytes,
                            DeviceIndex device) override {
     GPUALLOC_RETURN_IF_ERROR(Vmm().status);
-    CUmemAccessDesc desc = {};
-    desc.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
-    desc.location.id = device;
-    desc.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
-    return CheckDriver(Vmm().set_access(address, bytes, &desc, 1), "cuMemSetAccess");
+    // The owner, and every peer that can reach it: memory from cudaMalloc is
+    // usable by peers once peer access is on, and expandable memory must be too.
+    std::vector<CUmemAccessDesc> descs;
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess) count = 0;
+    (void)cudaGetLastError();
+    for (int d = 0; d < std::max(count, device + 1); ++d) {
+      int can = d == device ? 1 : 0;
+      if (d != device && cudaDeviceCanAccessPeer(&can, d, device) != cudaSuccess) {
+        (void)cudaGetLastError();
+        can = 0;
+      }
+      if (!can) continue;
+      CUmemAccessDesc desc = {};
+      desc.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+      desc.location.id = d;
+      desc.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+      descs.push_back(desc);
+    }
+    return CheckDriver(Vmm().set_access(address, bytes, descs.data(), descs.size()), "cuMemSetAccess");
   }
 
   absl::Status VmUnmap(std::uintptr_t address, std::size_t bytes) override {

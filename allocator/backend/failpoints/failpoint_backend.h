@@ -81,6 +81,9 @@ class FailpointBackend final : public Backend {
                            DeviceIndex device) override;
   absl::Status VmUnmap(std::uintptr_t address, std::size_t bytes) override;
   // Forwarded, never faulted: it is a note to the checker, not a runtime call.
+  absl::Status LaunchHostFunc(Stream stream, void (*fn)(void*), void* data) override {
+    return inner_->LaunchHostFunc(stream, fn, data);
+  }
   absl::Status NoteHostAccess(const void* ptr, std::size_t bytes, AccessMode mode) override {
     return inner_->NoteHostAccess(ptr, bytes, mode);
   }

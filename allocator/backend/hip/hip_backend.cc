@@ -305,6 +305,11 @@ class HipBackend final : public Backend {
     return Check(Hip().hipMemsetAsync(dst, value, bytes, Raw(stream)), "hipMemsetAsync");
   }
 
+  absl::Status LaunchHostFunc(Stream stream, void (*fn)(void*), void* data) override {
+    GPUALLOC_ON_DEVICE(stream.device);
+    return Check(Hip().hipLaunchHostFunc(Raw(stream), fn, data), "hipLaunchHostFunc");
+  }
+
   absl::StatusOr<std::uintptr_t> VmReserve(DeviceIndex, std::size_t) override { return NoVmm(); }
   absl::Status VmRelease(std::uintptr_t, std::size_t) override { return NoVmm(); }
   absl::StatusOr<PhysicalChunk> VmCreate(DeviceIndex, std::size_t) override { return NoVmm(); }

@@ -34,6 +34,7 @@ namespace gpualloc {
   X(hipGetErrorString, const char*, (hipError_t))                                             \
   X(hipGetLastError, hipError_t, ())                                                          \
   X(hipHostFree, hipError_t, (void*))                                                         \
+  X(hipLaunchHostFunc, hipError_t, (hipStream_t, hipHostFn_t, void*))                         \
   X(hipHostMalloc, hipError_t, (void**, size_t, unsigned int))                                \
   X(hipMalloc, hipError_t, (void**, size_t))                                                  \
   X(hipMallocAsync, hipError_t, (void**, size_t, hipStream_t))                                \

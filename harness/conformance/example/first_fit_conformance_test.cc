@@ -9,7 +9,7 @@ namespace {
 ResourceUnderTest MakeFirstFit() {
   auto sim = std::make_shared<SimBackend>(SimOptions::WithDevices(2, 128 << 20));
   return {FirstFitResource::Create(sim, 0, 96 << 20).value(), sim, /*release_cache=*/nullptr,
-          /*record_stream=*/nullptr};
+          /*record_stream=*/nullptr, /*device=*/sim};
 }
 
 GPUALLOC_INSTANTIATE_CONFORMANCE(FirstFitExample, MakeFirstFit);
