@@ -28,6 +28,10 @@ absl::StatusOr<std::unique_ptr<StagingPipeline>> StagingPipeline::Create(
 
 StagingPipeline::~StagingPipeline() {
   Finish().IgnoreError();
+  // The staging blocks go back while their copy stream still exists: the
+  // pinned allocator orders their reuse after the copies recorded on it, and
+  // cannot once the stream is gone.
+  for (Slot& slot : slots_) slot.staging.Reset().IgnoreError();
   CallAtBoundary("stream destroy", [&] {
     return transfers_.backend()->DestroyStream(copy_stream_);
   }).IgnoreError();

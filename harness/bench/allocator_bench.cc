@@ -26,6 +26,7 @@
 #include <fstream>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -249,6 +250,16 @@ void RegisterAll() {
                                    })
           ->Threads(2)
           ->UseRealTime();
+      // More threads where the host has the cores (a GPU host usually does).
+      for (int threads : {4, 8, 16, 32, 64}) {
+        if (threads > static_cast<int>(std::thread::hardware_concurrency())) break;
+        benchmark::RegisterBenchmark(absl::StrCat("random_", threads, "t/", name).c_str(),
+                                     [&spec, run](benchmark::State& s) {
+                                       SharedSequences(s, spec, run);
+                                     })
+            ->Threads(threads)
+            ->UseRealTime();
+      }
     }
     if (!latency_model) {  // bookkeeping cost only: the latency model would swamp it
       for (std::size_t holes : {4096, 16384, 65536}) {

@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "allocator/backend/cuda/cuda_backend.h"
 #include "allocator/backend/sim/sim_backend.h"
 #include "allocator/caching/caching_allocator.h"
 #include "allocator/caching/size_class_pool.h"
@@ -109,6 +110,92 @@ absl::StatusOr<std::unique_ptr<BenchAllocator>> MakeOurs(Ours kind, bool cuda_la
   absl::StatusOr<std::vector<Stream>> s = MakeStreams(*sim, streams);
   if (!s.ok()) return s.status();
   return std::make_unique<OurResource>(sim, resource, *std::move(s));
+}
+
+// Any resource over the real CUDA device, with `streams` streams of its own.
+class OnDevice final : public BenchAllocator {
+ public:
+  OnDevice(std::shared_ptr<Backend> device, std::shared_ptr<MemoryResource> resource,
+           std::vector<Stream> streams)
+      : device_(std::move(device)), resource_(std::move(resource)), streams_(std::move(streams)) {}
+  ~OnDevice() override {
+    (void)device_->DeviceSynchronize(0);
+    resource_.reset();
+    for (Stream s : streams_) {
+      if (!s.is_default()) device_->DestroyStream(s).IgnoreError();
+    }
+  }
+  void* Allocate(std::size_t bytes, int stream) override {
+    absl::StatusOr<Allocation> a = resource_->Allocate(bytes, streams_[stream]);
+    return a.ok() ? a->ptr : nullptr;
+  }
+  void Deallocate(void* p, std::size_t bytes, int stream) override {
+    resource_->Deallocate(Allocation{p, bytes, streams_[stream]}).IgnoreError();
+  }
+  std::int64_t PeakReservedBytes() const override { return resource_->stats().reserved_bytes.peak; }
+  void PollStats() override { benchmark_sink_ = resource_->stats().allocated_bytes.current; }
+
+ private:
+  std::shared_ptr<Backend> device_;
+  std::shared_ptr<MemoryResource> resource_;
+  std::vector<Stream> streams_;
+  volatile std::int64_t benchmark_sink_ = 0;
+};
+
+// cudaMallocAsync/cudaFreeAsync on the caller's stream, as a resource.
+class StreamOrderedResource final : public MemoryResource {
+ public:
+  explicit StreamOrderedResource(std::shared_ptr<Backend> device) : device_(std::move(device)) {}
+  absl::string_view name() const override { return "cudaMallocAsync"; }
+  DeviceIndex device() const override { return 0; }
+  std::size_t alignment() const override { return 256; }
+  MemoryStats stats() const override { return {}; }
+
+ private:
+  absl::StatusOr<Allocation> DoAllocate(std::size_t bytes, Stream stream) override {
+    absl::StatusOr<void*> p = device_->MallocAsync(bytes, stream);
+    if (!p.ok()) return p.status();
+    return Allocation{*p, bytes, stream};
+  }
+  absl::Status DoDeallocate(const Allocation& a, Stream stream) override {
+    return device_->FreeAsync(a.ptr, stream);
+  }
+  std::shared_ptr<Backend> device_;
+};
+
+enum class OnCuda { kCaching, kExpandable, kSizeClass, kCudaMalloc, kCudaMallocAsync };
+
+absl::StatusOr<std::unique_ptr<BenchAllocator>> MakeOnCuda(OnCuda kind, int streams) {
+  std::shared_ptr<Backend> cuda = MakeCudaBackend();
+  absl::StatusOr<int> count = cuda->DeviceCount();
+  if (!count.ok()) return absl::UnavailableError(count.status().message());
+  std::shared_ptr<MemoryResource> resource;
+  if (kind == OnCuda::kCudaMalloc) {
+    resource = std::make_shared<BackendResource>(cuda, 0);
+  } else if (kind == OnCuda::kCudaMallocAsync) {
+    absl::Status st = SetCudaDefaultPoolReleaseThreshold(0, ~std::uint64_t{0});
+    if (!st.ok()) return absl::UnavailableError(st.message());
+    resource = std::make_shared<StreamOrderedResource>(cuda);
+  } else {
+    CachingOptions options;
+    options.expandable_segments = kind == OnCuda::kExpandable;
+    absl::StatusOr<std::unique_ptr<CachingAllocator>> cache = CachingAllocator::Create(cuda, 0, options);
+    if (!cache.ok()) return cache.status();
+    resource = std::move(*cache);
+    if (kind == OnCuda::kSizeClass) {
+      absl::StatusOr<std::unique_ptr<SizeClassPool>> pool =
+          SizeClassPool::Create(resource, cuda, SizeClassOptions{});
+      if (!pool.ok()) return pool.status();
+      resource = std::move(*pool);
+    }
+  }
+  std::vector<Stream> out = {Stream::Default(0)};
+  while (static_cast<int>(out.size()) < streams) {
+    absl::StatusOr<Stream> s = cuda->CreateStream(0);
+    if (!s.ok()) return s.status();
+    out.push_back(*s);
+  }
+  return std::make_unique<OnDevice>(cuda, resource, std::move(out));
 }
 
 class OurPinned final : public BenchAllocator {
@@ -215,6 +302,15 @@ const std::vector<AllocatorSpec>& AllAllocators() {
        [](int) { return Make<PmrPool<std::pmr::synchronized_pool_resource>>(); }},
       {"pmr_unsync", Family::kHost, false,
        [](int) { return Make<PmrPool<std::pmr::unsynchronized_pool_resource>>(); }},
+      {"cuda_caching", Family::kDevice, true, [](int s) { return MakeOnCuda(OnCuda::kCaching, s); }},
+      {"cuda_expandable", Family::kDevice, true,
+       [](int s) { return MakeOnCuda(OnCuda::kExpandable, s); }},
+      {"cuda_size_class", Family::kDevice, true,
+       [](int s) { return MakeOnCuda(OnCuda::kSizeClass, s); }},
+      {"cudaMalloc", Family::kDevice, true,
+       [](int s) { return MakeOnCuda(OnCuda::kCudaMalloc, s); }},
+      {"cudaMallocAsync", Family::kDevice, true,
+       [](int s) { return MakeOnCuda(OnCuda::kCudaMallocAsync, s); }},
   };
   return *kAll;
 }

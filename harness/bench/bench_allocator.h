@@ -1,6 +1,11 @@
 // The one adaptor every allocator in the benchmark suite runs behind, so the
 // same workloads measure ours and the alternatives side by side in one run.
 //
+// With a CUDA device, the suite adds the same workloads on the device: ours
+// (caching, expandable, size-class) over CUDA, cudaMalloc/cudaFree, and
+// cudaMallocAsync/cudaFreeAsync with the default pool's release threshold at
+// its maximum (so it caches too).
+//
 // Ours run over the simulated device, with its cost model at zero (pure
 // bookkeeping) or at cudaMalloc-like latencies (calls saved show as time);
 // the raw sim is the floor a user gets without a cache; the host allocators
@@ -39,7 +44,10 @@ class BenchAllocator {
   virtual void PollStats() {}
 };
 
-enum class Family { kOurs, kFloor, kHost };
+// kDevice: on the real CUDA device (ours over CUDA, cudaMalloc/cudaFree,
+// cudaMallocAsync/cudaFreeAsync); unavailable, with the runtime's reason,
+// where there is no device.
+enum class Family { kOurs, kFloor, kHost, kDevice };
 
 struct AllocatorSpec {
   std::string name;  // "caching", "mimalloc", ...

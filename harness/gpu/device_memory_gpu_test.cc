@@ -74,6 +74,7 @@ TEST_F(DeviceMemory, PinnedBlocksAreNotReusedWhileACopyStillReadsThem) {
     ASSERT_TRUE(pinned->RecordStream(*block, stream_).ok());
     ASSERT_TRUE(pinned->Deallocate(*block).ok());
   }
+  EXPECT_EQ(pinned->stats().live_bytes, 0u);
   std::vector<unsigned char> back(64 * kBlock);
   ASSERT_TRUE(backend_->SynchronizeStream(stream_).ok());
   ASSERT_TRUE(backend_->Memcpy(back.data(), dst->data(), back.size(), CopyKind::kDeviceToHost).ok());
@@ -109,6 +110,8 @@ TEST_F(DeviceMemory, StagingPipelineDeliversEveryBatch) {
         << "batch " << i;
   }
   pipeline->reset();
+  EXPECT_EQ(pinned->stats().live_bytes, 0u) << "the pipeline left staging blocks live";
+  EXPECT_EQ(pinned->stats().host_waits, 0u) << "a staging block's free could not be ordered";
   sources.clear();
   EXPECT_TRUE(pinned->Flush(/*release_cache=*/true).ok());
 }

@@ -7,6 +7,7 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <map>
 #include <mutex>
 #include <vector>
 
@@ -24,6 +25,10 @@ bool CudaBackendCompiledIn() { return false; }
 std::unique_ptr<Backend> MakeCudaBackend() {
   return std::make_unique<UnavailableBackend>(
       "cuda", "no CUDA device: this binary was built without the CUDA toolkit");
+}
+
+absl::Status SetCudaDefaultPoolReleaseThreshold(DeviceIndex, std::uint64_t) {
+  return absl::FailedPreconditionError("no CUDA device: this binary was built without the CUDA toolkit");
 }
 
 #else
@@ -154,13 +159,15 @@ CUmemAllocationProp PinnedDeviceProp(DeviceIndex device) {
 struct DriverContext {
   CUresult (*primary_ctx_get_state)(CUdevice, unsigned int*, int*) = nullptr;
   CUresult (*ctx_set_current)(CUcontext) = nullptr;
+  CUresult (*ctx_get_current)(CUcontext*) = nullptr;
 };
 
 const DriverContext& Context() {
   static const DriverContext* ctx = [] {
     auto* c = new DriverContext;  // resolved once for the process; never freed
     if (!Resolve("cuDevicePrimaryCtxGetState", &c->primary_ctx_get_state).ok() ||
-        !Resolve("cuCtxSetCurrent", &c->ctx_set_current).ok()) {
+        !Resolve("cuCtxSetCurrent", &c->ctx_set_current).ok() ||
+        !Resolve("cuCtxGetCurrent", &c->ctx_get_current).ok()) {
       *c = DriverContext{};
     }
     return c;
@@ -215,6 +222,24 @@ class ScopedCudaDevice {
 #define GPUALLOC_ON_DEVICE(device)        \
   ScopedCudaDevice on_device_(device);    \
   GPUALLOC_RETURN_IF_ERROR(on_device_.status())
+
+// Driver-API calls act on the thread's current context, and a thread that
+// has made no runtime call yet has none (the runtime creates it lazily): a
+// virtual-memory call from such a thread (a free from a worker thread that
+// shrinks an expandable segment) must first make `device`'s primary context
+// current, as the runtime itself would.
+absl::Status EnsureCurrentContext(DeviceIndex device) {
+  const DriverContext& c = Context();
+  if (c.ctx_get_current != nullptr) {
+    CUcontext current = nullptr;
+    if (c.ctx_get_current(&current) == CUDA_SUCCESS && current != nullptr) return absl::OkStatus();
+  }
+  return Check(cudaSetDevice(device), "cudaSetDevice");
+}
+
+#define GPUALLOC_DRIVER_ON_DEVICE(device) \
+  GPUALLOC_ON_DEVICE(device);             \
+  GPUALLOC_RETURN_IF_ERROR(EnsureCurrentContext(device))
 
 // Where a pointer lives according to the runtime, for direction checks.
 absl::StatusOr<cudaMemoryType> MemoryTypeOf(const void* p) {
@@ -462,20 +487,26 @@ class CudaBackend final : public Backend {
 
   absl::StatusOr<std::uintptr_t> VmReserve(DeviceIndex device, std::size_t bytes) override {
     GPUALLOC_RETURN_IF_ERROR(Vmm().status);
-    GPUALLOC_ON_DEVICE(device);
+    GPUALLOC_DRIVER_ON_DEVICE(device);
     CUdeviceptr p = 0;
     GPUALLOC_RETURN_IF_ERROR(CheckDriver(Vmm().address_reserve(&p, bytes, 0, 0, 0), "cuMemAddressReserve"));
+    std::lock_guard<std::mutex> lock(reservations_mu_);
+    reservations_[static_cast<std::uintptr_t>(p)] = Reservation{bytes, device};
     return static_cast<std::uintptr_t>(p);
   }
 
   absl::Status VmRelease(std::uintptr_t address, std::size_t bytes) override {
     GPUALLOC_RETURN_IF_ERROR(Vmm().status);
-    return CheckDriver(Vmm().address_free(address, bytes), "cuMemAddressFree");
+    GPUALLOC_DRIVER_ON_DEVICE(ReservationDevice(address));
+    GPUALLOC_RETURN_IF_ERROR(CheckDriver(Vmm().address_free(address, bytes), "cuMemAddressFree"));
+    std::lock_guard<std::mutex> lock(reservations_mu_);
+    reservations_.erase(address);
+    return absl::OkStatus();
   }
 
   absl::StatusOr<PhysicalChunk> VmCreate(DeviceIndex device, std::size_t bytes) override {
     GPUALLOC_RETURN_IF_ERROR(Vmm().status);
-    GPUALLOC_ON_DEVICE(device);
+    GPUALLOC_DRIVER_ON_DEVICE(device);
     const CUmemAllocationProp prop = PinnedDeviceProp(device);
     CUmemGenericAllocationHandle h = 0;
     GPUALLOC_RETURN_IF_ERROR(CheckDriver(Vmm().create(&h, bytes, &prop, 0), "cuMemCreate"));
@@ -484,17 +515,20 @@ class CudaBackend final : public Backend {
 
   absl::Status VmReleasePhysical(PhysicalChunk chunk) override {
     GPUALLOC_RETURN_IF_ERROR(Vmm().status);
+    GPUALLOC_DRIVER_ON_DEVICE(chunk.device);
     return CheckDriver(Vmm().release(chunk.handle), "cuMemRelease");
   }
 
   absl::Status VmMap(std::uintptr_t address, PhysicalChunk chunk) override {
     GPUALLOC_RETURN_IF_ERROR(Vmm().status);
+    GPUALLOC_DRIVER_ON_DEVICE(chunk.device);
     return CheckDriver(Vmm().map(address, chunk.bytes, 0, chunk.handle, 0), "cuMemMap");
   }
 
   absl::Status VmSetAccess(std::uintptr_t address, std::size_t bytes,
                            DeviceIndex device) override {
     GPUALLOC_RETURN_IF_ERROR(Vmm().status);
+    GPUALLOC_DRIVER_ON_DEVICE(device);
     // The owner, and every peer that can reach it: memory from cudaMalloc is
     // usable by peers once peer access is on, and expandable memory must be too.
     std::vector<CUmemAccessDesc> descs;
@@ -519,15 +553,44 @@ class CudaBackend final : public Backend {
 
   absl::Status VmUnmap(std::uintptr_t address, std::size_t bytes) override {
     GPUALLOC_RETURN_IF_ERROR(Vmm().status);
+    GPUALLOC_DRIVER_ON_DEVICE(ReservationDevice(address));
     return CheckDriver(Vmm().unmap(address, bytes), "cuMemUnmap");
   }
+
+ private:
+  struct Reservation {
+    std::size_t bytes = 0;
+    DeviceIndex device = 0;
+  };
+  // The device whose reservation holds `address` (VmReserve records it), so
+  // unmap and release run with that device's context; device 0 if unknown
+  // (the driver then reports the bad address itself).
+  DeviceIndex ReservationDevice(std::uintptr_t address) const {
+    std::lock_guard<std::mutex> lock(reservations_mu_);
+    auto it = reservations_.upper_bound(address);
+    if (it == reservations_.begin()) return 0;
+    --it;
+    return address < it->first + it->second.bytes ? it->second.device : 0;
+  }
+
+  mutable std::mutex reservations_mu_;
+  std::map<std::uintptr_t, Reservation> reservations_;  // guarded by reservations_mu_
 };
 
+#undef GPUALLOC_DRIVER_ON_DEVICE
 #undef GPUALLOC_ON_DEVICE
 
 }  // namespace
 
 std::unique_ptr<Backend> MakeCudaBackend() { return std::make_unique<CudaBackend>(); }
+
+absl::Status SetCudaDefaultPoolReleaseThreshold(DeviceIndex device, std::uint64_t bytes) {
+  cudaMemPool_t pool = nullptr;
+  GPUALLOC_RETURN_IF_ERROR(Check(cudaDeviceGetDefaultMemPool(&pool, device), "cudaDeviceGetDefaultMemPool"));
+  cuuint64_t threshold = bytes;
+  return Check(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold),
+               "cudaMemPoolSetAttribute(ReleaseThreshold)");
+}
 
 #endif  // GPUALLOC_HAVE_CUDA
 

@@ -11,6 +11,7 @@
 #ifndef GPUALLOC_ALLOCATOR_BACKEND_CUDA_CUDA_BACKEND_H_
 #define GPUALLOC_ALLOCATOR_BACKEND_CUDA_CUDA_BACKEND_H_
 
+#include <cstdint>
 #include <memory>
 
 #include "allocator/backend/backend.h"
@@ -21,6 +22,12 @@ namespace gpualloc {
 bool CudaBackendCompiledIn();
 
 std::unique_ptr<Backend> MakeCudaBackend();
+
+// Sets the release threshold of `device`'s default stream-ordered memory
+// pool (cudaMemPoolAttrReleaseThreshold), e.g. to UINT64_MAX so
+// cudaFreeAsync keeps memory cached, as a fair cudaMallocAsync baseline.
+// FailedPrecondition without a device or pools.
+absl::Status SetCudaDefaultPoolReleaseThreshold(DeviceIndex device, std::uint64_t bytes);
 
 }  // namespace gpualloc
 
