@@ -584,10 +584,10 @@ std::size_t CachingAllocator::ShrinkExpandable(Segment* segment, std::size_t cut
   while (tail->next != nullptr) tail = tail->next;
   if (tail->state != BlockState::kFree || cut == 0 || cut > tail->size) return 0;
   // Unmapping does not wait for the device (cudaFree does): work still queued
-  // on the tail's stream may touch it. Blocks of other streams reach a free
-  // set only once their events completed, and blocks merged across streams
-  // only after a device synchronise, so the tail's stream is the one to wait for.
-  if (!WaitForStreamWork(tail->stream).ok()) return 0;  // cannot be sure: keep it mapped
+  // on the tail's stream may touch it. That stream may have been destroyed by
+  // its user since the free (a real runtime crashes on the stale handle: found
+  // on an H200), so the whole device is waited for; shrinking is rare.
+  if (!WaitForDeviceWork().ok()) return 0;  // cannot be sure: keep it mapped
   EraseFree(tail);
   const std::size_t before = segment->range->mapped_bytes();
   // A partial failure still releases some chunks: account for what went.
@@ -628,11 +628,7 @@ std::size_t CachingAllocator::ShrinkExpandable(Segment* segment, std::size_t cut
   return released;
 }
 
-absl::Status CachingAllocator::WaitForStreamWork(Stream stream) {
-  absl::Status synced =
-      CallAtBoundary("stream synchronize", [&] { return backend_->SynchronizeStream(stream); });
-  if (synced.ok()) return synced;
-  // The stream may have been destroyed by its user: the whole device, then.
+absl::Status CachingAllocator::WaitForDeviceWork() {
   return CallAtBoundary("device synchronize", [&] { return backend_->DeviceSynchronize(device_); });
 }
 

@@ -155,9 +155,10 @@ class CachingAllocator final : public MemoryResource {
   // the bytes released.
   std::size_t ShrinkExpandable(Segment* segment, std::size_t cut);
   std::size_t TrimExpandableTails(const Segment* exclude);
-  // The host waits for the work queued on `stream` (or, if that fails, on
-  // the whole device): before memory is unmapped under that work.
-  absl::Status WaitForStreamWork(Stream stream);
+  // The host waits for all work queued on the device: before memory is
+  // unmapped under it. Never a single stream: the stream a block was last
+  // used on may have been destroyed by its user since the free.
+  absl::Status WaitForDeviceWork();
   void RetryRetiredRanges();
   std::size_t TrimmableTailBytes() const;
   // Takes `block` (already out of its free set) for a request, splitting off

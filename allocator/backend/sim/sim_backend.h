@@ -38,6 +38,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "allocator/backend/backend.h"
 #include "allocator/backend/sim/address_space.h"
 #include "allocator/backend/sim/sim_options.h"
@@ -270,6 +271,8 @@ class SimBackend final : public Backend {
   std::map<std::uintptr_t, Allocation> allocations_;  // by user pointer
   std::size_t pinned_bytes_total_ = 0;
   absl::flat_hash_map<std::uintptr_t, std::shared_ptr<SimStreamWorker>> streams_;
+  // Handles of destroyed streams: naming one again is reported to the checker.
+  absl::flat_hash_set<std::uintptr_t> destroyed_streams_;
   absl::flat_hash_map<std::uintptr_t, std::unique_ptr<EventState>> events_;
   std::map<std::uintptr_t, Reservation> reservations_;  // by base address
   ChunkMap chunks_;

@@ -116,6 +116,7 @@ absl::StatusOr<std::shared_ptr<SimStreamWorker>> SimBackend::WorkerFor(Stream st
   }
   auto it = streams_.find(stream.handle);
   if (it == streams_.end()) {
+    if (checker_ && destroyed_streams_.contains(stream.handle)) checker_->ReportDestroyedStream(stream);
     return SimError(absl::StatusCode::kInvalidArgument, "simErrorInvalidResourceHandle",
                     absl::StrFormat("stream %d does not exist (never created or destroyed)",
                                     stream.handle));
@@ -153,6 +154,7 @@ absl::Status SimBackend::DestroyStream(Stream stream) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     streams_.erase(stream.handle);
+    destroyed_streams_.insert(stream.handle);
   }
   worker->Drain();
   HostWaited({worker});

@@ -38,6 +38,11 @@ std::string StreamOrderViolation::ToString() const {
       return absl::StrFormat(
           "stream-order violation: %s ran on %s after that memory was freed or unmapped",
           DescribeAccess(later, later_actor), range);
+    case Kind::kDestroyedStream:
+      return absl::StrFormat(
+          "stream-order violation: a call named %s after it was destroyed; the sim returns an "
+          "error, a real runtime may crash on the stale handle",
+          later_actor);
   }
   return "stream-order violation";
 }
@@ -243,6 +248,15 @@ void StreamOrderChecker::ReportUnmapped(int actor, std::uint64_t op, const Range
   v.allocation = access.allocation;
   v.later = AccessRecord{actor, 0, op, what, access.mode};
   v.earlier = v.later;
+  AddViolationLocked(std::move(v));
+}
+
+void StreamOrderChecker::ReportDestroyedStream(Stream stream) {
+  std::lock_guard<std::mutex> lock(mu_);
+  StreamOrderViolation v;
+  v.kind = StreamOrderViolation::Kind::kDestroyedStream;
+  v.later_actor = absl::StrFormat("stream %d of device %d", stream.handle, stream.device);
+  v.earlier_actor = v.later_actor;
   AddViolationLocked(std::move(v));
 }
 

@@ -82,7 +82,10 @@ struct AccessRecord {
 };
 
 struct StreamOrderViolation {
-  enum class Kind { kUnorderedAccess, kUnmappedAccess, kUnorderedRelease };
+  // kDestroyedStream: a call named a stream after DestroyStream. The sim
+  // answers with an error, but a real runtime may crash on the stale handle
+  // (the CUDA driver does), so code that relies on the error is a bug.
+  enum class Kind { kUnorderedAccess, kUnmappedAccess, kUnorderedRelease, kDestroyedStream };
   Kind kind = Kind::kUnorderedAccess;
   std::uintptr_t begin = 0;  // the bytes both touch
   std::uintptr_t end = 0;
@@ -133,6 +136,8 @@ class StreamOrderChecker {
   void Forget(std::uintptr_t begin, std::size_t bytes);
   // An access that found its memory gone when it ran.
   void ReportUnmapped(int actor, std::uint64_t op, const RangeAccess& access, const char* what);
+  // A call that named `stream` after it was destroyed.
+  void ReportDestroyedStream(Stream stream);
 
   // RecordEvent: the clock `actor`'s stream has now (after joining the host).
   VectorClock Capture(int actor);
