@@ -44,7 +44,7 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,m
 
 for t in bin/*_test*; do
   name="$(basename "$t")"
-  check "$name" 150 "$t" --gtest_output="json:$report/logs/$name.json"
+  check "$name" 180 "$t" --gtest_output="json:$report/logs/$name.json"
 done
 
 check stress 90 bin/stress --backend=cuda --devices=1 --threads=8 --streams=3 --duration=20 \
@@ -58,7 +58,7 @@ else
   skip stress_memcheck "compute-sanitizer not found on PATH"
 fi
 
-check bench 120 bin/bench --markdown="$report/bench.md" \
+check bench 200 bin/bench --markdown="$report/bench.md" \
   --benchmark_filter='/(caching|cuda_caching|cuda_expandable|cuda_size_class|cudaMalloc|cudaMallocAsync)(/|$)' \
   --benchmark_min_time=0.05
 python=${PYTHON:-python3}

@@ -38,11 +38,11 @@ std::string StreamOrderViolation::ToString() const {
       return absl::StrFormat(
           "stream-order violation: %s ran on %s after that memory was freed or unmapped",
           DescribeAccess(later, later_actor), range);
-    case Kind::kDestroyedStream:
+    case Kind::kDestroyedStream:  // begin: the stream's handle; end: its device
       return absl::StrFormat(
-          "stream-order violation: a call named %s after it was destroyed; the sim returns an "
-          "error, a real runtime may crash on the stale handle",
-          later_actor);
+          "stream-order violation: a call named stream %d of device %d after it was destroyed; "
+          "the sim returns an error, a real runtime may crash on the stale handle",
+          begin, end);
   }
   return "stream-order violation";
 }
@@ -255,8 +255,8 @@ void StreamOrderChecker::ReportDestroyedStream(Stream stream) {
   std::lock_guard<std::mutex> lock(mu_);
   StreamOrderViolation v;
   v.kind = StreamOrderViolation::Kind::kDestroyedStream;
-  v.later_actor = absl::StrFormat("stream %d of device %d", stream.handle, stream.device);
-  v.earlier_actor = v.later_actor;
+  v.begin = stream.handle;
+  v.end = static_cast<std::uintptr_t>(stream.device);
   AddViolationLocked(std::move(v));
 }
 

@@ -87,8 +87,8 @@ struct StreamOrderViolation {
   // (the CUDA driver does), so code that relies on the error is a bug.
   enum class Kind { kUnorderedAccess, kUnmappedAccess, kUnorderedRelease, kDestroyedStream };
   Kind kind = Kind::kUnorderedAccess;
-  std::uintptr_t begin = 0;  // the bytes both touch
-  std::uintptr_t end = 0;
+  std::uintptr_t begin = 0;  // the bytes both touch (kDestroyedStream: the handle
+  std::uintptr_t end = 0;    // and the device)
   AllocationRef allocation;
   AccessRecord earlier;   // the access already recorded
   AccessRecord later;     // the new access, or the release
