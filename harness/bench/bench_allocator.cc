@@ -115,12 +115,18 @@ absl::StatusOr<std::unique_ptr<BenchAllocator>> MakeOurs(Ours kind, bool cuda_la
 // Any resource over the real CUDA device, with `streams` streams of its own.
 class OnDevice final : public BenchAllocator {
  public:
+  // `reserving`: the resource whose reserved bytes are the device memory held
+  // (the caching allocator under a pool); null when none reports it.
   OnDevice(std::shared_ptr<Backend> device, std::shared_ptr<MemoryResource> resource,
-           std::vector<Stream> streams)
-      : device_(std::move(device)), resource_(std::move(resource)), streams_(std::move(streams)) {}
+           std::shared_ptr<MemoryResource> reserving, std::vector<Stream> streams)
+      : device_(std::move(device)),
+        resource_(std::move(resource)),
+        reserving_(std::move(reserving)),
+        streams_(std::move(streams)) {}
   ~OnDevice() override {
     (void)device_->DeviceSynchronize(0);
     resource_.reset();
+    reserving_.reset();
     for (Stream s : streams_) {
       if (!s.is_default()) device_->DestroyStream(s).IgnoreError();
     }
@@ -132,12 +138,15 @@ class OnDevice final : public BenchAllocator {
   void Deallocate(void* p, std::size_t bytes, int stream) override {
     resource_->Deallocate(Allocation{p, bytes, streams_[stream]}).IgnoreError();
   }
-  std::int64_t PeakReservedBytes() const override { return resource_->stats().reserved_bytes.peak; }
+  std::int64_t PeakReservedBytes() const override {
+    return reserving_ ? reserving_->stats().reserved_bytes.peak : -1;
+  }
   void PollStats() override { benchmark_sink_ = resource_->stats().allocated_bytes.current; }
 
  private:
   std::shared_ptr<Backend> device_;
   std::shared_ptr<MemoryResource> resource_;
+  std::shared_ptr<MemoryResource> reserving_;
   std::vector<Stream> streams_;
   volatile std::int64_t benchmark_sink_ = 0;
 };
@@ -170,8 +179,10 @@ absl::StatusOr<std::unique_ptr<BenchAllocator>> MakeOnCuda(OnCuda kind, int stre
   absl::StatusOr<int> count = cuda->DeviceCount();
   if (!count.ok()) return absl::UnavailableError(count.status().message());
   std::shared_ptr<MemoryResource> resource;
+  std::shared_ptr<MemoryResource> reserving;  // cudaMallocAsync's pool reports nothing
   if (kind == OnCuda::kCudaMalloc) {
     resource = std::make_shared<BackendResource>(cuda, 0);
+    reserving = resource;
   } else if (kind == OnCuda::kCudaMallocAsync) {
     absl::Status st = SetCudaDefaultPoolReleaseThreshold(0, ~std::uint64_t{0});
     if (!st.ok()) return absl::UnavailableError(st.message());
@@ -182,6 +193,7 @@ absl::StatusOr<std::unique_ptr<BenchAllocator>> MakeOnCuda(OnCuda kind, int stre
     absl::StatusOr<std::unique_ptr<CachingAllocator>> cache = CachingAllocator::Create(cuda, 0, options);
     if (!cache.ok()) return cache.status();
     resource = std::move(*cache);
+    reserving = resource;
     if (kind == OnCuda::kSizeClass) {
       absl::StatusOr<std::unique_ptr<SizeClassPool>> pool =
           SizeClassPool::Create(resource, cuda, SizeClassOptions{});
@@ -195,7 +207,7 @@ absl::StatusOr<std::unique_ptr<BenchAllocator>> MakeOnCuda(OnCuda kind, int stre
     if (!s.ok()) return s.status();
     out.push_back(*s);
   }
-  return std::make_unique<OnDevice>(cuda, resource, std::move(out));
+  return std::make_unique<OnDevice>(cuda, resource, reserving, std::move(out));
 }
 
 class OurPinned final : public BenchAllocator {

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <random>
@@ -92,13 +93,16 @@ class Campaign {
   // hears of it by RecordStream, or the allocation's stream waits for it.
   absl::Status UseElsewhere(const Live& l, Stream other, bool record);
   absl::Status Order(Stream from, Stream to);
-  // A kernel reading `bytes` of `ptr` on `stream` (sim only: real runtimes
-  // have no kernels here).
+  // A kernel reading `bytes` of `ptr` on `stream`: on the sim, a simulated
+  // kernel the checker judges; on a real device, a copy of (up to 1 MiB of)
+  // it into that stream's scratch memory, so the read is real device work.
   absl::Status Kernel(Stream stream, void* ptr, std::size_t bytes);
 
   const StressConfig& config_;
   std::shared_ptr<Backend> raw_;            // cookies go straight here, never faulted
   std::shared_ptr<SimBackend> sim_;         // when the backend is the sim
+  std::mutex scratch_mu_;
+  std::map<std::pair<DeviceIndex, std::uintptr_t>, void*> scratch_;  // per real stream
   std::shared_ptr<FailpointBackend> faulty_;
   std::unique_ptr<Context> context_;
   DeviceType device_type_ = DeviceType::kSim;
@@ -205,7 +209,22 @@ absl::Status Campaign::SetUp() {
 absl::Status Campaign::Order(Stream from, Stream to) { return OrderStreams(*raw_, from, to); }
 
 absl::Status Campaign::Kernel(Stream stream, void* ptr, std::size_t bytes) {
-  if (sim_ == nullptr) return absl::OkStatus();
+  if (sim_ == nullptr) {
+    constexpr std::size_t kScratchBytes = 1 << 20;
+    void* scratch = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(scratch_mu_);
+      void*& slot = scratch_[{stream.device, stream.handle}];
+      if (slot == nullptr) {
+        absl::StatusOr<void*> got = raw_->Malloc(stream.device, kScratchBytes);
+        if (!got.ok()) return got.status();
+        slot = *got;
+      }
+      scratch = slot;
+    }
+    return raw_->MemcpyAsync(scratch, ptr, std::min(bytes, kScratchBytes),
+                             CopyKind::kDeviceToDevice, stream);
+  }
   return sim_->LaunchKernel(stream, {{ptr, bytes, AccessMode::kRead, 0}}, config_.kernel_ns,
                             "stress_kernel");
 }
@@ -546,6 +565,11 @@ absl::StatusOr<StressReport> Campaign::Finish() {
       if (!s.is_default()) raw_->DestroyStream(s).IgnoreError();
     }
   }
+  for (auto& [where, scratch] : scratch_) {
+    (void)raw_->DeviceSynchronize(where.first);
+    raw_->Free(where.first, scratch).IgnoreError();
+  }
+  scratch_.clear();
   if (sim_ != nullptr) {
     const SimAccounting acc = sim_->Accounting();
     report_.stream_order = acc.stream_order;

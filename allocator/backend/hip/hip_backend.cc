@@ -118,6 +118,16 @@ absl::Status CheckDirection(void* dst, const void* src, CopyKind kind) {
   return absl::OkStatus();
 }
 
+// The device that owns device memory at `p`, or -1 for host memory: a
+// synchronous copy or memset runs there, whichever device is current.
+int OwningDevice(const void* p) {
+  hipPointerAttribute_t attrs = {};
+  const bool device = Hip().hipPointerGetAttributes(&attrs, p) == hipSuccess &&
+                      attrs.memoryType == hipMemoryTypeDevice;
+  (void)Hip().hipGetLastError();
+  return device ? attrs.device : -1;
+}
+
 absl::Status NoVmm() {
   return absl::UnimplementedError(
       "hipErrorNotSupported: HIP 5.2 has no virtual-memory API (hipMemAddressReserve)");
@@ -285,6 +295,9 @@ class HipBackend final : public Backend {
   absl::Status Memcpy(void* dst, const void* src, std::size_t bytes, CopyKind kind) override {
     if (bytes == 0) return absl::OkStatus();
     GPUALLOC_RETURN_IF_ERROR(CheckDirection(dst, src, kind));
+    const int owner = OwningDevice(kind == CopyKind::kHostToDevice ? dst : src);
+    if (owner < 0) return Check(Hip().hipMemcpy(dst, src, bytes, Raw(kind)), "hipMemcpy");
+    GPUALLOC_ON_DEVICE(owner);
     return Check(Hip().hipMemcpy(dst, src, bytes, Raw(kind)), "hipMemcpy");
   }
 
@@ -297,6 +310,9 @@ class HipBackend final : public Backend {
   }
 
   absl::Status Memset(void* dst, int value, std::size_t bytes) override {
+    const int owner = OwningDevice(dst);
+    if (owner < 0) return Check(Hip().hipMemset(dst, value, bytes), "hipMemset");
+    GPUALLOC_ON_DEVICE(owner);
     return Check(Hip().hipMemset(dst, value, bytes), "hipMemset");
   }
 
