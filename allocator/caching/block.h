@@ -42,6 +42,11 @@ struct Block {
   // the events that must complete before it is free.
   std::vector<Stream> stream_uses;
   std::vector<Event> pending_events;
+  // While free: the freeing stream's free count when this memory was last
+  // freed on it (see CachingAllocator's free markers); another stream may
+  // take the block once that stream's marker covers it. 0: nothing is queued
+  // on it anywhere (fresh memory, or the device was synchronised since).
+  std::uint64_t free_epoch = 0;
   Block* pending_prev = nullptr;  // intrusive list of blocks awaiting events
   Block* pending_next = nullptr;
   // The block's own node for its pool's FreeSet, held while the block is not

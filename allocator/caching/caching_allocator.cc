@@ -64,6 +64,9 @@ CachingAllocator::~CachingAllocator() {
   for (Block* b = pending_; b != nullptr; b = b->pending_next) {
     for (Event e : b->pending_events) DestroyEventQuietly(e);
   }
+  for (auto& [stream, marker] : markers_) {
+    if (marker.event) DestroyEventQuietly(*marker.event);
+  }
   while (segments_ != nullptr) {
     Segment* s = segments_;
     segments_ = s->next;
@@ -125,6 +128,7 @@ void CachingAllocator::RecycleBlock(Block* block) noexcept {
   block->stream_uses.clear();
   block->pending_events.clear();
   block->pending_prev = block->pending_next = nullptr;
+  block->free_epoch = 0;
   spare_blocks_.push_back(block);
 }
 
@@ -220,8 +224,21 @@ Block* CachingAllocator::FindFree(FreeSet& pool, Stream stream, std::size_t roun
 
 Block* CachingAllocator::HarvestFromOtherStream(FreeSet& pool, Stream stream,
                                                 std::size_t rounded) {
-  // The best fit among other streams' free blocks: one lower_bound per stream.
+  // Whether another stream may take `b`, and the marker to order after
+  // (null: nothing is queued on it anywhere).
+  auto takeable = [&](const Block& b, const FreeMarker** marker) {
+    *marker = nullptr;
+    if (b.free_epoch == 0) return true;
+    auto m = markers_.find(b.stream.handle);
+    if (m == markers_.end() || !m->second.event || b.free_epoch > m->second.covered) return false;
+    *marker = &m->second;
+    return true;
+  };
+  // The best fit among other streams' takeable free blocks: one lower_bound
+  // per stream, then a few steps past blocks the marker does not cover yet.
+  constexpr int kProbes = 4;
   Block* best = nullptr;
+  const FreeMarker* best_marker = nullptr;
   Block probe;
   for (auto it = pool.begin(); it != pool.end();) {
     const std::uintptr_t owner = (*it)->stream.handle;
@@ -230,9 +247,15 @@ Block* CachingAllocator::HarvestFromOtherStream(FreeSet& pool, Stream stream,
       probe.size = rounded;
       probe.address = 0;
       auto fit = pool.lower_bound(&probe);
-      if (fit != pool.end() && (*fit)->stream.handle == owner && FitsSplitRules(**fit, rounded) &&
-          (best == nullptr || (*fit)->size < best->size)) {
-        best = *fit;
+      for (int tries = 0; fit != pool.end() && (*fit)->stream.handle == owner && tries < kProbes;
+           ++fit, ++tries) {
+        const FreeMarker* marker = nullptr;
+        if (!FitsSplitRules(**fit, rounded) || !takeable(**fit, &marker)) continue;
+        if (best == nullptr || (*fit)->size < best->size) {
+          best = *fit;
+          best_marker = marker;
+        }
+        break;
       }
     }
     probe.stream = (*it)->stream;
@@ -241,24 +264,58 @@ Block* CachingAllocator::HarvestFromOtherStream(FreeSet& pool, Stream stream,
     it = pool.upper_bound(&probe);
   }
   if (best == nullptr) return nullptr;
-  // Order the reuse after the owner's work: an event on the owner stream,
-  // recorded now (after the free), then waited on or checked.
-  absl::StatusOr<Event> event = AcquireEvent();
-  if (!event.ok()) return nullptr;
-  bool usable = CallAtBoundary("event record", [&] {
-                  return backend_->RecordEvent(*event, best->stream);
-                }).ok();
-  if (usable && options_.cross_stream == CrossStreamReuse::kFollowEvents) {
-    usable = CallAtBoundary("stream wait", [&] {
-               return backend_->StreamWaitEvent(stream, *event);
-             }).ok();
-  } else if (usable) {
-    absl::StatusOr<bool> done =
-        CallAtBoundary("event query", [&] { return backend_->QueryEvent(*event); });
-    usable = done.ok() && *done;
+  if (best_marker == nullptr) return best;
+  // Order the reuse after the owner's work through its marker, recorded after
+  // the free: the owner stream itself is never named again.
+  const Event marker = *best_marker->event;
+  if (options_.cross_stream == CrossStreamReuse::kFollowEvents) {
+    const bool waited = CallAtBoundary("stream wait", [&] {
+                          return backend_->StreamWaitEvent(stream, marker);
+                        }).ok();
+    return waited ? best : nullptr;
   }
-  RecycleEvent(*event);
-  return usable ? best : nullptr;
+  absl::StatusOr<bool> done =
+      CallAtBoundary("event query", [&] { return backend_->QueryEvent(marker); });
+  return done.ok() && *done ? best : nullptr;
+}
+
+void CachingAllocator::PrepareMarker(Stream stream) {
+  Hook();
+  FreeMarker& marker = markers_[stream.handle];  // may throw: nothing changed yet
+  if (marker.event) return;
+  absl::StatusOr<Event> event = AcquireEvent();
+  // Without an event the stream's frees simply stay with it.
+  if (event.ok()) marker.event = *event;
+}
+
+void CachingAllocator::MarkFreed(Block* block, Stream stream) {
+  auto it = markers_.find(stream.handle);
+  if (it == markers_.end()) {
+    block->free_epoch = std::numeric_limits<std::uint64_t>::max();  // until a device sync
+    return;
+  }
+  block->free_epoch = ++it->second.frees;
+  CoverFreesOn(stream);
+}
+
+void CachingAllocator::CoverFreesOn(Stream stream) {
+  auto it = markers_.find(stream.handle);
+  if (it == markers_.end()) return;
+  FreeMarker& marker = it->second;
+  const std::uint64_t uncovered = marker.frees - marker.covered;
+  if (!marker.event || uncovered == 0) return;
+  // By count alone, so a deterministic schedule replays the same decisions.
+  if (marker.covered != 0 && uncovered < kFreesPerMarker) return;
+  if (CallAtBoundary("event record", [&] { return backend_->RecordEvent(*marker.event, stream); })
+          .ok()) {
+    marker.covered = marker.frees;
+  }
+}
+
+void CachingAllocator::ForgetQueuedWork() {
+  for (FreeSet* pool : {&small_, &large_}) {
+    for (Block* b : *pool) b->free_epoch = 0;  // not part of the key
+  }
 }
 
 // --- allocate -----------------------------------------------------------------------
@@ -301,6 +358,7 @@ absl::StatusOr<Allocation> CachingAllocator::TryAllocateLocked(std::size_t round
                                                                std::size_t requested,
                                                                Stream stream, bool* oom) {
   if (pending_ != nullptr) ProcessPendingEvents();
+  if (options_.cross_stream != CrossStreamReuse::kNone) CoverFreesOn(stream);
   FreeSet& pool = PoolFor(rounded);
   Block* block = FindFree(pool, stream, rounded);
   bool cross_stream = false;
@@ -377,6 +435,7 @@ bool CachingAllocator::AbsorbIntoNextInPlace(Block* block) {
   CountFree(*next, /*entering=*/false);  // counted again below, with its new size
   next->address = block->address;
   next->size = size;
+  next->free_epoch = std::max(next->free_epoch, block->free_epoch);
   next->prev = block->prev;
   if (block->prev != nullptr) {
     block->prev->next = next;
@@ -667,6 +726,14 @@ std::size_t CachingAllocator::TrimExpandableTails(const Segment* exclude) {
 
 Allocation CachingAllocator::Commit(Block* block, std::unique_ptr<Block> spare,
                                     std::size_t rounded, std::size_t requested, Stream stream) {
+  // A remainder taken from another stream (after waiting for its marker) is
+  // as if freed on `stream` now: others order after `stream`'s next marker.
+  std::uint64_t rest_epoch = block->free_epoch;
+  if (block->stream.handle != stream.handle && rest_epoch != 0) {
+    auto marker = markers_.find(stream.handle);
+    rest_epoch = marker != markers_.end() ? ++marker->second.frees
+                                          : std::numeric_limits<std::uint64_t>::max();
+  }
   block->stream = stream;
   block->state = BlockState::kAllocated;  // before the split: the remainder must not merge into it
   if (spare != nullptr && block->size > rounded) {
@@ -676,6 +743,7 @@ Allocation CachingAllocator::Commit(Block* block, std::unique_ptr<Block> spare,
     rest->segment = block->segment;
     rest->stream = stream;
     rest->state = BlockState::kFree;
+    rest->free_epoch = rest_epoch;
     rest->prev = block;
     rest->next = block->next;
     if (block->next != nullptr) block->next->prev = rest;
@@ -722,6 +790,7 @@ absl::Status CachingAllocator::DoDeallocate(const Allocation& allocation, Stream
           "caching allocator (device %d): %p freed as %d bytes but was allocated as %d", device_,
           allocation.ptr, allocation.bytes, block->requested));
     }
+    if (options_.cross_stream != CrossStreamReuse::kNone) PrepareMarker(stream);
     // Every other stream that used the block, its allocation stream included
     // (the free may come on a recorded stream): the free waits for each.
     std::vector<Stream> waits;
@@ -783,13 +852,28 @@ absl::Status CachingAllocator::DoDeallocate(const Allocation& allocation, Stream
         continue;
       }
     }
-    CommitFree(it, stream, std::move(events));
+    CommitFree(it, stream, std::move(events), /*synchronised=*/false);
     return absl::OkStatus();
   }
 }
 
+absl::Status CachingAllocator::DoDeallocateAfterSync(const Allocation& allocation) {
+  std::lock_guard<Mutex> lock(mu_);
+  auto it = allocated_.find(reinterpret_cast<std::uintptr_t>(allocation.ptr));
+  if (it == allocated_.end() || allocation.bytes != it->second->requested) {
+    ++stats_.failed_frees;
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "caching allocator (device %d): %p (%d bytes) is not a live allocation of this size",
+        device_, allocation.ptr, allocation.bytes));
+  }
+  Block* block = it->second;
+  const Stream keep = block->stream;  // the key it is filed under; never called
+  CommitFree(it, keep, {}, /*synchronised=*/true);
+  return absl::OkStatus();
+}
+
 void CachingAllocator::CommitFree(absl::flat_hash_map<std::uintptr_t, Block*>::iterator it,
-                                  Stream stream, std::vector<Event> events) {
+                                  Stream stream, std::vector<Event> events, bool synchronised) {
   Block* block = it->second;
   // Commit: nothing below allocates or fails.
   allocated_.erase(it);
@@ -801,6 +885,11 @@ void CachingAllocator::CommitFree(absl::flat_hash_map<std::uintptr_t, Block*>::i
   block->requested = 0;
   block->stream = stream;
   block->stream_uses.clear();
+  if (synchronised) {
+    block->free_epoch = 0;  // nothing queued on it anywhere
+  } else if (options_.cross_stream != CrossStreamReuse::kNone) {
+    MarkFreed(block, stream);
+  }
   if (!events.empty()) {
     block->pending_events = std::move(events);
     block->state = BlockState::kPendingEvents;
@@ -833,6 +922,7 @@ void CachingAllocator::ReturnToPool(Block* block) {
   if (Block* next = block->next; mergeable(next)) {
     EraseFree(next);
     block->size += next->size;
+    block->free_epoch = std::max(block->free_epoch, next->free_epoch);
     block->next = next->next;
     if (next->next != nullptr) next->next->prev = block;
     RecycleBlock(next);
@@ -840,6 +930,7 @@ void CachingAllocator::ReturnToPool(Block* block) {
   if (Block* prev = block->prev; mergeable(prev)) {
     EraseFree(prev);
     prev->size += block->size;
+    prev->free_epoch = std::max(prev->free_epoch, block->free_epoch);
     prev->next = block->next;
     if (block->next != nullptr) block->next->prev = prev;
     RecycleBlock(block);
@@ -934,6 +1025,7 @@ absl::Status CachingAllocator::CoalesceAfterSync() {
       }
     }
   }
+  ForgetQueuedWork();
   return absl::OkStatus();
 }
 
@@ -995,6 +1087,16 @@ absl::Status CachingAllocator::EmptyCache(std::size_t keep_bytes) {
     std::lock_guard<Mutex> lock(mu_);
     GPUALLOC_RETURN_IF_ERROR(WaitForAllPending());
     GPUALLOC_RETURN_IF_ERROR(CoalesceAfterSync());
+    // Synchronised: no free block needs a marker any more. An event the
+    // runtime will not destroy now is kept, and destroyed with the allocator.
+    for (auto& [stream, marker] : markers_) {
+      if (marker.event &&
+          !CallAtBoundary("event destroy", [&] { return backend_->DestroyEvent(*marker.event); })
+               .ok()) {
+        RecycleEvent(*marker.event);
+      }
+    }
+    markers_.clear();
     std::size_t cached = TrimmableTailBytes();
     for (Segment* s : FullyFreeSegmentsLruFirst()) cached += s->size;
     if (cached > keep_bytes) ReleaseFreeSegments(cached - keep_bytes);

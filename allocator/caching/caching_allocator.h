@@ -49,6 +49,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -132,6 +133,7 @@ class CachingAllocator final : public MemoryResource {
 
   absl::StatusOr<Allocation> DoAllocate(std::size_t bytes, Stream stream) override;
   absl::Status DoDeallocate(const Allocation& allocation, Stream stream) override;
+  absl::Status DoDeallocateAfterSync(const Allocation& allocation) override;
 
   // --- all below run with mu_ held ---
   // One attempt: cached block, another stream's block, or a new segment
@@ -174,8 +176,10 @@ class CachingAllocator final : public MemoryResource {
   bool AbsorbIntoNextInPlace(Block* block);
   // Frees the live block at `it` on `stream`: pending on `events` (from the
   // other streams that used it) or straight back to its pool. No-throw.
+  // `synchronised`: the caller synchronised the device since the block's
+  // last use (DeallocateAfterSync): it may go to any stream at once.
   void CommitFree(absl::flat_hash_map<std::uintptr_t, Block*>::iterator it, Stream stream,
-                  std::vector<Event> events);
+                  std::vector<Event> events, bool synchronised);
   // Records an allocated block: the live map, its segment's recency, stats.
   Allocation Register(Block* block, std::size_t requested);
   Allocation Commit(Block* block, std::unique_ptr<Block> spare, std::size_t rounded,
@@ -234,6 +238,38 @@ class CachingAllocator final : public MemoryResource {
   // every release pass and at destruction, never forgotten.
   std::vector<std::unique_ptr<ExpandableRange>> retired_ranges_;
   Block* pending_ = nullptr;           // intrusive list of blocks awaiting events
+  // Free markers (RMM's scheme, amortised): an event per stream that another
+  // stream waits for (or checks) before it takes a block freed there, never
+  // the freeing stream itself, which its user may destroy right after the
+  // free (a real driver crashes on a stale handle; found on an H200). A
+  // marker is recorded on a stream while its caller certainly has it: at a
+  // free on it or an allocation on it, and then only for its first free and
+  // every kFreesPerMarker frees after (by count, so deterministic schedules
+  // replay), so most operations make no runtime call. Another stream takes a
+  // block once its stream's marker covers the block's free (free_epoch <=
+  // covered); until then it stays with its own stream (at most
+  // kFreesPerMarker - 1 blocks a stream), or until a device synchronise (the
+  // out-of-memory path, EmptyCache) makes everything takeable.
+  struct FreeMarker {
+    std::optional<Event> event;
+    std::uint64_t frees = 0;    // frees on the stream so far
+    std::uint64_t covered = 0;  // frees the last recorded marker follows
+  };
+  static constexpr std::uint64_t kFreesPerMarker = 4;
+  absl::flat_hash_map<std::uintptr_t, FreeMarker> markers_;
+  // Counts a free of `block` on `stream` (alive: the caller frees on it) and
+  // records the marker when due; never fails.
+  void MarkFreed(Block* block, Stream stream);
+  // `stream` is alive (the caller allocates or frees on it): records its
+  // marker when uncovered frees are due.
+  void CoverFreesOn(Stream stream);
+  // Makes sure `stream` has a marker entry with an event, before a free
+  // commits (allocation and event creation may fail; nothing changed yet;
+  // creating an event names no stream).
+  void PrepareMarker(Stream stream);
+  // After a device synchronise nothing is queued anywhere: every free block
+  // may go to any stream.
+  void ForgetQueuedWork();
   std::vector<Event> spare_events_;
   // Blocks merged away, each with its FreeSet node, reused by NewBlock: a
   // split and merge cost no heap allocation in the steady state.

@@ -519,6 +519,34 @@ TEST(CachingAllocator, RecordStreamDelaysReuseUntilThatStreamFinishes) {
   ASSERT_TRUE(sim->DestroyStream(t).ok());
 }
 
+// Found on an H200 (a destroyed stream's handle crashes the driver): once a
+// block is freed on a stream, the allocator never calls the runtime with that
+// stream again, yet reuse on another stream still waits for its work.
+TEST(CachingAllocator, ReuseAfterTheFreeingStreamIsDestroyedNeverTouchesItsHandle) {
+  for (CrossStreamReuse policy : {CrossStreamReuse::kFollowEvents, CrossStreamReuse::kOpportunistic}) {
+    auto sim = Sim();
+    CachingOptions o;
+    o.cross_stream = policy;
+    auto cache = Cache(sim, o);
+    Stream t = sim->CreateStream(0).value();
+    for (int round = 0; round < 12; ++round) {
+      Stream s = sim->CreateStream(0).value();
+      Allocation a = cache->Allocate(512 * kKiB, s).value();
+      ASSERT_TRUE(sim->LaunchKernel(s, {{a.ptr, a.bytes, AccessMode::kWrite, 1}}, 50'000, "w").ok());
+      ASSERT_TRUE(cache->Deallocate(a, s).ok());
+      ASSERT_TRUE(sim->DestroyStream(s).ok());  // its work may still run
+      Allocation b = cache->Allocate(512 * kKiB, t).value();
+      ASSERT_TRUE(sim->LaunchKernel(t, {{b.ptr, b.bytes, AccessMode::kWrite, 2}}, 1'000, "w").ok());
+      ASSERT_TRUE(cache->Deallocate(b, t).ok());
+    }
+    ASSERT_TRUE(sim->SynchronizeStream(t).ok());
+    ASSERT_TRUE(cache->EmptyCache().ok());
+    const absl::Status ordered = harness::CheckStreamOrder(*sim);
+    EXPECT_TRUE(ordered.ok()) << CrossStreamReuseName(policy) << ": " << ordered;
+    ASSERT_TRUE(sim->DestroyStream(t).ok());
+  }
+}
+
 TEST(CachingAllocator, PendingEventsHaveNoHeadOfLineBlocking) {
   auto sim = Sim(256 * kMiB, SlowCopies());
   auto cache = Cache(sim);

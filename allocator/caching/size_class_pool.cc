@@ -47,7 +47,7 @@ SizeClassPool::~SizeClassPool() {
     return backend_->DeviceSynchronize(upstream_->device());
   }).IgnoreError();
   for (auto& c : classes_) {
-    for (auto& [base, slab] : c->slabs) upstream_->Deallocate(slab->allocation).IgnoreError();
+    for (auto& [base, slab] : c->slabs) upstream_->DeallocateAfterSync(slab->allocation).IgnoreError();
   }
   for (auto& [ptr, bytes] : passthrough_) {
     upstream_->Deallocate(Allocation{ptr, bytes, Stream::Default(upstream_->device())}).IgnoreError();
@@ -178,7 +178,8 @@ void SizeClassPool::ReleaseEmptySlabs(SizeClass& c, std::size_t keep) {
   for (Slab* s : empty) {
     if (empty_bytes <= keep) break;
     const auto lo = reinterpret_cast<std::uintptr_t>(s->allocation.ptr);
-    if (!upstream_->Deallocate(s->allocation).ok()) continue;
+    // Synchronised: no stream is named (the slab's may have been destroyed).
+    if (!upstream_->DeallocateAfterSync(s->allocation).ok()) continue;
     for (auto& [stream, list] : c.free_by_stream) {
       list.erase(std::remove_if(list.begin(), list.end(),
                                 [&](const FreeBlock& b) { return b.slab == s; }),

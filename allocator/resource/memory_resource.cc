@@ -34,4 +34,18 @@ absl::Status MemoryResource::Deallocate(const Allocation& allocation, Stream str
       [&] { return DoDeallocate(allocation, stream); });
 }
 
+absl::Status MemoryResource::DeallocateAfterSync(const Allocation& allocation) noexcept {
+  if (allocation.ptr == nullptr) {
+    return absl::InvalidArgumentError(absl::StrFormat("%s: deallocate of a null pointer", name()));
+  }
+  if (allocation.device() != device()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s: deallocate of %p (device %d), but this resource serves device %d", name(),
+        allocation.ptr, allocation.device(), device()));
+  }
+  return CallAtBoundaryNamed(
+      [&] { return absl::StrFormat("%s: deallocate %p after a device synchronise", name(), allocation.ptr); },
+      [&] { return DoDeallocateAfterSync(allocation); });
+}
+
 }  // namespace gpualloc

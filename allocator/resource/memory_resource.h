@@ -58,6 +58,13 @@ class MemoryResource {
     return Deallocate(allocation, allocation.stream);
   }
 
+  // Returns `allocation` when the caller has synchronised the device since
+  // its last use on any stream (an adaptor trimming its cache): nothing needs
+  // ordering, and no stream is named, so it is safe after the allocation's
+  // stream was destroyed (Deallocate names it; a real runtime may crash on a
+  // destroyed stream's handle). Same errors as Deallocate.
+  absl::Status DeallocateAfterSync(const Allocation& allocation) noexcept;
+
   virtual absl::string_view name() const = 0;
   virtual DeviceIndex device() const = 0;
   // Every pointer handed out is a multiple of this.
@@ -68,6 +75,11 @@ class MemoryResource {
  private:
   virtual absl::StatusOr<Allocation> DoAllocate(std::size_t bytes, Stream stream) = 0;
   virtual absl::Status DoDeallocate(const Allocation& allocation, Stream stream) = 0;
+  // Resources that call the runtime with a free's stream override this; the
+  // default frees on the allocation's stream.
+  virtual absl::Status DoDeallocateAfterSync(const Allocation& allocation) {
+    return DoDeallocate(allocation, allocation.stream);
+  }
 };
 
 }  // namespace gpualloc

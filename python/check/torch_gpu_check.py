@@ -11,6 +11,8 @@ It reports each one's losses (gpualloc's and cudaMallocAsync's must match
 native's within bf16 tolerance), mean step time and peak device memory, and
 runs a record_stream hazard check under each: a tensor read on a side stream
 after record_stream and del must not be overwritten by the next allocation.
+A fourth process, the negative control, runs ours with record_stream not
+wired: there the check should see corruption, showing that it can.
 
 Usage: torch_gpu_check.py [--report FILE] [--steps N]
 Needs torch with CUDA, gpualloc_torch importable, GPUALLOC_TORCH_LIBRARY set.
@@ -23,6 +25,9 @@ import sys
 import time
 
 ALLOCATORS = ("native", "cudaMallocAsync", "gpualloc")
+# The negative control: ours with record_stream deliberately not wired. The
+# hazard check must see corrupted reads here, or it proves nothing.
+CONTROL = "gpualloc_no_record_stream"
 LOSS_RTOL = 2e-2  # bf16 has 8 bits of mantissa; losses agree to about this
 
 
@@ -34,6 +39,13 @@ def run_one(allocator, steps):
         import gpualloc_torch
         wired = gpualloc_torch.enable(os.environ.get("GPUALLOC_CONF", "cross_stream:follow"),
                                       record_stream="patch")
+    elif allocator == CONTROL:
+        # Only malloc and free, as a bare CUDAPluggableAllocator is: PyTorch
+        # then ignores record_stream.
+        alloc = torch.cuda.memory.CUDAPluggableAllocator(
+            os.environ["GPUALLOC_TORCH_LIBRARY"], "gpualloc_torch_malloc", "gpualloc_torch_free")
+        torch.cuda.memory.change_current_allocator(alloc)
+        wired = {"record_stream": None}
     else:
         wired = None
     torch.manual_seed(0)
@@ -120,7 +132,7 @@ def main():
         print(json.dumps(run_one(args.one, args.steps)))
         return 0
     results, problems = {}, []
-    for allocator in ALLOCATORS:
+    for allocator in ALLOCATORS + (CONTROL,):
         proc = subprocess.run([sys.executable, __file__, "--one", allocator, "--steps", str(args.steps)],
                               capture_output=True, text=True, timeout=600)
         if proc.returncode != 0:
@@ -128,6 +140,11 @@ def main():
             continue
         results[allocator] = json.loads(proc.stdout.strip().splitlines()[-1])
     native = results.get("native")
+    control = results.pop(CONTROL, None)
+    if control is not None and control["record_stream_hazard"]["corrupted_reads"] == 0:
+        # Informative, not a failure: the race may not show in 5 trials.
+        print("check: the negative control (record_stream not wired) saw no corruption: "
+              "the hazard check may be too weak on this machine")
     for name, r in results.items():
         if r["record_stream_hazard"]["corrupted_reads"]:
             problems.append(f"{name}: record_stream hazard: {r['record_stream_hazard']}")
@@ -142,7 +159,8 @@ def main():
             print(f"check: {name:16s} step {r['mean_step_ms']:8.2f} ms  peak {r['peak_device_mib']:9.0f} MiB"
                   f"  final loss {r['losses'][-1]:.4f}  record_stream hazard "
                   f"{r['record_stream_hazard']['corrupted_reads']}/{r['record_stream_hazard']['trials']}")
-    report = {"results": results, "problems": problems, "ok": not problems and len(results) == 3}
+    report = {"results": results, "control": control, "problems": problems,
+              "ok": not problems and len(results) == 3}
     with open(args.report, "w") as f:
         json.dump(report, f, indent=1)
     for p in problems:
