@@ -43,17 +43,27 @@ std::int64_t DeviceCalls(const SimBackend& sim) {
   return calls;
 }
 
-// Any of our MemoryResources over a sim, with `streams` streams (0 is the
-// default stream).
+// Any MemoryResource over a device (the sim or a real one), with `streams`
+// streams (0 is the default stream). Upstream calls and peak device bytes
+// come from the sim's accounting; on a real device the peak comes from
+// `reserving` (the caching allocator's reserved bytes), and calls are not
+// counted.
 class OurResource final : public BenchAllocator {
  public:
-  OurResource(std::shared_ptr<SimBackend> sim, std::shared_ptr<MemoryResource> resource,
+  OurResource(std::shared_ptr<Backend> device, std::shared_ptr<SimBackend> sim,
+              std::shared_ptr<MemoryResource> resource, std::shared_ptr<MemoryResource> reserving,
               std::vector<Stream> streams)
-      : sim_(std::move(sim)), resource_(std::move(resource)), streams_(std::move(streams)) {}
+      : device_(std::move(device)),
+        sim_(std::move(sim)),
+        resource_(std::move(resource)),
+        reserving_(std::move(reserving)),
+        streams_(std::move(streams)) {}
   ~OurResource() override {
+    (void)device_->DeviceSynchronize(0);
     resource_.reset();
+    reserving_.reset();
     for (Stream s : streams_) {
-      if (!s.is_default()) sim_->DestroyStream(s).IgnoreError();
+      if (!s.is_default()) device_->DestroyStream(s).IgnoreError();
     }
   }
   void* Allocate(std::size_t bytes, int stream) override {
@@ -63,23 +73,26 @@ class OurResource final : public BenchAllocator {
   void Deallocate(void* p, std::size_t bytes, int stream) override {
     resource_->Deallocate(Allocation{p, bytes, streams_[stream]}).IgnoreError();
   }
-  std::int64_t UpstreamCalls() const override { return DeviceCalls(*sim_); }
+  std::int64_t UpstreamCalls() const override { return sim_ ? DeviceCalls(*sim_) : -1; }
   std::int64_t PeakReservedBytes() const override {
-    return static_cast<std::int64_t>(sim_->Accounting().devices[0].peak_device_bytes);
+    if (sim_) return static_cast<std::int64_t>(sim_->Accounting().devices[0].peak_device_bytes);
+    return reserving_ ? reserving_->stats().reserved_bytes.peak : -1;
   }
   void PollStats() override { benchmark_sink_ = resource_->stats().allocated_bytes.current; }
 
  private:
-  std::shared_ptr<SimBackend> sim_;
+  std::shared_ptr<Backend> device_;
+  std::shared_ptr<SimBackend> sim_;  // null on a real device
   std::shared_ptr<MemoryResource> resource_;
+  std::shared_ptr<MemoryResource> reserving_;
   std::vector<Stream> streams_;
   volatile std::int64_t benchmark_sink_ = 0;
 };
 
-absl::StatusOr<std::vector<Stream>> MakeStreams(SimBackend& sim, int streams) {
+absl::StatusOr<std::vector<Stream>> MakeStreams(Backend& device, int streams) {
   std::vector<Stream> out = {Stream::Default(0)};
   while (static_cast<int>(out.size()) < streams) {
-    absl::StatusOr<Stream> s = sim.CreateStream(0);
+    absl::StatusOr<Stream> s = device.CreateStream(0);
     if (!s.ok()) return s.status();
     out.push_back(*s);
   }
@@ -109,47 +122,8 @@ absl::StatusOr<std::unique_ptr<BenchAllocator>> MakeOurs(Ours kind, bool cuda_la
   }
   absl::StatusOr<std::vector<Stream>> s = MakeStreams(*sim, streams);
   if (!s.ok()) return s.status();
-  return std::make_unique<OurResource>(sim, resource, *std::move(s));
+  return std::make_unique<OurResource>(sim, sim, resource, nullptr, *std::move(s));
 }
-
-// Any resource over the real CUDA device, with `streams` streams of its own.
-class OnDevice final : public BenchAllocator {
- public:
-  // `reserving`: the resource whose reserved bytes are the device memory held
-  // (the caching allocator under a pool); null when none reports it.
-  OnDevice(std::shared_ptr<Backend> device, std::shared_ptr<MemoryResource> resource,
-           std::shared_ptr<MemoryResource> reserving, std::vector<Stream> streams)
-      : device_(std::move(device)),
-        resource_(std::move(resource)),
-        reserving_(std::move(reserving)),
-        streams_(std::move(streams)) {}
-  ~OnDevice() override {
-    (void)device_->DeviceSynchronize(0);
-    resource_.reset();
-    reserving_.reset();
-    for (Stream s : streams_) {
-      if (!s.is_default()) device_->DestroyStream(s).IgnoreError();
-    }
-  }
-  void* Allocate(std::size_t bytes, int stream) override {
-    absl::StatusOr<Allocation> a = resource_->Allocate(bytes, streams_[stream]);
-    return a.ok() ? a->ptr : nullptr;
-  }
-  void Deallocate(void* p, std::size_t bytes, int stream) override {
-    resource_->Deallocate(Allocation{p, bytes, streams_[stream]}).IgnoreError();
-  }
-  std::int64_t PeakReservedBytes() const override {
-    return reserving_ ? reserving_->stats().reserved_bytes.peak : -1;
-  }
-  void PollStats() override { benchmark_sink_ = resource_->stats().allocated_bytes.current; }
-
- private:
-  std::shared_ptr<Backend> device_;
-  std::shared_ptr<MemoryResource> resource_;
-  std::shared_ptr<MemoryResource> reserving_;
-  std::vector<Stream> streams_;
-  volatile std::int64_t benchmark_sink_ = 0;
-};
 
 // cudaMallocAsync/cudaFreeAsync on the caller's stream, as a resource.
 class StreamOrderedResource final : public MemoryResource {
@@ -201,13 +175,9 @@ absl::StatusOr<std::unique_ptr<BenchAllocator>> MakeOnCuda(OnCuda kind, int stre
       resource = std::move(*pool);
     }
   }
-  std::vector<Stream> out = {Stream::Default(0)};
-  while (static_cast<int>(out.size()) < streams) {
-    absl::StatusOr<Stream> s = cuda->CreateStream(0);
-    if (!s.ok()) return s.status();
-    out.push_back(*s);
-  }
-  return std::make_unique<OnDevice>(cuda, resource, reserving, std::move(out));
+  absl::StatusOr<std::vector<Stream>> s = MakeStreams(*cuda, streams);
+  if (!s.ok()) return s.status();
+  return std::make_unique<OurResource>(cuda, nullptr, resource, reserving, *std::move(s));
 }
 
 class OurPinned final : public BenchAllocator {
