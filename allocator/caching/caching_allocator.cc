@@ -1089,11 +1089,11 @@ absl::Status CachingAllocator::EmptyCache(std::size_t keep_bytes) {
     GPUALLOC_RETURN_IF_ERROR(CoalesceAfterSync());
     // Synchronised: no free block needs a marker any more. An event the
     // runtime will not destroy now is kept, and destroyed with the allocator.
-    for (auto& [stream, marker] : markers_) {
-      if (marker.event &&
-          !CallAtBoundary("event destroy", [&] { return backend_->DestroyEvent(*marker.event); })
-               .ok()) {
-        RecycleEvent(*marker.event);
+    for (auto& entry : markers_) {
+      if (!entry.second.event) continue;
+      const Event event = *entry.second.event;
+      if (!CallAtBoundary("event destroy", [&] { return backend_->DestroyEvent(event); }).ok()) {
+        RecycleEvent(event);
       }
     }
     markers_.clear();
