@@ -21,6 +21,7 @@
 // managed byte).
 //
 // Extra flags (before Google Benchmark's own): --markdown=FILE, --svg=FILE.
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -41,6 +42,8 @@ namespace gpualloc::bench {
 namespace {
 
 constexpr int kStreamsPerThread = 4;
+// Thread counts beyond two, run where the host has that many cores.
+constexpr int kMoreThreads[] = {4, 8, 16, 32, 64};
 constexpr std::size_t kRandomOps = 20000;
 
 const std::vector<std::string> kWorkloads = {
@@ -254,7 +257,7 @@ void RegisterAll() {
           ->Threads(2)
           ->UseRealTime();
       // More threads where the host has the cores (a GPU host usually does).
-      for (int threads : {4, 8, 16, 32, 64}) {
+      for (int threads : kMoreThreads) {
         if (threads > static_cast<int>(std::thread::hardware_concurrency())) break;
         benchmark::RegisterBenchmark(absl::StrCat("random_", threads, "t/", name).c_str(),
                                      [&spec, run](benchmark::State& s) {
@@ -339,7 +342,14 @@ int main(int argc, char** argv) {
   benchmark::RunSpecifiedBenchmarks(&reporter);
   std::vector<std::string> allocators;
   for (const AllocatorSpec& spec : AllAllocators()) allocators.push_back(spec.name);
-  const std::string report = MarkdownReport(reporter.results(), kWorkloads, allocators);
+  // The thread counts this host registered, after random_2t.
+  std::vector<std::string> workloads = kWorkloads;
+  auto after = std::find(workloads.begin(), workloads.end(), "random_2t") + 1;
+  for (int threads : kMoreThreads) {
+    if (threads > static_cast<int>(std::thread::hardware_concurrency())) break;
+    after = workloads.insert(after, absl::StrCat("random_", threads, "t")) + 1;
+  }
+  const std::string report = MarkdownReport(reporter.results(), workloads, allocators);
   std::printf("\n<!-- report -->\n%s", report.c_str());
   if (!markdown.empty() && !WriteFile(markdown, report)) {
     std::fprintf(stderr, "bench: cannot write %s\n", markdown.c_str());

@@ -99,6 +99,16 @@ BenchResult R(std::string w, std::string a, double ns, std::map<std::string, dou
   return r;
 }
 
+TEST(BenchReport, MoreThreadsThanTwoGetTheirOwnRows) {
+  const std::vector<BenchResult> runs = {R("random_2t", "caching", 80), R("random_16t", "caching", 40),
+                                         R("random_16t", "cudaMallocAsync", 90)};
+  const std::string md =
+      MarkdownReport(runs, {"random_2t", "random_16t"}, {"caching", "cudaMallocAsync"});
+  EXPECT_TRUE(absl::StrContains(md, "| 3. random, many streams, 16 threads | caching | 40.0 |")) << md;
+  EXPECT_TRUE(absl::StrContains(md, "| 3. random, many streams, 16 threads | cudaMallocAsync | 90.0 |"))
+      << md;
+}
+
 TEST(BenchReport, RatiosAndGoalsComeFromTheRunsGiven) {
   const std::vector<BenchResult> runs = {
       R("pair_256B", "caching", 50), R("pair_256B", "mimalloc", 20),

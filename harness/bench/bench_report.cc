@@ -5,6 +5,7 @@
 #include <optional>
 #include <tuple>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
@@ -68,7 +69,14 @@ std::string Title(const std::string& workload) {
       {"metadata_64KiB", "metadata at 64 KiB"},
   };
   auto it = kTitles.find(workload);
-  return it == kTitles.end() ? workload : it->second;
+  if (it != kTitles.end()) return it->second;
+  // random_<n>t beyond two threads: registered where the host has the cores.
+  int threads = 0;
+  if (workload.size() > 8 && workload.rfind("random_", 0) == 0 && workload.back() == 't' &&
+      absl::SimpleAtoi(workload.substr(7, workload.size() - 8), &threads)) {
+    return absl::StrFormat("3. random, many streams, %d threads", threads);
+  }
+  return workload;
 }
 
 struct Goal {
