@@ -82,6 +82,13 @@ class Campaign {
   bool Stopping() const { return stop_flag_.load(std::memory_order_relaxed); }
   void Sample(double t_s);
   void FreeLive(const Live& l, Stream stream, LatencyHistogram& hist);
+  // Every thread's live allocations in one registry (RMM's check): a new one
+  // that overlaps any is a violation at once, whichever thread holds the
+  // other, instead of waiting for a cookie to be overwritten and read back.
+  // An allocation leaves before it is freed, so memory the allocator hands
+  // out again is never mistaken for an overlap.
+  absl::Status RegisterLive(const Allocation& a);
+  void UnregisterLive(const Allocation& a);
   // The workload's side of stream order, as a GPU program does it (through
   // the raw backend: the harness's own calls are never faulted):
   // cookies staged through a pinned block, copied asynchronously on the
@@ -101,6 +108,8 @@ class Campaign {
   const StressConfig& config_;
   std::shared_ptr<Backend> raw_;            // cookies go straight here, never faulted
   std::shared_ptr<SimBackend> sim_;         // when the backend is the sim
+  std::mutex live_mu_;
+  std::map<std::uintptr_t, std::uintptr_t> live_ranges_;  // begin -> end; guarded by live_mu_
   std::mutex scratch_mu_;
   std::map<std::pair<DeviceIndex, std::uintptr_t>, void*> scratch_;  // per real stream
   std::shared_ptr<FailpointBackend> faulty_;
@@ -279,6 +288,28 @@ absl::Status Campaign::UseElsewhere(const Live& l, Stream other, bool record) {
   return st.ok() ? st : Order(other, own);
 }
 
+absl::Status Campaign::RegisterLive(const Allocation& a) {
+  const auto begin = reinterpret_cast<std::uintptr_t>(a.ptr);
+  const std::uintptr_t end = begin + a.bytes;
+  std::lock_guard<std::mutex> lock(live_mu_);
+  auto next = live_ranges_.lower_bound(begin);
+  auto clash = [&](std::map<std::uintptr_t, std::uintptr_t>::const_iterator it) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "device %d: allocation [%#x, %#x) overlaps the live allocation [%#x, %#x)", a.device(),
+        begin, end, it->first, it->second));
+  };
+  if (next != live_ranges_.end() && next->first < end) return clash(next);
+  if (next != live_ranges_.begin() && std::prev(next)->second > begin) return clash(std::prev(next));
+  live_ranges_.emplace_hint(next, begin, end);
+  return absl::OkStatus();
+}
+
+void Campaign::UnregisterLive(const Allocation& a) {
+  std::lock_guard<std::mutex> lock(live_mu_);
+  auto it = live_ranges_.find(reinterpret_cast<std::uintptr_t>(a.ptr));
+  if (it != live_ranges_.end() && it->second == it->first + a.bytes) live_ranges_.erase(it);
+}
+
 void Campaign::FreeLive(const Live& l, Stream stream, LatencyHistogram& hist) {
   absl::Status checked = VerifyCookies(l);
   // The last use, still queued when the block is freed.
@@ -288,6 +319,7 @@ void Campaign::FreeLive(const Live& l, Stream stream, LatencyHistogram& hist) {
     return;
   }
   MemoryResource& alloc = *resources_[l.allocation.device()];
+  UnregisterLive(l.allocation);  // before the allocator may hand it out again
   const auto t0 = Clock::now();  // one sample per free, its retries included
   for (int attempt = 0; attempt < 100; ++attempt) {
     absl::Status st = alloc.Deallocate(l.allocation, stream);
@@ -346,7 +378,12 @@ void Campaign::Worker(int t) {
       alloc_hist.Record(Nanos(Clock::now() - t0));
       if (a.ok()) {
         Live l{*a, rng()};
-        absl::Status st = WriteCookies(l);
+        absl::Status st = RegisterLive(l.allocation);
+        if (!st.ok()) {
+          Violation(std::string(st.message()));
+          break;
+        }
+        st = WriteCookies(l);
         if (st.ok() && coin(rng) < config_.use_elsewhere_fraction) {
           const Stream other = streams[rng() % streams.size()];
           if (other != stream) {

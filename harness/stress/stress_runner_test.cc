@@ -156,13 +156,11 @@ TEST(StressRunner, APlantedAllocatorBugIsCaught) {
   absl::StatusOr<StressReport> r = RunStress(c, nullptr);
   ASSERT_TRUE(r.ok()) << r.status();
   ASSERT_FALSE(r->ok()) << "memory handed out twice went unnoticed";
-  // Whichever check sees it first: the content cookies, the stream-order
-  // checker (two owners writing the same bytes), or the snapshot invariants.
+  // The live registry sees the second owner at once, whichever thread holds
+  // the first (the cookies and the stream-order checker would see it later,
+  // and only when the timing lets them).
   const std::string& v = r->violations.front();
-  EXPECT_TRUE(v.find("invariant violated") != std::string::npos ||
-              v.find("stream-order violation") != std::string::npos ||
-              v.find("failed unexpectedly") != std::string::npos)
-      << v;
+  EXPECT_NE(v.find("overlaps the live allocation"), std::string::npos) << v;
 }
 
 TEST(StressRunner, BadConfigsAreRejectedWithTheFlagName) {
