@@ -11,7 +11,6 @@ source "$(dirname "$0")/lib.sh"
 
 # row | test target | test filter | extra flags   (patch: ci/revert/risk-<row>.patch)
 rows=(
-  "1|//allocator/context:context_test|Context.ConcurrentFirstUseCreatesEachRuntimeExactlyOnce|--runs_per_test=3"
   "1|//allocator/context:context_test|Context.FirstUseCreatesEachRuntimeOnceUnderEveryExploredSchedule|"
   "2|//allocator/host:pinned_host_allocator_test|PinnedHostAllocator.CrossDeviceFreesFromManyThreadsAreReleasedExactlyOnceAndQueuesStayBounded|"
   "3|//allocator/context:context_test|Context.CurrentDeviceIsPerThread|"
