@@ -322,6 +322,9 @@ class HipBackend final : public Backend {
   }
 
   absl::Status LaunchHostFunc(Stream stream, void (*fn)(void*), void* data) override {
+    if (Hip().hipLaunchHostFunc == nullptr) {
+      return absl::UnimplementedError("hipLaunchHostFunc: this HIP runtime does not export it");
+    }
     GPUALLOC_ON_DEVICE(stream.device);
     return Check(Hip().hipLaunchHostFunc(Raw(stream), fn, data), "hipLaunchHostFunc");
   }

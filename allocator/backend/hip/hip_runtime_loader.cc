@@ -21,6 +21,7 @@ namespace {
 #define GPUALLOC_HIP_CHECK_SIGNATURE(name, ret, params) \
   using name##_signature_matches_header = decltype(static_cast<ret(*) params>(&::name));
 GPUALLOC_HIP_RUNTIME_FUNCTIONS(GPUALLOC_HIP_CHECK_SIGNATURE)
+GPUALLOC_HIP_OPTIONAL_FUNCTIONS(GPUALLOC_HIP_CHECK_SIGNATURE)
 #undef GPUALLOC_HIP_CHECK_SIGNATURE
 
 absl::StatusOr<const HipRuntime*> Load() {
@@ -56,6 +57,10 @@ absl::StatusOr<const HipRuntime*> Load() {
   }
   GPUALLOC_HIP_RUNTIME_FUNCTIONS(GPUALLOC_HIP_RESOLVE)
 #undef GPUALLOC_HIP_RESOLVE
+#define GPUALLOC_HIP_RESOLVE_OPTIONAL(name, ret, params) \
+  runtime->name = reinterpret_cast<ret(*) params>(dlsym(library, #name));
+  GPUALLOC_HIP_OPTIONAL_FUNCTIONS(GPUALLOC_HIP_RESOLVE_OPTIONAL)
+#undef GPUALLOC_HIP_RESOLVE_OPTIONAL
   return runtime;
 }
 

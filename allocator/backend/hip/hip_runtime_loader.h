@@ -34,7 +34,6 @@ namespace gpualloc {
   X(hipGetErrorString, const char*, (hipError_t))                                             \
   X(hipGetLastError, hipError_t, ())                                                          \
   X(hipHostFree, hipError_t, (void*))                                                         \
-  X(hipLaunchHostFunc, hipError_t, (hipStream_t, hipHostFn_t, void*))                         \
   X(hipHostMalloc, hipError_t, (void**, size_t, unsigned int))                                \
   X(hipMalloc, hipError_t, (void**, size_t))                                                  \
   X(hipMallocAsync, hipError_t, (void**, size_t, hipStream_t))                                \
@@ -52,10 +51,17 @@ namespace gpualloc {
   X(hipStreamSynchronize, hipError_t, (hipStream_t))                                          \
   X(hipStreamWaitEvent, hipError_t, (hipStream_t, hipEvent_t, unsigned int))
 
-// The loaded entry points; every member is non-null once loaded.
+// Entry points the header declares but some runtimes do not export (HIP
+// 5.2.3's libamdhip64 lacks hipLaunchHostFunc): null when absent, and the
+// backend reports the feature as Unimplemented.
+#define GPUALLOC_HIP_OPTIONAL_FUNCTIONS(X) \
+  X(hipLaunchHostFunc, hipError_t, (hipStream_t, hipHostFn_t, void*))
+
+// The loaded entry points; every required member is non-null once loaded.
 struct HipRuntime {
 #define GPUALLOC_HIP_DECLARE_POINTER(name, ret, params) ret(*name) params = nullptr;
   GPUALLOC_HIP_RUNTIME_FUNCTIONS(GPUALLOC_HIP_DECLARE_POINTER)
+  GPUALLOC_HIP_OPTIONAL_FUNCTIONS(GPUALLOC_HIP_DECLARE_POINTER)
 #undef GPUALLOC_HIP_DECLARE_POINTER
 };
 
