@@ -157,6 +157,7 @@ CUmemAllocationProp PinnedDeviceProp(DeviceIndex device) {
 // The two driver calls that let a scope restore the caller's device without
 // creating a context there, resolved once; null where the driver lacks them.
 struct DriverContext {
+  CUresult (*device_get)(CUdevice*, int) = nullptr;
   CUresult (*primary_ctx_get_state)(CUdevice, unsigned int*, int*) = nullptr;
   CUresult (*ctx_set_current)(CUcontext) = nullptr;
   CUresult (*ctx_get_current)(CUcontext*) = nullptr;
@@ -165,7 +166,8 @@ struct DriverContext {
 const DriverContext& Context() {
   static const DriverContext* ctx = [] {
     auto* c = new DriverContext;  // resolved once for the process; never freed
-    if (!Resolve("cuDevicePrimaryCtxGetState", &c->primary_ctx_get_state).ok() ||
+    if (!Resolve("cuDeviceGet", &c->device_get).ok() ||
+        !Resolve("cuDevicePrimaryCtxGetState", &c->primary_ctx_get_state).ok() ||
         !Resolve("cuCtxSetCurrent", &c->ctx_set_current).ok() ||
         !Resolve("cuCtxGetCurrent", &c->ctx_get_current).ok()) {
       *c = DriverContext{};
@@ -180,10 +182,11 @@ const DriverContext& Context() {
 bool HasPrimaryContext(DeviceIndex device) {
   const DriverContext& c = Context();
   if (c.primary_ctx_get_state == nullptr) return true;
+  CUdevice handle = 0;
+  if (c.device_get(&handle, device) != CUDA_SUCCESS) return true;
   unsigned int flags = 0;
   int active = 0;
-  return c.primary_ctx_get_state(static_cast<CUdevice>(device), &flags, &active) != CUDA_SUCCESS ||
-         active != 0;
+  return c.primary_ctx_get_state(handle, &flags, &active) != CUDA_SUCCESS || active != 0;
 }
 
 // Makes `device` current for a scope and gives the caller back the device it
