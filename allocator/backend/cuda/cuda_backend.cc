@@ -197,7 +197,9 @@ bool HasPrimaryContext(DeviceIndex device) {
 // to null), which the runtime reports as device 0, as before the scope.
 class ScopedCudaDevice {
  public:
+  // A negative `device` (no owner) leaves the current device as it is.
   explicit ScopedCudaDevice(DeviceIndex device) {
+    if (device < 0) return;
     status_ = Check(cudaGetDevice(&previous_), "cudaGetDevice");
     if (status_.ok() && previous_ != device) {
       previous_had_context_ = HasPrimaryContext(previous_);
@@ -244,24 +246,28 @@ absl::Status EnsureCurrentContext(DeviceIndex device) {
   GPUALLOC_ON_DEVICE(device);             \
   GPUALLOC_RETURN_IF_ERROR(EnsureCurrentContext(device))
 
-// Where a pointer lives according to the runtime, for direction checks.
-absl::StatusOr<cudaMemoryType> MemoryTypeOf(const void* p) {
+// Where a pointer lives according to the runtime.
+absl::StatusOr<cudaPointerAttributes> PlaceOf(const void* p) {
   cudaPointerAttributes attrs = {};
   GPUALLOC_RETURN_IF_ERROR(Check(cudaPointerGetAttributes(&attrs, p), "cudaPointerGetAttributes"));
-  return attrs.type;
+  return attrs;
 }
 
-// The device that owns device memory at `p`, or -1 for host memory: a
-// synchronous copy or memset runs there, whichever device is current.
-absl::StatusOr<int> OwningDevice(const void* p) {
-  cudaPointerAttributes attrs = {};
-  GPUALLOC_RETURN_IF_ERROR(Check(cudaPointerGetAttributes(&attrs, p), "cudaPointerGetAttributes"));
+// The device that owns device memory with these attributes, or -1 (host or
+// managed memory): a synchronous copy or memset runs there, whichever device
+// is current.
+int OwnerOf(const cudaPointerAttributes& attrs) {
   return attrs.type == cudaMemoryTypeDevice ? attrs.device : -1;
 }
 
-absl::Status CheckDirection(void* dst, const void* src, CopyKind kind) {
-  GPUALLOC_ASSIGN_OR_RETURN(cudaMemoryType d, MemoryTypeOf(dst));
-  GPUALLOC_ASSIGN_OR_RETURN(cudaMemoryType s, MemoryTypeOf(src));
+// Checks that the pointers are where `kind` says, and returns the device the
+// copy runs on: the owner of its device side (the destination of a
+// host-to-device copy, else the source), or -1.
+absl::StatusOr<int> CheckDirection(void* dst, const void* src, CopyKind kind) {
+  GPUALLOC_ASSIGN_OR_RETURN(cudaPointerAttributes dst_place, PlaceOf(dst));
+  GPUALLOC_ASSIGN_OR_RETURN(cudaPointerAttributes src_place, PlaceOf(src));
+  const cudaMemoryType d = dst_place.type;
+  const cudaMemoryType s = src_place.type;
   auto on_device = [](cudaMemoryType t) {
     return t == cudaMemoryTypeDevice || t == cudaMemoryTypeManaged;
   };
@@ -274,7 +280,7 @@ absl::Status CheckDirection(void* dst, const void* src, CopyKind kind) {
         absl::StrCat("cudaErrorInvalidMemcpyDirection: ", CopyKindName(kind),
                      " copy whose pointers are not where the direction says"));
   }
-  return absl::OkStatus();
+  return OwnerOf(kind == CopyKind::kHostToDevice ? dst_place : src_place);
 }
 
 class CudaBackend final : public Backend {
@@ -456,9 +462,7 @@ class CudaBackend final : public Backend {
 
   absl::Status Memcpy(void* dst, const void* src, std::size_t bytes, CopyKind kind) override {
     if (bytes == 0) return absl::OkStatus();
-    GPUALLOC_RETURN_IF_ERROR(CheckDirection(dst, src, kind));
-    GPUALLOC_ASSIGN_OR_RETURN(int owner, OwningDevice(kind == CopyKind::kHostToDevice ? dst : src));
-    if (owner < 0) return Check(cudaMemcpy(dst, src, bytes, Raw(kind)), "cudaMemcpy");
+    GPUALLOC_ASSIGN_OR_RETURN(int owner, CheckDirection(dst, src, kind));
     GPUALLOC_ON_DEVICE(owner);
     return Check(cudaMemcpy(dst, src, bytes, Raw(kind)), "cudaMemcpy");
   }
@@ -466,15 +470,14 @@ class CudaBackend final : public Backend {
   absl::Status MemcpyAsync(void* dst, const void* src, std::size_t bytes, CopyKind kind,
                            Stream stream) override {
     if (bytes == 0) return absl::OkStatus();
-    GPUALLOC_RETURN_IF_ERROR(CheckDirection(dst, src, kind));
+    GPUALLOC_RETURN_IF_ERROR(CheckDirection(dst, src, kind).status());
     GPUALLOC_ON_DEVICE(stream.device);
     return Check(cudaMemcpyAsync(dst, src, bytes, Raw(kind), Raw(stream)), "cudaMemcpyAsync");
   }
 
   absl::Status Memset(void* dst, int value, std::size_t bytes) override {
-    GPUALLOC_ASSIGN_OR_RETURN(int owner, OwningDevice(dst));
-    if (owner < 0) return Check(cudaMemset(dst, value, bytes), "cudaMemset");
-    GPUALLOC_ON_DEVICE(owner);
+    GPUALLOC_ASSIGN_OR_RETURN(cudaPointerAttributes place, PlaceOf(dst));
+    GPUALLOC_ON_DEVICE(OwnerOf(place));
     return Check(cudaMemset(dst, value, bytes), "cudaMemset");
   }
 

@@ -5,9 +5,11 @@
 #ifdef GPUALLOC_HAVE_HIP
 #include <hip/hip_runtime_api.h>
 
+#include <optional>
+
 #include "absl/strings/str_cat.h"
-#include "allocator/backend/hip/hip_runtime_loader.h"
 #include "absl/strings/str_format.h"
+#include "allocator/backend/hip/hip_runtime_loader.h"
 #include "allocator/common/status_macros.h"
 #endif
 
@@ -76,7 +78,9 @@ hipMemcpyKind Raw(CopyKind k) {
 // Makes `device` current for a scope and restores the caller's device.
 class ScopedHipDevice {
  public:
+  // A negative `device` (no owner) leaves the current device as it is.
   explicit ScopedHipDevice(DeviceIndex device) {
+    if (device < 0) return;
     status_ = Check(Hip().hipGetDevice(&previous_), "hipGetDevice");
     if (status_.ok() && previous_ != device) {
       status_ = Check(Hip().hipSetDevice(device), "hipSetDevice");
@@ -98,15 +102,33 @@ class ScopedHipDevice {
   ScopedHipDevice on_device_(device);  \
   GPUALLOC_RETURN_IF_ERROR(on_device_.status())
 
-absl::Status CheckDirection(void* dst, const void* src, CopyKind kind) {
-  hipPointerAttribute_t d = {}, s = {};
-  // Unregistered host memory makes hipPointerGetAttributes fail: that is host.
-  const bool d_dev = Hip().hipPointerGetAttributes(&d, dst) == hipSuccess &&
-                     (d.memoryType == hipMemoryTypeDevice || d.isManaged);
+// Where a pointer lives: its attributes, or none for memory the runtime does
+// not know (unregistered host memory makes hipPointerGetAttributes fail).
+std::optional<hipPointerAttribute_t> PlaceOf(const void* p) {
+  hipPointerAttribute_t attrs = {};
+  const bool known = Hip().hipPointerGetAttributes(&attrs, p) == hipSuccess;
   (void)Hip().hipGetLastError();
-  const bool s_dev = Hip().hipPointerGetAttributes(&s, src) == hipSuccess &&
-                     (s.memoryType == hipMemoryTypeDevice || s.isManaged);
-  (void)Hip().hipGetLastError();
+  return known ? std::optional<hipPointerAttribute_t>(attrs) : std::nullopt;
+}
+
+bool OnDevice(const std::optional<hipPointerAttribute_t>& place) {
+  return place && (place->memoryType == hipMemoryTypeDevice || place->isManaged);
+}
+
+// The device that owns device memory at this place, or -1 (host or managed
+// memory): a synchronous copy or memset runs there, whichever device is
+// current.
+int OwnerOf(const std::optional<hipPointerAttribute_t>& place) {
+  return place && place->memoryType == hipMemoryTypeDevice ? place->device : -1;
+}
+
+// Checks that the pointers are where `kind` says, and returns the device the
+// copy runs on: the owner of its device side (the destination of a
+// host-to-device copy, else the source), or -1.
+absl::StatusOr<int> CheckDirection(void* dst, const void* src, CopyKind kind) {
+  const std::optional<hipPointerAttribute_t> d = PlaceOf(dst), s = PlaceOf(src);
+  const bool d_dev = OnDevice(d);
+  const bool s_dev = OnDevice(s);
   const bool ok = (kind == CopyKind::kHostToDevice && d_dev) ||
                   (kind == CopyKind::kDeviceToHost && s_dev) ||
                   (kind == CopyKind::kDeviceToDevice && d_dev && s_dev);
@@ -115,17 +137,7 @@ absl::Status CheckDirection(void* dst, const void* src, CopyKind kind) {
         absl::StrCat("hipErrorInvalidMemcpyDirection: ", CopyKindName(kind),
                      " copy whose pointers are not where the direction says"));
   }
-  return absl::OkStatus();
-}
-
-// The device that owns device memory at `p`, or -1 for host memory: a
-// synchronous copy or memset runs there, whichever device is current.
-int OwningDevice(const void* p) {
-  hipPointerAttribute_t attrs = {};
-  const bool device = Hip().hipPointerGetAttributes(&attrs, p) == hipSuccess &&
-                      attrs.memoryType == hipMemoryTypeDevice;
-  (void)Hip().hipGetLastError();
-  return device ? attrs.device : -1;
+  return OwnerOf(kind == CopyKind::kHostToDevice ? d : s);
 }
 
 absl::Status NoVmm() {
@@ -294,9 +306,7 @@ class HipBackend final : public Backend {
 
   absl::Status Memcpy(void* dst, const void* src, std::size_t bytes, CopyKind kind) override {
     if (bytes == 0) return absl::OkStatus();
-    GPUALLOC_RETURN_IF_ERROR(CheckDirection(dst, src, kind));
-    const int owner = OwningDevice(kind == CopyKind::kHostToDevice ? dst : src);
-    if (owner < 0) return Check(Hip().hipMemcpy(dst, src, bytes, Raw(kind)), "hipMemcpy");
+    GPUALLOC_ASSIGN_OR_RETURN(int owner, CheckDirection(dst, src, kind));
     GPUALLOC_ON_DEVICE(owner);
     return Check(Hip().hipMemcpy(dst, src, bytes, Raw(kind)), "hipMemcpy");
   }
@@ -304,15 +314,13 @@ class HipBackend final : public Backend {
   absl::Status MemcpyAsync(void* dst, const void* src, std::size_t bytes, CopyKind kind,
                            Stream stream) override {
     if (bytes == 0) return absl::OkStatus();
-    GPUALLOC_RETURN_IF_ERROR(CheckDirection(dst, src, kind));
+    GPUALLOC_RETURN_IF_ERROR(CheckDirection(dst, src, kind).status());
     GPUALLOC_ON_DEVICE(stream.device);
     return Check(Hip().hipMemcpyAsync(dst, src, bytes, Raw(kind), Raw(stream)), "hipMemcpyAsync");
   }
 
   absl::Status Memset(void* dst, int value, std::size_t bytes) override {
-    const int owner = OwningDevice(dst);
-    if (owner < 0) return Check(Hip().hipMemset(dst, value, bytes), "hipMemset");
-    GPUALLOC_ON_DEVICE(owner);
+    GPUALLOC_ON_DEVICE(OwnerOf(PlaceOf(dst)));
     return Check(Hip().hipMemset(dst, value, bytes), "hipMemset");
   }
 
