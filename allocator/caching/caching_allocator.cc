@@ -64,9 +64,7 @@ CachingAllocator::~CachingAllocator() {
   for (Block* b = pending_; b != nullptr; b = b->pending_next) {
     for (Event e : b->pending_events) DestroyEventQuietly(e);
   }
-  for (auto& [stream, marker] : markers_) {
-    if (marker.event) DestroyEventQuietly(*marker.event);
-  }
+  DropMarkers();  // before the spare events, which keep what it cannot destroy
   while (segments_ != nullptr) {
     Segment* s = segments_;
     segments_ = s->next;
@@ -224,16 +222,6 @@ Block* CachingAllocator::FindFree(FreeSet& pool, Stream stream, std::size_t roun
 
 Block* CachingAllocator::HarvestFromOtherStream(FreeSet& pool, Stream stream,
                                                 std::size_t rounded) {
-  // Whether another stream may take `b`, and the marker to order after
-  // (null: nothing is queued on it anywhere).
-  auto takeable = [&](const Block& b, const FreeMarker** marker) {
-    *marker = nullptr;
-    if (b.free_epoch == 0) return true;
-    auto m = markers_.find(b.stream.handle);
-    if (m == markers_.end() || !m->second.event || b.free_epoch > m->second.covered) return false;
-    *marker = &m->second;
-    return true;
-  };
   // The best fit among other streams' takeable free blocks: one lower_bound
   // per stream, then a few steps past blocks the marker does not cover yet.
   constexpr int kProbes = 4;
@@ -247,13 +235,23 @@ Block* CachingAllocator::HarvestFromOtherStream(FreeSet& pool, Stream stream,
       probe.size = rounded;
       probe.address = 0;
       auto fit = pool.lower_bound(&probe);
+      // The owner's marker, if it has one that was recorded (once per stream).
+      auto found = markers_.find(owner);
+      const FreeMarker* marker =
+          found != markers_.end() && found->second.event ? &found->second : nullptr;
       for (int tries = 0; fit != pool.end() && (*fit)->stream.handle == owner && tries < kProbes;
            ++fit, ++tries) {
-        const FreeMarker* marker = nullptr;
-        if (!FitsSplitRules(**fit, rounded) || !takeable(**fit, &marker)) continue;
-        if (best == nullptr || (*fit)->size < best->size) {
+        const Block& b = **fit;
+        // Takeable: nothing queued on it anywhere, or freed before the
+        // owner's last marker.
+        const bool fresh = b.free_epoch == 0;
+        if (!FitsSplitRules(b, rounded) ||
+            !(fresh || (marker != nullptr && b.free_epoch <= marker->covered))) {
+          continue;
+        }
+        if (best == nullptr || b.size < best->size) {
           best = *fit;
-          best_marker = marker;
+          best_marker = fresh ? nullptr : marker;
         }
         break;
       }
@@ -310,6 +308,17 @@ void CachingAllocator::CoverFreesOn(Stream stream) {
           .ok()) {
     marker.covered = marker.frees;
   }
+}
+
+void CachingAllocator::DropMarkers() {
+  for (auto& entry : markers_) {
+    if (!entry.second.event) continue;
+    const Event event = *entry.second.event;
+    if (!CallAtBoundary("event destroy", [&] { return backend_->DestroyEvent(event); }).ok()) {
+      RecycleEvent(event);  // kept, and destroyed with the allocator
+    }
+  }
+  markers_.clear();
 }
 
 void CachingAllocator::ForgetQueuedWork() {
@@ -1087,16 +1096,7 @@ absl::Status CachingAllocator::EmptyCache(std::size_t keep_bytes) {
     std::lock_guard<Mutex> lock(mu_);
     GPUALLOC_RETURN_IF_ERROR(WaitForAllPending());
     GPUALLOC_RETURN_IF_ERROR(CoalesceAfterSync());
-    // Synchronised: no free block needs a marker any more. An event the
-    // runtime will not destroy now is kept, and destroyed with the allocator.
-    for (auto& entry : markers_) {
-      if (!entry.second.event) continue;
-      const Event event = *entry.second.event;
-      if (!CallAtBoundary("event destroy", [&] { return backend_->DestroyEvent(event); }).ok()) {
-        RecycleEvent(event);
-      }
-    }
-    markers_.clear();
+    DropMarkers();  // synchronised: no free block needs a marker any more
     std::size_t cached = TrimmableTailBytes();
     for (Segment* s : FullyFreeSegmentsLruFirst()) cached += s->size;
     if (cached > keep_bytes) ReleaseFreeSegments(cached - keep_bytes);

@@ -270,6 +270,9 @@ class CachingAllocator final : public MemoryResource {
   // After a device synchronise nothing is queued anywhere: every free block
   // may go to any stream.
   void ForgetQueuedWork();
+  // Destroys every marker's event (one the runtime refuses goes to the spare
+  // pool, destroyed with the allocator) and forgets the markers.
+  void DropMarkers();
   std::vector<Event> spare_events_;
   // Blocks merged away, each with its FreeSet node, reused by NewBlock: a
   // split and merge cost no heap allocation in the steady state.
