@@ -7,8 +7,11 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "allocator/adapters/alloc_conf.h"
 #include "allocator/context/context.h"
 
@@ -26,10 +29,24 @@ std::mutex g_error_mu;
 std::string g_last_error;  // guarded by g_error_mu
 std::atomic<long long> g_errors{0};
 
-void RecordError(const absl::Status& status) {
+// Counts `status` and keeps its message; with `call`, also reports it on
+// stderr (for calls that cannot return an error).
+void RecordError(const absl::Status& status, const std::string& call = "") {
   g_errors.fetch_add(1);
+  if (!call.empty()) {
+    std::fprintf(stderr, "%s: %s\n", call.c_str(), std::string(status.message()).c_str());
+  }
   std::lock_guard<std::mutex> lock(g_error_mu);
   g_last_error = std::string(status.message());
+}
+
+// Copies `message` into `buffer` (NUL-terminated, truncated to `len`).
+size_t CopyMessage(absl::string_view message, char* buffer, size_t len) {
+  if (buffer == nullptr || len == 0) return message.size();
+  const size_t n = std::min(len - 1, message.size());
+  std::memcpy(buffer, message.data(), n);
+  buffer[n] = '\0';
+  return n;
 }
 
 struct TorchAllocators {
@@ -98,6 +115,18 @@ absl::StatusOr<Stream> StreamFor(Runtime& runtime, int device, void* stream) {
   return *created;
 }
 
+// The runtimes already in use, with their device index: calls that act on
+// every device must not create contexts. The configuration error if bad.
+absl::StatusOr<std::vector<std::pair<int, Runtime*>>> RuntimesInUse() {
+  const TorchAllocators& a = Allocators();
+  if (a.context == nullptr) return a.configuration;
+  std::vector<std::pair<int, Runtime*>> in_use;
+  for (int d = 0; d < a.context->options().max_device_index; ++d) {
+    if (Runtime* runtime = a.context->FindRuntime(Device{a.type, d})) in_use.emplace_back(d, runtime);
+  }
+  return in_use;
+}
+
 }  // namespace
 
 extern "C" void* gpualloc_torch_malloc(size_t size, int device, void* stream) {
@@ -126,23 +155,18 @@ extern "C" void gpualloc_torch_free(void* ptr, size_t size, int device, void* st
     st = s.ok() ? (*runtime)->allocator()->Deallocate(Allocation{ptr, size, *s}, *s) : s.status();
   }
   if (!st.ok()) {
-    RecordError(st);
-    std::fprintf(stderr, "gpualloc_torch_free(%p, %zu, device %d): %s\n", ptr, size, device,
-                 std::string(st.message()).c_str());
+    RecordError(st, absl::StrFormat("gpualloc_torch_free(%p, %d, device %d)", ptr, size, device));
   }
 }
 
 extern "C" int gpualloc_torch_empty_cache(void) {
-  const TorchAllocators& a = Allocators();
-  if (a.context == nullptr) {
-    RecordError(a.configuration);
+  absl::StatusOr<std::vector<std::pair<int, Runtime*>>> in_use = RuntimesInUse();
+  if (!in_use.ok()) {
+    RecordError(in_use.status());
     return -1;
   }
   int failures = 0;
-  // Only the devices already in use: emptying must not create contexts.
-  for (int d = 0; d < a.context->options().max_device_index; ++d) {
-    Runtime* runtime = a.context->FindRuntime(Device{a.type, d});
-    if (runtime == nullptr) continue;
+  for (const auto& [device, runtime] : *in_use) {
     if (absl::Status st = runtime->allocator()->EmptyCache(); !st.ok()) {
       RecordError(st);
       ++failures;
@@ -154,22 +178,17 @@ extern "C" int gpualloc_torch_empty_cache(void) {
 extern "C" void gpualloc_torch_reset(void) { (void)gpualloc_torch_empty_cache(); }
 
 extern "C" void gpualloc_torch_record_stream(void* ptr, void* stream) {
-  const TorchAllocators& a = Allocators();
-  if (a.context == nullptr) {
-    RecordError(a.configuration);
+  absl::StatusOr<std::vector<std::pair<int, Runtime*>>> in_use = RuntimesInUse();
+  if (!in_use.ok()) {
+    RecordError(in_use.status());
     return;
   }
-  for (int d = 0; d < a.context->options().max_device_index; ++d) {
-    Runtime* runtime = a.context->FindRuntime(Device{a.type, d});
-    if (runtime == nullptr || !runtime->allocator()->Owns(ptr)) continue;
-    absl::StatusOr<Stream> s = StreamFor(*runtime, d, stream);
+  for (const auto& [device, runtime] : *in_use) {
+    if (!runtime->allocator()->Owns(ptr)) continue;
+    absl::StatusOr<Stream> s = StreamFor(*runtime, device, stream);
     absl::Status st = s.ok() ? runtime->allocator()->RecordStream(Allocation{ptr, 1, *s}, *s)
                              : s.status();
-    if (!st.ok()) {
-      RecordError(st);
-      std::fprintf(stderr, "gpualloc_torch_record_stream(%p): %s\n", ptr,
-                   std::string(st.message()).c_str());
-    }
+    if (!st.ok()) RecordError(st, absl::StrFormat("gpualloc_torch_record_stream(%p)", ptr));
     return;
   }
   RecordError(absl::InvalidArgumentError(
@@ -192,9 +211,7 @@ extern "C" void gpualloc_torch_set_memory_fraction(double fraction, int device) 
                 : p.status();
   }
   if (!st.ok()) {
-    RecordError(st);
-    std::fprintf(stderr, "gpualloc_torch_set_memory_fraction(%g, %d): %s\n", fraction, device,
-                 std::string(st.message()).c_str());
+    RecordError(st, absl::StrFormat("gpualloc_torch_set_memory_fraction(%g, %d)", fraction, device));
   }
 }
 
@@ -221,12 +238,7 @@ extern "C" int gpualloc_torch_stats(int device, long long* out, int capacity) {
 extern "C" int gpualloc_torch_configuration_error(char* buffer, size_t len) {
   const TorchAllocators& a = Allocators();
   if (a.configuration.ok()) return 0;
-  if (buffer != nullptr && len > 0) {
-    const std::string message(a.configuration.message());
-    const size_t n = std::min(len - 1, message.size());
-    std::memcpy(buffer, message.data(), n);
-    buffer[n] = '\0';
-  }
+  CopyMessage(a.configuration.message(), buffer, len);
   return 1;
 }
 
@@ -244,9 +256,5 @@ extern "C" long long gpualloc_torch_error_count(void) { return g_errors.load(); 
 
 extern "C" size_t gpualloc_torch_last_error(char* buffer, size_t len) {
   std::lock_guard<std::mutex> lock(g_error_mu);
-  if (buffer == nullptr || len == 0) return g_last_error.size();
-  const size_t n = std::min(len - 1, g_last_error.size());
-  std::memcpy(buffer, g_last_error.data(), n);
-  buffer[n] = '\0';
-  return n;
+  return CopyMessage(g_last_error, buffer, len);
 }
