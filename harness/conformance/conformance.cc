@@ -15,6 +15,7 @@
 
 #include "absl/strings/str_format.h"
 #include "allocator/common/status_macros.h"
+#include "harness/invariants/device_reads.h"
 #include "harness/invariants/invariants.h"
 
 namespace gpualloc::harness {
@@ -149,13 +150,12 @@ constexpr std::int64_t kKernelNs = 200'000;
 class DeviceWork {
  public:
   DeviceWork(Backend& device, SimBackend* sim, DeviceIndex index)
-      : device_(device), sim_(sim), index_(index) {}
+      : device_(device), sim_(sim), index_(index), reads_(device, ~std::size_t{0}) {}
   DeviceWork(const DeviceWork&) = delete;
   DeviceWork& operator=(const DeviceWork&) = delete;
   ~DeviceWork() {
     ReleaseAll();
     (void)device_.DeviceSynchronize(index_);  // host functions done with their gates
-    for (auto& [stream, scratch] : scratch_) (void)device_.Free(index_, scratch.ptr);
   }
 
   bool real() const { return sim_ == nullptr; }
@@ -172,18 +172,7 @@ class DeviceWork {
     if (!real()) {
       return sim_->LaunchKernel(s, {{a.ptr, a.bytes, AccessMode::kRead, 0}}, kKernelNs, "read");
     }
-    Scratch& scratch = scratch_[s.handle];
-    if (scratch.bytes < a.bytes) {
-      if (scratch.ptr != nullptr) {
-        GPUALLOC_RETURN_IF_ERROR(device_.SynchronizeStream(s));
-        GPUALLOC_RETURN_IF_ERROR(device_.Free(index_, scratch.ptr));
-      }
-      absl::StatusOr<void*> p = device_.Malloc(index_, a.bytes);
-      GPUALLOC_RETURN_IF_ERROR(p.status());
-      scratch = {*p, a.bytes, 0};
-    }
-    scratch.last_read = a.bytes;
-    return device_.MemcpyAsync(scratch.ptr, a.ptr, a.bytes, CopyKind::kDeviceToDevice, s);
+    return reads_.Read(s, a.ptr, a.bytes);
   }
 
   // Holds `s`'s later work back (real device only; the sim needs no help).
@@ -215,20 +204,12 @@ class DeviceWork {
   // Real device: the last Read on `s` saw `fill` in every byte.
   absl::Status ExpectLastRead(Stream s, unsigned char fill) {
     if (!real()) return absl::OkStatus();
-    GPUALLOC_RETURN_IF_ERROR(device_.DeviceSynchronize(index_));
-    const Scratch& scratch = scratch_[s.handle];
-    std::vector<unsigned char> seen(scratch.last_read);
-    GPUALLOC_RETURN_IF_ERROR(
-        device_.Memcpy(seen.data(), scratch.ptr, seen.size(), CopyKind::kDeviceToHost));
-    return FirstMismatch(seen, fill, "read");
+    absl::StatusOr<std::vector<unsigned char>> seen = reads_.LastRead(s);
+    GPUALLOC_RETURN_IF_ERROR(seen.status());
+    return FirstMismatch(*seen, fill, "read");
   }
 
  private:
-  struct Scratch {
-    void* ptr = nullptr;
-    std::size_t bytes = 0;
-    std::size_t last_read = 0;
-  };
   // Blocks a stream (from a runtime thread) until opened, or for at most
   // kDeadline: an allocator that waits on the host for the held stream (a
   // synchronous cudaFree) is slowed, never hung.
@@ -264,7 +245,7 @@ class DeviceWork {
   Backend& device_;
   SimBackend* sim_;
   DeviceIndex index_;
-  std::map<std::uintptr_t, Scratch> scratch_;
+  DeviceReads reads_;  // a real device's reads
   std::vector<std::unique_ptr<Gate>> gates_;
 };
 

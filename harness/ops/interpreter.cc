@@ -56,21 +56,17 @@ OpInterpreter::OpInterpreter(InterpreterOptions options)
   pinned_ = std::make_unique<PinnedHostAllocator>(faulty_, pinned);
   streams_.push_back(Stream::Default(0));
   for (int i = 1; i < options_.streams; ++i) streams_.push_back(device_->CreateStream(0).value());
-  if (!sim_) free_before_ = device_->GetMemoryInfo(0).value().free_bytes;
+  if (!sim_) {
+    free_before_ = device_->GetMemoryInfo(0).value().free_bytes;
+    reads_ = std::make_unique<DeviceReads>(*device_, std::size_t{1} << 20);
+  }
 }
 
 absl::Status OpInterpreter::Work(Stream on, void* p, std::size_t n, AccessMode mode,
                                  std::int64_t ns, const char* name) {
   if (sim_) return sim_->LaunchKernel(on, {{p, n, mode, 0x33}}, ns, name);
   if (mode == AccessMode::kWrite) return device_->MemsetAsync(p, 0x33, n, on);
-  constexpr std::size_t kScratchBytes = 1 << 20;
-  void*& scratch = scratch_[on.handle];
-  if (scratch == nullptr) {
-    absl::StatusOr<void*> got = device_->Malloc(on.device, kScratchBytes);
-    GPUALLOC_RETURN_IF_ERROR(got.status());
-    scratch = *got;
-  }
-  return device_->MemcpyAsync(scratch, p, std::min(n, kScratchBytes), CopyKind::kDeviceToDevice, on);
+  return reads_->Read(on, p, n);
 }
 
 OpInterpreter::~OpInterpreter() {
@@ -431,8 +427,7 @@ absl::Status OpInterpreter::Finish() {
   for (Stream s : streams_) {
     if (!s.is_default()) device_->DestroyStream(s).IgnoreError();
   }
-  for (auto& [stream, scratch] : scratch_) device_->Free(0, scratch).IgnoreError();
-  scratch_.clear();
+  reads_.reset();  // frees their scratch before the leak check
   if (sim_) {
     if (result.ok()) result = CheckStreamOrder(*sim_);
     const SimAccounting acc = sim_->Accounting();

@@ -18,7 +18,6 @@
 #ifndef GPUALLOC_HARNESS_OPS_INTERPRETER_H_
 #define GPUALLOC_HARNESS_OPS_INTERPRETER_H_
 
-#include <map>
 #include <memory>
 #include <optional>
 #include <utility>
@@ -30,6 +29,7 @@
 #include "allocator/backend/sim/sim_backend.h"
 #include "allocator/caching/caching_allocator.h"
 #include "allocator/host/pinned_host_allocator.h"
+#include "harness/invariants/device_reads.h"
 #include "harness/invariants/invariants.h"
 #include "harness/ops/ops.h"
 
@@ -105,7 +105,7 @@ class OpInterpreter {
   std::shared_ptr<Backend> device_;     // sim_ or options_.device
   int devices_ = 2;                     // how many of the device's indices ops use
   std::size_t free_before_ = 0;         // a real device's free bytes at the start
-  std::map<std::uintptr_t, void*> scratch_;  // per stream, for reads on a real device
+  std::unique_ptr<DeviceReads> reads_;  // a real device's reads (up to 1 MiB each)
   std::shared_ptr<FailpointBackend> faulty_;
   std::shared_ptr<CachingAllocator> cache_;
   std::shared_ptr<MemoryResource> top_;  // what allocations go through

@@ -24,6 +24,7 @@
 #include "allocator/context/context.h"
 #include "allocator/host/pinned_host_allocator.h"
 #include "allocator/observe/tracking_adaptor.h"
+#include "harness/invariants/device_reads.h"
 #include "harness/invariants/invariants.h"
 #include "harness/testing/planted_bug_resource.h"
 
@@ -110,8 +111,7 @@ class Campaign {
   std::shared_ptr<SimBackend> sim_;         // when the backend is the sim
   std::mutex live_mu_;
   std::map<std::uintptr_t, std::uintptr_t> live_ranges_;  // begin -> end; guarded by live_mu_
-  std::mutex scratch_mu_;
-  std::map<std::pair<DeviceIndex, std::uintptr_t>, void*> scratch_;  // per real stream
+  std::unique_ptr<DeviceReads> reads_;  // a real device's reads (up to 1 MiB each)
   std::shared_ptr<FailpointBackend> faulty_;
   std::unique_ptr<Context> context_;
   DeviceType device_type_ = DeviceType::kSim;
@@ -149,6 +149,7 @@ absl::Status Campaign::SetUp() {
     raw_ = MakeHipBackend();
     device_type_ = DeviceType::kHip;
   }
+  if (sim_ == nullptr) reads_ = std::make_unique<DeviceReads>(*raw_, std::size_t{1} << 20);
   GPUALLOC_ASSIGN_OR_RETURN(int count, raw_->DeviceCount());
   if (count < config_.devices) {
     return absl::FailedPreconditionError(absl::StrFormat(
@@ -218,22 +219,7 @@ absl::Status Campaign::SetUp() {
 absl::Status Campaign::Order(Stream from, Stream to) { return OrderStreams(*raw_, from, to); }
 
 absl::Status Campaign::Kernel(Stream stream, void* ptr, std::size_t bytes) {
-  if (sim_ == nullptr) {
-    constexpr std::size_t kScratchBytes = 1 << 20;
-    void* scratch = nullptr;
-    {
-      std::lock_guard<std::mutex> lock(scratch_mu_);
-      void*& slot = scratch_[{stream.device, stream.handle}];
-      if (slot == nullptr) {
-        absl::StatusOr<void*> got = raw_->Malloc(stream.device, kScratchBytes);
-        if (!got.ok()) return got.status();
-        slot = *got;
-      }
-      scratch = slot;
-    }
-    return raw_->MemcpyAsync(scratch, ptr, std::min(bytes, kScratchBytes),
-                             CopyKind::kDeviceToDevice, stream);
-  }
+  if (sim_ == nullptr) return reads_->Read(stream, ptr, bytes);
   return sim_->LaunchKernel(stream, {{ptr, bytes, AccessMode::kRead, 0}}, config_.kernel_ns,
                             "stress_kernel");
 }
@@ -602,11 +588,7 @@ absl::StatusOr<StressReport> Campaign::Finish() {
       if (!s.is_default()) raw_->DestroyStream(s).IgnoreError();
     }
   }
-  for (auto& [where, scratch] : scratch_) {
-    (void)raw_->DeviceSynchronize(where.first);
-    raw_->Free(where.first, scratch).IgnoreError();
-  }
-  scratch_.clear();
+  reads_.reset();  // frees their scratch
   if (sim_ != nullptr) {
     const SimAccounting acc = sim_->Accounting();
     report_.stream_order = acc.stream_order;
