@@ -101,6 +101,23 @@ absl::StatusOr<std::vector<Stream>> MakeStreams(Backend& device, int streams) {
 
 enum class Ours { kCaching, kSizeClass, kRaw, kTrackedCaching };
 
+// A caching allocator over `device`, under a size-class pool if asked; the
+// caching allocator itself through `cache` (its reserved bytes are the
+// device memory held).
+absl::StatusOr<std::shared_ptr<MemoryResource>> CachingStack(
+    std::shared_ptr<Backend> device, CachingOptions options, bool size_class,
+    std::shared_ptr<MemoryResource>* cache) {
+  absl::StatusOr<std::unique_ptr<CachingAllocator>> created =
+      CachingAllocator::Create(device, 0, options);
+  if (!created.ok()) return created.status();
+  *cache = std::move(*created);
+  if (!size_class) return *cache;
+  absl::StatusOr<std::unique_ptr<SizeClassPool>> pool =
+      SizeClassPool::Create(*cache, device, SizeClassOptions{});
+  if (!pool.ok()) return pool.status();
+  return std::shared_ptr<MemoryResource>(std::move(*pool));
+}
+
 absl::StatusOr<std::unique_ptr<BenchAllocator>> MakeOurs(Ours kind, bool cuda_latency,
                                                          int streams) {
   std::shared_ptr<SimBackend> sim = MakeSim(cuda_latency);
@@ -108,17 +125,12 @@ absl::StatusOr<std::unique_ptr<BenchAllocator>> MakeOurs(Ours kind, bool cuda_la
   if (kind == Ours::kRaw) {
     resource = std::make_shared<BackendResource>(sim, 0);
   } else {
-    absl::StatusOr<std::unique_ptr<CachingAllocator>> cache =
-        CachingAllocator::Create(sim, 0, CachingOptions{});
-    if (!cache.ok()) return cache.status();
-    resource = std::move(*cache);
+    std::shared_ptr<MemoryResource> cache;
+    absl::StatusOr<std::shared_ptr<MemoryResource>> stack =
+        CachingStack(sim, CachingOptions{}, kind == Ours::kSizeClass, &cache);
+    if (!stack.ok()) return stack.status();
+    resource = *std::move(stack);
     if (kind == Ours::kTrackedCaching) resource = std::make_shared<TrackingAdaptor>(resource);
-    if (kind == Ours::kSizeClass) {
-      absl::StatusOr<std::unique_ptr<SizeClassPool>> pool =
-          SizeClassPool::Create(resource, sim, SizeClassOptions{});
-      if (!pool.ok()) return pool.status();
-      resource = std::move(*pool);
-    }
   }
   absl::StatusOr<std::vector<Stream>> s = MakeStreams(*sim, streams);
   if (!s.ok()) return s.status();
@@ -164,16 +176,10 @@ absl::StatusOr<std::unique_ptr<BenchAllocator>> MakeOnCuda(OnCuda kind, int stre
   } else {
     CachingOptions options;
     options.expandable_segments = kind == OnCuda::kExpandable;
-    absl::StatusOr<std::unique_ptr<CachingAllocator>> cache = CachingAllocator::Create(cuda, 0, options);
-    if (!cache.ok()) return cache.status();
-    resource = std::move(*cache);
-    reserving = resource;
-    if (kind == OnCuda::kSizeClass) {
-      absl::StatusOr<std::unique_ptr<SizeClassPool>> pool =
-          SizeClassPool::Create(resource, cuda, SizeClassOptions{});
-      if (!pool.ok()) return pool.status();
-      resource = std::move(*pool);
-    }
+    absl::StatusOr<std::shared_ptr<MemoryResource>> stack =
+        CachingStack(cuda, options, kind == OnCuda::kSizeClass, &reserving);
+    if (!stack.ok()) return stack.status();
+    resource = *std::move(stack);
   }
   absl::StatusOr<std::vector<Stream>> s = MakeStreams(*cuda, streams);
   if (!s.ok()) return s.status();

@@ -26,9 +26,4 @@ absl::Status RequireDevice(const std::string& runtime) {
       " device, or leave out --config=gpu"));
 }
 
-int DeviceCountOf(const std::string& runtime) {
-  absl::StatusOr<int> count = MakeRealBackend(runtime)->DeviceCount();
-  return count.ok() ? *count : 0;
-}
-
 }  // namespace gpualloc::harness

@@ -20,9 +20,6 @@ std::unique_ptr<Backend> MakeRealBackend(const std::string& runtime);
 // run: run it on a machine with a CUDA device, or leave out --config=gpu".
 absl::Status RequireDevice(const std::string& runtime);
 
-// How many devices `runtime` has here (0 when none or unavailable).
-int DeviceCountOf(const std::string& runtime);
-
 }  // namespace gpualloc::harness
 
 #endif  // GPUALLOC_HARNESS_GPU_REQUIRE_DEVICE_H_
