@@ -293,13 +293,10 @@ void CachingAllocator::MarkFreed(Block* block, Stream stream) {
     return;
   }
   block->free_epoch = ++it->second.frees;
-  CoverFreesOn(stream);
+  CoverFreesOn(it->second, stream);
 }
 
-void CachingAllocator::CoverFreesOn(Stream stream) {
-  auto it = markers_.find(stream.handle);
-  if (it == markers_.end()) return;
-  FreeMarker& marker = it->second;
+void CachingAllocator::CoverFreesOn(FreeMarker& marker, Stream stream) {
   const std::uint64_t uncovered = marker.frees - marker.covered;
   if (!marker.event || uncovered == 0) return;
   // By count alone, so a deterministic schedule replays the same decisions.
@@ -367,7 +364,9 @@ absl::StatusOr<Allocation> CachingAllocator::TryAllocateLocked(std::size_t round
                                                                std::size_t requested,
                                                                Stream stream, bool* oom) {
   if (pending_ != nullptr) ProcessPendingEvents();
-  if (options_.cross_stream != CrossStreamReuse::kNone) CoverFreesOn(stream);
+  if (options_.cross_stream != CrossStreamReuse::kNone) {
+    if (auto it = markers_.find(stream.handle); it != markers_.end()) CoverFreesOn(it->second, stream);
+  }
   FreeSet& pool = PoolFor(rounded);
   Block* block = FindFree(pool, stream, rounded);
   bool cross_stream = false;

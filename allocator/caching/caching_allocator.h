@@ -262,7 +262,7 @@ class CachingAllocator final : public MemoryResource {
   void MarkFreed(Block* block, Stream stream);
   // `stream` is alive (the caller allocates or frees on it): records its
   // marker when uncovered frees are due.
-  void CoverFreesOn(Stream stream);
+  void CoverFreesOn(FreeMarker& marker, Stream stream);
   // Makes sure `stream` has a marker entry with an event, before a free
   // commits (allocation and event creation may fail; nothing changed yet;
   // creating an event names no stream).
