@@ -547,6 +547,41 @@ TEST(CachingAllocator, ReuseAfterTheFreeingStreamIsDestroyedNeverTouchesItsHandl
   }
 }
 
+// The remainder of a block taken from stream S by stream T belongs to T,
+// and is as if freed on T only now: a third stream U may take it only after a
+// marker T records later (one recorded before T waited for S would let U's
+// work overlap S's).
+TEST(CachingAllocator, TheRemainderOfATakenBlockWaitsForItsNewStreamsNextMarker) {
+  auto sim = Sim();
+  auto cache = Cache(sim);  // kFollowEvents
+  const Stream s = sim->CreateStream(0).value();
+  const Stream t = sim->CreateStream(0).value();
+  const Stream u = sim->CreateStream(0).value();
+  constexpr std::size_t kBig = 12 * kMiB;  // its own segment: no fresh remainder anywhere
+  // T gets a recorded marker, then holds its only block.
+  Allocation x = cache->Allocate(kBig, t).value();
+  ASSERT_TRUE(cache->Deallocate(x, t).ok());
+  Allocation x2 = cache->Allocate(kBig, t).value();
+  // S writes a block for a long time and frees it.
+  Allocation b = cache->Allocate(kBig, s).value();
+  ASSERT_TRUE(sim->LaunchKernel(s, {{b.ptr, b.bytes, AccessMode::kWrite, 1}}, 50'000'000, "w").ok());
+  ASSERT_TRUE(cache->Deallocate(b, s).ok());
+  // T takes the front of it (waiting for S's marker); the rest stays free on T.
+  Allocation front = cache->Allocate(4 * kMiB, t).value();
+  EXPECT_EQ(front.ptr, b.ptr) << "taken from S";
+  // U must not take the rest on T's older marker.
+  Allocation rest = cache->Allocate(8 * kMiB, u).value();
+  ASSERT_TRUE(sim->LaunchKernel(u, {{rest.ptr, rest.bytes, AccessMode::kWrite, 2}}, 1'000, "w").ok());
+  const absl::Status ordered = harness::CheckStreamOrder(*sim);
+  EXPECT_TRUE(ordered.ok()) << ordered;
+  for (auto [a, on] : {std::pair{rest, u}, std::pair{front, t}, std::pair{x2, t}}) {
+    ASSERT_TRUE(cache->Deallocate(a, on).ok());
+  }
+  ASSERT_TRUE(sim->DeviceSynchronize(0).ok());
+  ASSERT_TRUE(cache->EmptyCache().ok());
+  for (Stream x : {s, t, u}) ASSERT_TRUE(sim->DestroyStream(x).ok());
+}
+
 TEST(CachingAllocator, PendingEventsHaveNoHeadOfLineBlocking) {
   auto sim = Sim(256 * kMiB, SlowCopies());
   auto cache = Cache(sim);
