@@ -582,6 +582,33 @@ TEST(CachingAllocator, TheRemainderOfATakenBlockWaitsForItsNewStreamsNextMarker)
   for (Stream x : {s, t, u}) ASSERT_TRUE(sim->DestroyStream(x).ok());
 }
 
+// An adaptor that synchronised the device frees with DeallocateAfterSync:
+// no stream is named (its own may be gone), the block is at once takeable by
+// any stream, and bad input is refused like any free.
+TEST(CachingAllocator, DeallocateAfterSyncNamesNoStreamAndRefusesBadInput) {
+  auto sim = Sim();
+  auto cache = Cache(sim);
+  Stream s = sim->CreateStream(0).value();
+  const Stream t = sim->CreateStream(0).value();
+  Allocation a = cache->Allocate(12 * kMiB, s).value();
+  int on_stack = 0;
+  EXPECT_EQ(cache->DeallocateAfterSync(Allocation{&on_stack, 4, s}).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(cache->DeallocateAfterSync(Allocation{a.ptr, a.bytes + 1, s}).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(cache->stats().allocated_bytes.current, static_cast<std::int64_t>(12 * kMiB));
+  ASSERT_TRUE(sim->DeviceSynchronize(0).ok());
+  ASSERT_TRUE(sim->DestroyStream(s).ok());
+  ASSERT_TRUE(cache->DeallocateAfterSync(a).ok());
+  Allocation b = cache->Allocate(12 * kMiB, t).value();
+  EXPECT_EQ(b.ptr, a.ptr) << "nothing queued on it: another stream takes it at once";
+  ASSERT_TRUE(cache->Deallocate(b, t).ok());
+  const absl::Status ordered = harness::CheckStreamOrder(*sim);
+  EXPECT_TRUE(ordered.ok()) << ordered;
+  ASSERT_TRUE(cache->EmptyCache().ok());
+  ASSERT_TRUE(sim->DestroyStream(t).ok());
+}
+
 TEST(CachingAllocator, PendingEventsHaveNoHeadOfLineBlocking) {
   auto sim = Sim(256 * kMiB, SlowCopies());
   auto cache = Cache(sim);
