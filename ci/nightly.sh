@@ -11,6 +11,8 @@
 #      //harness/faults:fault_campaign_stress_test)
 #   5. a ten-minute stress campaign with faults and expandable segments
 #   6. the revert check (ci/revert-check.sh)
+#   7. mutation testing: every mutant under allocator/, 95% to pass
+#      (ci/mutation.sh; report in mutation-report/)
 # Usage: ci/nightly.sh [--quick]   (--quick: every stage, minutes instead of hours,
 #                                   to check the job itself)
 set -uo pipefail
@@ -27,9 +29,9 @@ GPUALLOC_CI_RESULTS=$(mktemp)
 start=$SECONDS
 
 if $quick; then
-  fuzz_seconds=10; explore_seeds=20; stress_seconds=10; update=""
+  fuzz_seconds=10; explore_seeds=20; stress_seconds=10; update=""; mutants=(--sample 10)
 else
-  fuzz_seconds=3600; explore_seeds=2000; stress_seconds=600; update="--update-corpus"
+  fuzz_seconds=3600; explore_seeds=2000; stress_seconds=600; update="--update-corpus"; mutants=()
 fi
 
 bash ci/sanitizers.sh all || true
@@ -49,6 +51,13 @@ else
 fi
 
 bash ci/revert-check.sh || true
+
+echo "=== [mutation] ${mutants[*]:-every mutant} under allocator/"
+if bash ci/mutation.sh "${mutants[@]}" --threshold 95 --out mutation-report 2>&1 | tail -40; then
+  record PASS mutation nightly-score
+else
+  record FAIL mutation nightly-score
+fi
 
 passed=$(grep -c '^PASS' "$GPUALLOC_CI_RESULTS")
 failed=$(grep -c '^FAIL' "$GPUALLOC_CI_RESULTS")

@@ -1,4 +1,5 @@
 #include <atomic>
+#include <cstdint>
 #include <memory_resource>
 #include <new>
 #include <thread>
@@ -90,7 +91,15 @@ TEST(PmrResources, StandardContainersLiveInPinnedAndManagedMemory) {
   }
   EXPECT_EQ(pinned->stats().live_bytes, 0u);
   EXPECT_THROW((void)pinned_pmr.allocate(64, 4096), std::bad_alloc) << "over-aligned";
+  EXPECT_THROW((void)pinned_pmr.allocate(64, 512), std::bad_alloc) << "over-aligned";
+  void* widest = pinned_pmr.allocate(64, 256);  // the widest alignment served
+  EXPECT_EQ(reinterpret_cast<std::uintptr_t>(widest) % 256, 0u);
+  pinned_pmr.deallocate(widest, 64, 256);
   ManagedPmrResource managed(sim, 0);
+  EXPECT_THROW((void)managed.allocate(64, 512), std::bad_alloc) << "over-aligned";
+  widest = managed.allocate(64, 256);
+  EXPECT_EQ(reinterpret_cast<std::uintptr_t>(widest) % 256, 0u);
+  managed.deallocate(widest, 64, 256);
   {
     std::pmr::vector<double> m(1000, 2.5, &managed);
     EXPECT_EQ(m[999], 2.5);

@@ -1,5 +1,7 @@
 #include "allocator/adapters/alloc_conf.h"
 
+#include <string>
+
 #include "gtest/gtest.h"
 
 namespace gpualloc {
@@ -16,6 +18,22 @@ TEST(AllocConf, EveryKeyIsApplied) {
   EXPECT_EQ(o->reserved_limit, std::size_t{2048} << 20);
   EXPECT_DOUBLE_EQ(o->gc_threshold, 0.75);
   EXPECT_EQ(o->max_split_bytes, std::size_t{64} << 20);
+}
+
+TEST(AllocConf, EverySpellingOfTrueAndFalseIsAccepted) {
+  for (const char* yes : {"True", "true", "1"}) {
+    absl::StatusOr<CachingOptions> o =
+        ApplyAllocConf(std::string("expandable_segments:") + yes, CachingOptions{});
+    ASSERT_TRUE(o.ok()) << yes << ": " << o.status();
+    EXPECT_TRUE(o->expandable_segments) << yes;
+  }
+  CachingOptions on;
+  on.expandable_segments = true;
+  for (const char* no : {"False", "false", "0"}) {
+    absl::StatusOr<CachingOptions> o = ApplyAllocConf(std::string("expandable_segments:") + no, on);
+    ASSERT_TRUE(o.ok()) << no << ": " << o.status();
+    EXPECT_FALSE(o->expandable_segments) << no;
+  }
 }
 
 TEST(AllocConf, EmptyKeepsTheDefaults) {

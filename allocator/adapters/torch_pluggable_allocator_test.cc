@@ -4,9 +4,12 @@
 // stream the block was allocated on. On the sim (GPUALLOC_BACKEND=sim), whose
 // streams stand in for the ones PyTorch would have created.
 #include <dlfcn.h>
+#include <unistd.h>
 
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <set>
 #include <string>
 #include <vector>
@@ -23,6 +26,7 @@ struct TorchAbi {
   long long (*reserved)(int);
   long long (*errors)();
   size_t (*last_error)(char*, size_t);
+  int (*stats)(int, long long*, int);
 };
 
 TorchAbi Load() {
@@ -41,6 +45,7 @@ TorchAbi Load() {
   abi.reserved = reinterpret_cast<decltype(abi.reserved)>(dlsym(lib, "gpualloc_torch_reserved_bytes"));
   abi.errors = reinterpret_cast<decltype(abi.errors)>(dlsym(lib, "gpualloc_torch_error_count"));
   abi.last_error = reinterpret_cast<decltype(abi.last_error)>(dlsym(lib, "gpualloc_torch_last_error"));
+  abi.stats = reinterpret_cast<decltype(abi.stats)>(dlsym(lib, "gpualloc_torch_stats"));
   return abi;
 }
 
@@ -106,6 +111,65 @@ TEST(TorchPluggableAllocator, ServesTheCallersStreamsAndReusesAcrossThem) {
   EXPECT_EQ(abi.allocated(0), 0);
   EXPECT_EQ(abi.allocated(1), 0);
   ASSERT_EQ(abi.empty_cache(), 0);
+}
+
+// The C calls that fill caller buffers write no more than they are given.
+TEST(TorchPluggableAllocator, MessagesAndCountersAreTruncatedToTheCallersBuffer) {
+  const TorchAbi abi = Load();
+  ASSERT_NE(abi.stats, nullptr);
+  EXPECT_EQ(abi.malloc_fn(1 << 20, 9, nullptr), nullptr) << "no such device: an error to read";
+  const size_t full = abi.last_error(nullptr, 0);
+  ASSERT_GT(full, 8u);
+  EXPECT_EQ(abi.last_error(nullptr, 64), full) << "no buffer: the length is all it returns";
+  char big[512];
+  ASSERT_EQ(abi.last_error(big, sizeof big), full);
+  char small[8];
+  std::memset(small, 'x', sizeof small);
+  EXPECT_EQ(abi.last_error(small, sizeof small), 7u);
+  EXPECT_EQ(std::string(small), std::string(big, 7)) << "NUL-terminated, truncated";
+  char none[1] = {'x'};
+  EXPECT_EQ(abi.last_error(none, 0), full);
+  EXPECT_EQ(none[0], 'x') << "a zero length writes nothing";
+
+  void* p = abi.malloc_fn(4096, 0, nullptr);
+  ASSERT_NE(p, nullptr);
+  const int n = abi.stats(0, nullptr, 0);
+  ASSERT_EQ(n, 11);
+  EXPECT_EQ(abi.stats(0, nullptr, 5), n) << "no buffer: only the count";
+  std::vector<long long> all(n + 2, -7);
+  ASSERT_EQ(abi.stats(0, all.data(), n + 2), n);
+  EXPECT_GE(all[0], 4096) << "allocated current";
+  EXPECT_EQ(all[n], -7) << "nothing written past the counters";
+  std::vector<long long> three(5, -7);
+  ASSERT_EQ(abi.stats(0, three.data(), 3), n);
+  EXPECT_EQ(three[0], all[0]);
+  EXPECT_EQ(three[2], all[2]);
+  EXPECT_EQ(three[3], -7) << "nothing written past the capacity";
+  EXPECT_EQ(abi.stats(9, all.data(), n), -1) << "no such device";
+  abi.free_fn(p, 4096, 0, nullptr);
+}
+
+// A failed free cannot return its error to PyTorch: it is said on stderr,
+// naming the call, as well as counted.
+TEST(TorchPluggableAllocator, AFailedFreeIsReportedOnStderrNamingTheCall) {
+  const TorchAbi abi = Load();
+  ASSERT_NE(abi.free_fn, nullptr);
+  char path[] = "/tmp/gpualloc_torch_stderr_XXXXXX";
+  const int capture = mkstemp(path);
+  ASSERT_GE(capture, 0);
+  std::fflush(stderr);
+  const int saved = dup(2);
+  dup2(capture, 2);
+  int local = 0;
+  abi.free_fn(&local, 64, 0, nullptr);  // not the allocator's
+  std::fflush(stderr);
+  dup2(saved, 2);
+  close(saved);
+  std::string said(4096, '\0');
+  said.resize(static_cast<std::size_t>(pread(capture, said.data(), said.size(), 0)));
+  close(capture);
+  unlink(path);
+  EXPECT_NE(said.find("gpualloc_torch_free"), std::string::npos) << said;
 }
 
 }  // namespace

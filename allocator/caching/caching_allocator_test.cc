@@ -4,6 +4,7 @@
 #include <barrier>
 #include <random>
 #include <thread>
+#include <functional>
 #include <vector>
 
 #include "allocator/backend/failpoints/failpoint_backend.h"
@@ -645,6 +646,29 @@ TEST(CachingAllocator, OutOfMemoryReleasesCachedSegmentsAndRetries) {
   ExpectConsistent(*cache);
 }
 
+// The out-of-memory ladder waits for blocks still pending other streams'
+// work: once it completes, their memory is free to satisfy the request.
+TEST(CachingAllocator, OutOfMemoryWaitsForBlocksPendingOtherStreamsAndRetries) {
+  auto sim = Sim(64 * kMiB, SlowCopies());
+  auto cache = Cache(sim);
+  Stream s = sim->CreateStream(0).value();
+  Stream t = sim->CreateStream(0).value();
+  Allocation a = cache->Allocate(40 * kMiB, s).value();
+  ASSERT_TRUE(cache->RecordStream(a, t).ok());
+  SlowStream busy(*sim, t, a, 20);  // t's copy into `a` runs ~20 ms
+  ASSERT_TRUE(cache->Deallocate(a).ok());
+  ASSERT_EQ(cache->Snapshot().segments[0].blocks[0].state, BlockState::kPendingEvents);
+  // Only `a`'s memory can hold another 40 MiB on this 64 MiB device.
+  absl::StatusOr<Allocation> b = cache->Allocate(40 * kMiB, s);
+  ASSERT_TRUE(b.ok()) << b.status();
+  ASSERT_TRUE(sim->MemsetAsync(b->ptr, 1, b->bytes, s).ok());
+  ExpectNoStreamOrderViolation(*sim);
+  ASSERT_TRUE(cache->Deallocate(*b).ok());
+  ASSERT_TRUE(cache->EmptyCache().ok());
+  ASSERT_TRUE(sim->DestroyStream(s).ok());
+  ASSERT_TRUE(sim->DestroyStream(t).ok());
+}
+
 TEST(CachingAllocator, OutOfMemoryErrorSaysWhereTheMemoryIs) {
   auto sim = Sim(8 * kMiB);
   auto cache = Cache(sim);
@@ -683,6 +707,54 @@ TEST(CachingAllocator, OomCallbackMayFreeMemoryAndTheAllocationIsRetried) {
   ASSERT_TRUE(a.ok()) << a.status();
   EXPECT_EQ(calls.load(), 1);
   ASSERT_TRUE(cache->Deallocate(*a).ok());
+}
+
+// Each inconsistent option, alone, is refused by Create naming the pool it
+// breaks; the defaults and a consistent custom set are accepted.
+TEST(CachingAllocator, EachInconsistentOptionAloneIsRefused) {
+  struct Case {
+    const char* what;
+    std::function<void(CachingOptions&)> set;
+    const char* names;
+  };
+  const std::vector<Case> cases = {
+      {"min block not a power of two", [](CachingOptions& o) { o.min_block_bytes = 768; }, "min_block_bytes"},
+      {"min block under the alignment", [](CachingOptions& o) { o.min_block_bytes = 128; }, "min_block_bytes"},
+      {"small max under the min block", [](CachingOptions& o) { o.small_request_max = 256; }, "small pool"},
+      {"small segment under the small max",
+       [](CachingOptions& o) { o.small_segment_bytes = 512 * kKiB; }, "small pool"},
+      {"small segment not a multiple of the min block",
+       [](CachingOptions& o) { o.small_segment_bytes = (2 << 20) + 256; }, "small pool"},
+      {"large rounding zero", [](CachingOptions& o) { o.large_segment_round = 0; }, "large"},
+      {"large rounding not a multiple of the min block",
+       [](CachingOptions& o) { o.large_segment_round = (2 << 20) + 256; }, "large"},
+      {"large segment under its own-segment minimum",
+       [](CachingOptions& o) { o.large_segment_bytes = 8 << 20; }, "large"},
+      {"large segment not a multiple of the min block",
+       [](CachingOptions& o) { o.large_segment_bytes = (20 << 20) + 256; }, "large"},
+      {"gc threshold below 0", [](CachingOptions& o) { o.gc_threshold = -0.01; }, "gc_threshold"},
+      {"gc threshold above 1", [](CachingOptions& o) { o.gc_threshold = 1.01; }, "gc_threshold"},
+  };
+  for (const Case& c : cases) {
+    CachingOptions o;
+    c.set(o);
+    const absl::Status st = o.Validate();
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << c.what << ": " << st;
+    EXPECT_NE(st.message().find(c.names), absl::string_view::npos) << c.what << ": " << st;
+    EXPECT_FALSE(CachingAllocator::Create(Sim(), 0, o).ok()) << c.what;
+  }
+  EXPECT_TRUE(CachingOptions{}.Validate().ok());
+  CachingOptions custom;
+  custom.min_block_bytes = 1024;
+  custom.small_request_max = 1024;
+  custom.small_segment_bytes = 1024;
+  custom.large_segment_round = 1024;
+  custom.large_request_own_segment_min = 4096;
+  custom.large_segment_bytes = 4096;
+  custom.gc_threshold = 1.0;
+  EXPECT_TRUE(custom.Validate().ok()) << custom.Validate();
+  custom.gc_threshold = 0.0;
+  EXPECT_TRUE(custom.Validate().ok()) << custom.Validate() << ": every bound met with equality";
 }
 
 TEST(CachingAllocator, AbsurdRequestsFailFastAndTouchNothing) {
@@ -772,6 +844,35 @@ TEST(CachingAllocator, ReservedLimitIsAnOutOfMemoryBoundary) {
   EXPECT_EQ(cache->stats().reserved_bytes.current, 0);
 }
 
+// A block whose other-stream work finishes while the allocator is over a
+// lowered limit goes back to the device once that work is seen complete,
+// not into the cache above the limit.
+TEST(CachingAllocator, ABlockLeavingPendingEventsOverALoweredLimitIsReleased) {
+  auto sim = Sim();
+  auto cache = Cache(sim);
+  Stream s = sim->CreateStream(0).value();
+  Stream t = sim->CreateStream(0).value();
+  Allocation a = cache->Allocate(12 * kMiB, s).value();
+  ASSERT_TRUE(cache->RecordStream(a, t).ok());
+  {
+    SimStreamGate gate = sim->HoldStream(t).value();
+    ASSERT_TRUE(sim->MemsetAsync(a.ptr, 1, a.bytes, t).ok());
+    ASSERT_TRUE(cache->Deallocate(a).ok());
+    ASSERT_TRUE(cache->SetReservedLimit(4 * kMiB).ok());
+    EXPECT_EQ(cache->stats().reserved_bytes.current, static_cast<std::int64_t>(12 * kMiB))
+        << "t's work still pending: the block cannot go yet";
+  }
+  ASSERT_TRUE(sim->SynchronizeStream(t).ok());
+  Allocation small = cache->Allocate(4 * kKiB, s).value();  // sees t's work complete
+  EXPECT_LE(cache->stats().reserved_bytes.current, static_cast<std::int64_t>(4 * kMiB))
+      << "the freed 12 MiB block must not stay cached over the limit";
+  ASSERT_TRUE(cache->Deallocate(small).ok());
+  ExpectNoStreamOrderViolation(*sim);
+  ASSERT_TRUE(cache->EmptyCache().ok());
+  ASSERT_TRUE(sim->DestroyStream(s).ok());
+  ASSERT_TRUE(sim->DestroyStream(t).ok());
+}
+
 TEST(CachingAllocator, GarbageCollectionThresholdReleasesLruSegmentsBeforeGrowing) {
   auto sim = Sim(100 * kMiB);
   CachingOptions o;
@@ -796,6 +897,22 @@ TEST(CachingAllocator, MaxSplitSizeKeepsHugeBlocksWhole) {
   EXPECT_NE(small_large.ptr, huge.ptr) << "a 3 MiB request does not carve the 40 MiB block";
   ASSERT_TRUE(cache->Deallocate(small_large).ok());
   ExpectConsistent(*cache);
+  // A request of exactly the split limit is itself "huge": it may take a
+  // cached block of its size freed on another stream (ordered after it).
+  o.cross_stream = CrossStreamReuse::kFollowEvents;
+  auto follow = Cache(sim, o);
+  Stream s = sim->CreateStream(0).value();
+  Stream t = sim->CreateStream(0).value();
+  Allocation at_limit = follow->Allocate(8 * kMiB, s).value();
+  ASSERT_TRUE(follow->Deallocate(at_limit).ok());
+  const std::uint64_t mallocs = sim->Accounting().calls_to(BackendOp::kMalloc);
+  Allocation again = follow->Allocate(8 * kMiB, t).value();
+  EXPECT_EQ(again.ptr, at_limit.ptr);
+  EXPECT_EQ(sim->Accounting().calls_to(BackendOp::kMalloc), mallocs);
+  ASSERT_TRUE(follow->Deallocate(again).ok());
+  ASSERT_TRUE(follow->EmptyCache().ok());
+  ASSERT_TRUE(sim->DestroyStream(s).ok());
+  ASSERT_TRUE(sim->DestroyStream(t).ok());
 }
 
 TEST(CachingAllocator, StatsAreExactAfterEveryOperation) {
@@ -907,24 +1024,27 @@ TEST(CachingAllocator, FaultSweepEveryBackendCallFailedOrThrownLeavesNoLeak) {
 
 TEST(CachingAllocator, AllocateHasTheStrongGuaranteeWhenMetadataAllocationThrows) {
   // Every metadata allocation point of a cache hit (8 KiB) and of a new
-  // segment (3 MiB), in turn.
-  for (int k = 1; k <= 16; ++k) {
+  // segment (3 MiB), in turn; with expandable segments, of growing one.
+  for (int k = 1; k <= 32; ++k) {
     auto sim = Sim();
-    auto cache = Cache(sim);
+    CachingOptions options;
+    options.expandable_segments = k > 16;
+    auto cache = Cache(sim, options);
     Allocation keep = cache->Allocate(4 * kKiB).value();  // a segment with a free remainder
     const MemoryStats before = cache->stats();
     const std::string snap_before = cache->Snapshot().ToJson();
     int count = 0;
-    const int nth = k <= 8 ? k : k - 8;
+    const int nth = (k - 1) % 8 + 1;
     cache->SetMetadataAllocationHookForTesting([&] {
       if (++count == nth) throw std::bad_alloc();
     });
-    absl::StatusOr<Allocation> a = cache->Allocate(k <= 8 ? 8 * kKiB : 3 * kMiB);
+    absl::StatusOr<Allocation> a = cache->Allocate((k - 1) % 16 < 8 ? 8 * kKiB : 3 * kMiB);
     cache->SetMetadataAllocationHookForTesting(nullptr);
     if (!a.ok()) {
       EXPECT_EQ(a.status().code(), absl::StatusCode::kResourceExhausted) << a.status();
       EXPECT_EQ(cache->Snapshot().ToJson(), snap_before) << "state changed at k=" << k;
       EXPECT_EQ(cache->stats().reserved_bytes.current, before.reserved_bytes.current);
+      // (Physical chunks of expandable segments count as device bytes.)
       EXPECT_EQ(sim->Accounting().devices[0].device_bytes,
                 static_cast<std::size_t>(before.reserved_bytes.current))
           << "no device memory leaked at k=" << k;

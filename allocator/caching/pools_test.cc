@@ -39,7 +39,16 @@ TEST(SizeClassPool, RoundsToTheClassAndReusesOnTheSameStream) {
   EXPECT_EQ(s[1].hits, 1u);
   EXPECT_EQ(s[1].misses, 1u);
   EXPECT_EQ(s[1].slabs, 1u);
+  // The resource-wide stats are the sum over the classes, exactly.
+  const MemoryStats total = pool->stats();
+  EXPECT_EQ(total.cache_hits, 1u);
+  EXPECT_EQ(total.cache_misses, 1u);
+  EXPECT_EQ(total.active_blocks.current, 1);
+  EXPECT_EQ(total.allocated_bytes.current, 1024);
+  EXPECT_EQ(total.requested_bytes.current, 900);
+  EXPECT_EQ(total.segments.current, 1);
   ASSERT_TRUE(pool->Deallocate(b).ok());
+  EXPECT_EQ(pool->stats().active_blocks.current, 0);
 }
 
 // Found by the op properties once memory was used on streams: the pool took

@@ -299,6 +299,50 @@ TEST(PinnedHostAllocator, RefusedReleasesAreNotRetriedOnTheFreePath) {
   EXPECT_EQ(sim->Accounting().devices[1].pinned_bytes, 0u);
 }
 
+// A cached block serves a smaller request if it wastes at most an eighth
+// more than the request, and not beyond.
+TEST(PinnedHostAllocator, ACachedBlockServesRequestsUpToAnEighthSmaller) {
+  auto sim = Sim();
+  PinnedHostAllocator pinned(sim);
+  const std::size_t request = PinnedRoundUp(8 * 4096);
+  const std::size_t eighth_more = PinnedRoundUp(request + request / 8);
+  ASSERT_EQ(eighth_more - request, request / 8) << "the test needs an exact eighth";
+  PinnedBlock a = pinned.Allocate(eighth_more, 0).value();
+  ASSERT_TRUE(pinned.Deallocate(a).ok());
+  const std::uint64_t hits = pinned.stats().hits;
+  PinnedBlock b = pinned.Allocate(request, 0).value();
+  EXPECT_EQ(b.ptr, a.ptr) << "exactly an eighth more: reused";
+  EXPECT_EQ(pinned.stats().hits, hits + 1);
+  ASSERT_TRUE(pinned.Deallocate(b).ok());
+  PinnedBlock c = pinned.Allocate(PinnedRoundUp(request - 4096), 0).value();
+  EXPECT_NE(c.ptr, a.ptr) << "more than an eighth more: a new block";
+  ASSERT_TRUE(pinned.Deallocate(c).ok());
+}
+
+// Only running out of pinned memory gives the cache back for a retry; any
+// other failure is returned as it is, the cache untouched.
+TEST(PinnedHostAllocator, OnlyOutOfMemoryFlushesTheCache) {
+  auto sim = Sim();
+  auto faulty = std::make_shared<FailpointBackend>(sim, 1);
+  PinnedHostAllocator pinned(faulty);
+  PinnedBlock a = pinned.Allocate(4096, 0).value();
+  ASSERT_TRUE(pinned.Deallocate(a).ok());
+  const std::size_t cached = pinned.stats().cached_bytes;
+  ASSERT_GT(cached, 0u);
+  FaultRule lost = FaultRule::EveryNth(BackendOp::kHostAlloc, 1, FaultAction::kReturnError);
+  lost.code = absl::StatusCode::kInternal;
+  faulty->AddRule(lost);
+  const absl::Status st = pinned.Allocate(1 << 20, 0).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kInternal) << st;
+  EXPECT_EQ(pinned.stats().cached_bytes, cached) << "a non-OOM failure flushed the cache";
+  EXPECT_EQ(faulty->calls(BackendOp::kHostAlloc), 2u) << "and was not retried";
+  faulty->ClearRules();
+  faulty->AddRule(FaultRule::NthCall(BackendOp::kHostAlloc, 3, FaultAction::kReturnError));
+  PinnedBlock big = pinned.Allocate(1 << 20, 0).value();  // OOM once: flushed, retried
+  EXPECT_EQ(pinned.stats().cached_bytes, 0u);
+  ASSERT_TRUE(pinned.Deallocate(big).ok());
+}
+
 TEST(PinnedHostAllocator, BadInputIsRejected) {
   auto sim = Sim();
   PinnedHostAllocator pinned(sim);

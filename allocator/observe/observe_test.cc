@@ -94,6 +94,87 @@ TEST(TraceRecorder, RecordsEveryAllocateAndFreeForReplay) {
   EXPECT_FALSE(TraceRecorder::Create(cache, "/nonexistent-dir/x.trace").ok());
 }
 
+// An upstream whose frees fail (a device gone, say): a stand-in resource,
+// since no shipped one fails a free of its own live block on demand.
+class RefusingFrees final : public MemoryResource {
+ public:
+  explicit RefusingFrees(std::shared_ptr<MemoryResource> inner) : inner_(std::move(inner)) {}
+  bool refuse = false;
+  absl::string_view name() const override { return "refusing-frees"; }
+  DeviceIndex device() const override { return inner_->device(); }
+  std::size_t alignment() const override { return inner_->alignment(); }
+  MemoryStats stats() const override { return inner_->stats(); }
+
+ private:
+  absl::StatusOr<Allocation> DoAllocate(std::size_t bytes, Stream stream) override {
+    return inner_->Allocate(bytes, stream);
+  }
+  absl::Status DoDeallocate(const Allocation& allocation, Stream stream) override {
+    if (refuse) return absl::UnavailableError("refusing-frees: device lost");
+    return inner_->Deallocate(allocation, stream);
+  }
+  std::shared_ptr<MemoryResource> inner_;
+};
+
+// The observers pass an upstream's failed free back to the caller, and keep
+// the block live (it still is), so a later free succeeds.
+TEST(TraceRecorder, AFailedUpstreamFreeIsReturnedAndTheBlockStaysLive) {
+  const std::string path = std::string(std::getenv("TEST_TMPDIR")) + "/failed_free.trace";
+  auto upstream = std::make_shared<RefusingFrees>(Cache());
+  auto recorder = TraceRecorder::Create(upstream, path).value();
+  Allocation a = recorder->Allocate(1000).value();
+  upstream->refuse = true;
+  const absl::Status st = recorder->Deallocate(a);
+  EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable) << st;
+  upstream->refuse = false;
+  EXPECT_TRUE(recorder->Deallocate(a).ok()) << "still live after the failed free";
+  recorder.reset();
+  absl::StatusOr<std::vector<TraceEvent>> events = ParseTrace(ReadFile(path));
+  ASSERT_TRUE(events.ok()) << events.status();
+  EXPECT_TRUE(ValidateTrace(*events).ok()) << "the trace stays replayable";
+
+  TrackingAdaptor tracked(upstream);
+  Allocation b = tracked.Allocate(2048).value();
+  upstream->refuse = true;
+  EXPECT_EQ(tracked.Deallocate(b).code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(tracked.live_count(), 1u);
+  EXPECT_NE(tracked.Report().find("(2.0 KiB)"), std::string::npos) << tracked.Report();
+  upstream->refuse = false;
+  EXPECT_TRUE(tracked.Deallocate(b).ok());
+}
+
+// The binary format is recognised by its magic alone; a file cut inside the
+// header, or with another magic, is refused as such.
+TEST(TraceFormat, HeaderOnlyShortAndForeignFilesAreToldApart) {
+  const std::string header = EncodeTraceHeader();
+  ASSERT_EQ(header.size(), kTraceHeaderBytes);
+  absl::StatusOr<std::vector<TraceEvent>> empty = ParseTrace(header);
+  ASSERT_TRUE(empty.ok()) << empty.status();
+  EXPECT_TRUE(empty->empty());
+  for (std::size_t cut : {std::size_t{8}, kTraceHeaderBytes - 1}) {
+    const absl::Status st = ParseTrace(header.substr(0, cut)).status();
+    EXPECT_NE(st.message().find("GPUTRACE"), absl::string_view::npos) << cut << ": " << st;
+    EXPECT_NE(st.message().find("offset 0"), absl::string_view::npos) << cut << ": " << st;
+  }
+  std::string foreign = header;
+  foreign[0] = 'X';
+  const absl::Status st = DecodeTrace(foreign).status();
+  EXPECT_NE(st.message().find("bad magic"), absl::string_view::npos) << st;
+}
+
+// Sizes in reports switch units exactly at 1 KiB and 1 MiB.
+TEST(TrackingAdaptor, ReportsSizesInTheUnitTheyReach) {
+  auto cache = Cache();
+  TrackingAdaptor tracked(cache);
+  for (const auto& [bytes, says] : std::vector<std::pair<std::size_t, std::string>>{
+           {1023, "(1023 B)"}, {1024, "(1.0 KiB)"}, {(1 << 20) - 512, "(1023.5 KiB)"},
+           {1 << 20, "(1.0 MiB)"}}) {
+    Allocation a = tracked.Allocate(bytes).value();
+    EXPECT_NE(tracked.Report().find(says), std::string::npos) << bytes << ": " << tracked.Report();
+    ASSERT_TRUE(tracked.Deallocate(a).ok());
+  }
+}
+
 TEST(TraceFormat, CorruptAndTruncatedFilesNameTheOffendingOffset) {
   std::string trace = EncodeTraceHeader();
   TraceEvent e;

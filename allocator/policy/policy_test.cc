@@ -81,8 +81,16 @@ TEST(LimitingAdaptor, OnlyTagRuleAppliesToThatTagAlone) {
   auto cache = Cache();
   LimitingAdaptor limited(cache, {{LimitScope::kTag, 1 * kMiB, LimitMode::kHard, "small"}});
   Allocation big = limited.Allocate(8 * kMiB).value();  // untagged: no limit
+  Allocation other;
+  {
+    ScopedAllocationTag o("other");
+    other = limited.Allocate(4 * kMiB).value();  // another tag: no limit either
+  }
   ScopedAllocationTag t("small");
   EXPECT_FALSE(limited.Allocate(2 * kMiB).ok());
+  Allocation fits = limited.Allocate(1 * kMiB).value() ;  // nothing else counted against "small"
+  ASSERT_TRUE(limited.Deallocate(fits).ok());
+  ASSERT_TRUE(limited.Deallocate(other).ok());
   ASSERT_TRUE(limited.Deallocate(big).ok());
 }
 
@@ -149,6 +157,7 @@ TEST(PressureAdaptor, LevelsRiseWithUtilisationAndReactionsRunOnTheWayUp) {
   EXPECT_EQ(seen, (std::vector<PressureLevel>{PressureLevel::kElevated, PressureLevel::kWarning}));
   ASSERT_TRUE(p->Deallocate(b).ok());  // cached: reserved stays 72
   EXPECT_EQ(p->level(), PressureLevel::kWarning);
+  EXPECT_EQ(seen.size(), 2u) << "staying at a level runs no reaction again";
   // 21 MiB does not fit the cached 20 MiB block: a 22 MiB segment makes 94
   // reserved, Critical, and the reaction returns the cached 20 MiB.
   Allocation d = p->Allocate(21 * kMiB).value();
@@ -185,6 +194,27 @@ TEST(PressureAdaptor, BadOptionsAreRejected) {
   o.capacity_bytes = kMiB;
   o.thresholds = {0.5, 0.4, 0.9, 0.95};
   EXPECT_FALSE(PressureAdaptor::Create(cache, o).ok()) << "not increasing";
+  o.thresholds = {0.5, 0.7, 0.9, 1.0};
+  EXPECT_TRUE(PressureAdaptor::Create(cache, o).ok()) << "1 is the last allowed threshold";
+  o.thresholds = {0.5, 0.7, 0.9, 1.01};
+  EXPECT_FALSE(PressureAdaptor::Create(cache, o).ok()) << "over 1";
+  o.thresholds = {0.5, 0.7, 0.9, 1.0};
+  for (double ok_target : {0.0, 1.0}) {
+    o.shrink_target = ok_target;
+    EXPECT_TRUE(PressureAdaptor::Create(cache, o).ok()) << ok_target;
+  }
+  for (double bad_target : {-0.01, 1.01}) {
+    o.shrink_target = bad_target;
+    EXPECT_FALSE(PressureAdaptor::Create(cache, o).ok()) << bad_target;
+  }
+}
+
+// `only_tag` narrows tag rules alone: a resource rule that names a tag still
+// limits everything.
+TEST(LimitingAdaptor, OnlyTagDoesNotNarrowAResourceRule) {
+  auto cache = Cache();
+  LimitingAdaptor limited(cache, {{LimitScope::kResource, 1 * kMiB, LimitMode::kHard, "small"}});
+  EXPECT_FALSE(limited.Allocate(2 * kMiB).ok()) << "untagged, yet over the resource limit";
 }
 
 }  // namespace

@@ -1,7 +1,9 @@
 #include <cstdio>
+#include <functional>
 #include <numeric>
 #include <vector>
 
+#include "allocator/backend/failpoints/failpoint_backend.h"
 #include "allocator/backend/sim/sim_backend.h"
 #include "allocator/caching/caching_allocator.h"
 #include "allocator/transfer/staging_pipeline.h"
@@ -97,6 +99,62 @@ TEST(Transfers, BadInputIsAnErrorNeverACorruption) {
   absl::StatusOr<Completion> from_freed = t.ToHost(host.data(), Span(freed), 0, 16, s0);
   ASSERT_FALSE(from_freed.ok());
   EXPECT_NE(from_freed.status().message().find("freed"), absl::string_view::npos);
+}
+
+// A backend call that fails inside a transfer is the transfer's error, never
+// swallowed: each call each operation makes is failed in turn.
+TEST(Transfers, EveryFailedBackendCallIsReturned) {
+  Env env;
+  auto faulty = std::make_shared<FailpointBackend>(env.sim, 1);
+  Transfers t(faulty);
+  const Stream s = Stream::Default(0);
+  DeviceBuffer a = DeviceBuffer::Create(env.cache, 4096, s).value();
+  DeviceBuffer b = DeviceBuffer::Create(env.cache, 4096, s).value();
+  std::vector<unsigned char> host(4096, 7);
+  const std::vector<std::pair<const char*, std::function<absl::Status()>>> operations = {
+      {"ToDevice", [&] { return t.ToDevice(Span(a), 0, host.data(), 4096, s).status(); }},
+      {"ToHost", [&] { return t.ToHost(host.data(), Span(a), 0, 4096, s).status(); }},
+      {"DeviceToDevice", [&] { return t.DeviceToDevice(Span(b), 0, Span(a), 0, 4096, s).status(); }},
+      {"Fill", [&] { return t.Fill(Span(a), 0, 1, 4096, s).status(); }},
+      {"ToDeviceSync", [&] { return t.ToDeviceSync(Span(a), 0, host.data(), 4096, s); }},
+      {"ToHostSync", [&] { return t.ToHostSync(host.data(), Span(a), 0, 4096, s); }},
+  };
+  int faults_seen = 0;
+  for (const auto& [name, run] : operations) {
+    for (int op = 0; op < kBackendOpCount; ++op) {
+      // The completion's event is destroyed by its destructor, which has no
+      // caller to return to.
+      if (static_cast<BackendOp>(op) == BackendOp::kEventDestroy) continue;
+      faulty->ClearRules();
+      faulty->AddRule(FaultRule::EveryNth(static_cast<BackendOp>(op), 1, FaultAction::kReturnError));
+      const std::uint64_t fired = faulty->faults_fired();
+      const absl::Status st = run();
+      faulty->ClearRules();
+      if (faulty->faults_fired() == fired) continue;  // this operation makes no such call
+      ++faults_seen;
+      EXPECT_FALSE(st.ok()) << name << ": the failed call of op " << op << " was swallowed";
+    }
+  }
+  EXPECT_GE(faults_seen, 12) << "each operation copies or fills and records an event";
+  ASSERT_TRUE(env.sim->SynchronizeStream(s).ok());
+}
+
+TEST(StagingPipeline, AFailedWaitOnTheProducerIsReturned) {
+  Env env;
+  auto faulty = std::make_shared<FailpointBackend>(env.sim, 1);
+  auto pinned = std::make_shared<PinnedHostAllocator>(env.sim);
+  auto pipeline = StagingPipeline::Create(faulty, pinned, 0, 4096).value();
+  Stream compute = env.sim->CreateStream(0).value();
+  DeviceBuffer batch = DeviceBuffer::Create(env.cache, 4096, compute).value();
+  std::vector<unsigned char> out(4096);
+  faulty->AddRule(FaultRule::EveryNth(BackendOp::kStreamWaitEvent, 1, FaultAction::kReturnError));
+  EXPECT_FALSE(pipeline->Submit(Span(batch), compute, out.data()).ok())
+      << "the copy cannot be ordered after the producer: it must not run";
+  faulty->ClearRules();
+  ASSERT_TRUE(pipeline->Finish().ok());
+  pipeline.reset();
+  batch.Reset().IgnoreError();
+  ASSERT_TRUE(env.sim->DestroyStream(compute).ok());
 }
 
 TEST(StagingPipeline, StreamsBatchesToTheHostWhileTheNextOnesCompute) {

@@ -5,6 +5,8 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <functional>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -38,6 +40,175 @@ TEST(SimBackend, AccountingReturnsToZeroAfterEverythingIsFreed) {
   SimAccounting end = sim.Accounting();
   EXPECT_TRUE(end.AllReleased()) << end.Describe();
   EXPECT_EQ(end.devices[1].peak_device_bytes, 3072u);
+}
+
+// The harness's leak verdicts rest on AllReleased and Describe: each kind of
+// resource, held alone, must make the first false and be named by the second.
+TEST(SimBackend, EachKindOfLiveResourceAloneIsReportedAsALeak) {
+  struct Kind {
+    const char* name;
+    std::function<std::function<void()>(SimBackend&)> hold;  // returns the release
+  };
+  const std::vector<Kind> kinds = {
+      {"device bytes", [](SimBackend& s) {
+         void* p = s.Malloc(1, 4096).value();
+         return std::function<void()>([&s, p] { ASSERT_TRUE(s.Free(1, p).ok()); });
+       }},
+      {"managed", [](SimBackend& s) {
+         void* p = s.MallocManaged(1, 4096).value();
+         return std::function<void()>([&s, p] { ASSERT_TRUE(s.Free(1, p).ok()); });
+       }},
+      {"pinned", [](SimBackend& s) {
+         void* p = s.HostAlloc(1, 4096).value();
+         return std::function<void()>([&s, p] { ASSERT_TRUE(s.HostFree(1, p).ok()); });
+       }},
+      {"VM reserved", [](SimBackend& s) {
+         const std::uintptr_t a = s.VmReserve(1, 2 << 20).value();
+         return std::function<void()>([&s, a] { ASSERT_TRUE(s.VmRelease(a, 2 << 20).ok()); });
+       }},
+      {"VM physical", [](SimBackend& s) {
+         const PhysicalChunk c = s.VmCreate(1, 2 << 20).value();
+         return std::function<void()>([&s, c] { ASSERT_TRUE(s.VmReleasePhysical(c).ok()); });
+       }},
+      {"streams", [](SimBackend& s) {
+         const Stream st = s.CreateStream(1).value();
+         return std::function<void()>([&s, st] { ASSERT_TRUE(s.DestroyStream(st).ok()); });
+       }},
+      {"events", [](SimBackend& s) {
+         const Event e = s.CreateEvent(1).value();
+         return std::function<void()>([&s, e] { ASSERT_TRUE(s.DestroyEvent(e).ok()); });
+       }},
+  };
+  for (const Kind& kind : kinds) {
+    SimBackend sim(TwoSmallDevices());
+    std::function<void()> release = kind.hold(sim);
+    SimAccounting held = sim.Accounting();
+    EXPECT_FALSE(held.AllReleased()) << kind.name;
+    EXPECT_NE(held.Describe().find(kind.name), std::string::npos) << kind.name << ": "
+                                                                    << held.Describe();
+    release();
+    SimAccounting after = sim.Accounting();
+    EXPECT_TRUE(after.AllReleased()) << kind.name << ": " << after.Describe();
+    EXPECT_EQ(after.Describe(), "sim: nothing outstanding\n") << kind.name;
+  }
+}
+
+// The benchmarks' and tests' "device calls" come from these counters: every
+// call counts once, under its own op and no other.
+TEST(SimBackend, EveryCallIsCountedOnceUnderItsOwnOp) {
+  SimBackend sim(TwoSmallDevices());
+  const Stream stream = sim.CreateStream(0).value();
+  const Event event = sim.CreateEvent(0).value();
+  void* device = sim.Malloc(0, 4096).value();
+  void* managed = sim.MallocManaged(0, 4096).value();
+  void* host = sim.HostAlloc(0, 4096).value();
+  const std::uintptr_t va = sim.VmReserve(0, 2 << 20).value();
+  const PhysicalChunk chunk = sim.VmCreate(0, 2 << 20).value();
+  void* async = nullptr;
+  const std::vector<std::pair<BackendOp, std::function<absl::Status()>>> calls = {
+      {BackendOp::kDeviceCount, [&] { return sim.DeviceCount().status(); }},
+      {BackendOp::kDeviceProperties, [&] { return sim.GetDeviceProperties(0).status(); }},
+      {BackendOp::kMemoryInfo, [&] { return sim.GetMemoryInfo(0).status(); }},
+      {BackendOp::kSetDevice, [&] { return sim.SetDevice(0); }},
+      {BackendOp::kGetDevice, [&] { return sim.GetDevice().status(); }},
+      {BackendOp::kMallocAsync, [&] {
+         absl::StatusOr<void*> p = sim.MallocAsync(4096, stream);
+         if (p.ok()) async = *p;
+         return p.status();
+       }},
+      {BackendOp::kFreeAsync, [&] { return sim.FreeAsync(async, stream); }},
+      {BackendOp::kPrefetch, [&] { return sim.Prefetch(managed, 4096, 0, stream); }},
+      {BackendOp::kStreamSynchronize, [&] { return sim.SynchronizeStream(stream); }},
+      {BackendOp::kStreamWaitEvent, [&] { return sim.StreamWaitEvent(stream, event); }},
+      {BackendOp::kEventRecord, [&] { return sim.RecordEvent(event, stream); }},
+      {BackendOp::kEventSynchronize, [&] { return sim.SynchronizeEvent(event); }},
+      {BackendOp::kEventQuery, [&] { return sim.QueryEvent(event).status(); }},
+      {BackendOp::kMemcpy, [&] { return sim.Memcpy(host, device, 64, CopyKind::kDeviceToHost); }},
+      {BackendOp::kMemcpyAsync,
+       [&] { return sim.MemcpyAsync(device, host, 64, CopyKind::kHostToDevice, stream); }},
+      {BackendOp::kMemset, [&] { return sim.Memset(device, 1, 64); }},
+      {BackendOp::kMemsetAsync, [&] { return sim.MemsetAsync(device, 2, 64, stream); }},
+      {BackendOp::kDeviceSynchronize, [&] { return sim.DeviceSynchronize(0); }},
+      {BackendOp::kVmMap, [&] { return sim.VmMap(va, chunk); }},
+      {BackendOp::kVmSetAccess, [&] { return sim.VmSetAccess(va, 2 << 20, 0); }},
+      {BackendOp::kVmUnmap, [&] { return sim.VmUnmap(va, 2 << 20); }},
+      {BackendOp::kVmReleasePhysical, [&] { return sim.VmReleasePhysical(chunk); }},
+      {BackendOp::kVmRelease, [&] { return sim.VmRelease(va, 2 << 20); }},
+      {BackendOp::kFree, [&] { return sim.Free(0, device); }},
+      {BackendOp::kFree, [&] { return sim.Free(0, managed); }},
+      {BackendOp::kHostFree, [&] { return sim.HostFree(0, host); }},
+      {BackendOp::kEventDestroy, [&] { return sim.DestroyEvent(event); }},
+      {BackendOp::kStreamDestroy, [&] { return sim.DestroyStream(stream); }},
+  };
+  for (const auto& [op, call] : calls) {
+    const SimAccounting before = sim.Accounting();
+    const absl::Status st = call();
+    ASSERT_TRUE(st.ok()) << static_cast<int>(op) << ": " << st;
+    const SimAccounting after = sim.Accounting();
+    for (int other = 0; other < kBackendOpCount; ++other) {
+      const BackendOp o = static_cast<BackendOp>(other);
+      EXPECT_EQ(after.calls_to(o) - before.calls_to(o), o == op ? 1u : 0u)
+          << "op " << other << " after the call of op " << static_cast<int>(op);
+    }
+    // Unmeasured: the next call (a synchronous copy or fill of the same
+    // bytes) must not race this one's queued work.
+    if (op != BackendOp::kStreamDestroy) {
+      ASSERT_TRUE(sim.SynchronizeStream(stream).ok());
+    }
+  }
+  EXPECT_TRUE(sim.CheckStreamOrder().ok()) << sim.CheckStreamOrder();
+  EXPECT_TRUE(sim.Accounting().AllReleased()) << sim.Accounting().Describe();
+  const SimAccounting totals = sim.Accounting();
+  for (BackendOp op : {BackendOp::kMalloc, BackendOp::kMallocManaged, BackendOp::kHostAlloc,
+                       BackendOp::kVmReserve, BackendOp::kVmCreate, BackendOp::kStreamCreate,
+                       BackendOp::kEventCreate}) {
+    EXPECT_EQ(totals.calls_to(op), 1u) << static_cast<int>(op);
+  }
+}
+
+// Each way a call can name memory it may not act on is refused, and the
+// memory stays as it was.
+TEST(SimBackend, CallsOnTheWrongKindOrRangeOfMemoryAreRefused) {
+  SimBackend sim(TwoSmallDevices());
+  const Stream stream = sim.CreateStream(0).value();
+  void* device = sim.Malloc(0, 4096).value();
+  void* managed = sim.MallocManaged(0, 4096).value();
+  void* host = sim.HostAlloc(0, 4096).value();
+  EXPECT_EQ(sim.FreeAsync(managed, stream).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(sim.FreeAsync(host, stream).code(), absl::StatusCode::kInvalidArgument);
+  auto* m = static_cast<const unsigned char*>(managed);
+  EXPECT_FALSE(sim.Prefetch(device, 64, 0, stream).ok()) << "not managed memory";
+  EXPECT_FALSE(sim.Prefetch(m, 0, 0, stream).ok()) << "zero bytes";
+  EXPECT_FALSE(sim.Prefetch(m + 64, 4096, 0, stream).ok()) << "runs past the allocation";
+  EXPECT_FALSE(sim.Prefetch(m - 64, 64, 0, stream).ok()) << "starts before it";
+  EXPECT_TRUE(sim.Prefetch(m + 64, 4032, 0, stream).ok()) << "exactly to its end";
+  const std::uintptr_t va = sim.VmReserve(0, 2 << 20).value();
+  EXPECT_EQ(sim.VmRelease(va, 4 << 20).code(), absl::StatusCode::kInvalidArgument) << "wrong size";
+  EXPECT_EQ(sim.VmRelease(va + 4096, 2 << 20).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(sim.VmRelease(va, 2 << 20).ok()) << "still reserved after the refusals";
+  ASSERT_TRUE(sim.SynchronizeStream(stream).ok());
+  EXPECT_TRUE(sim.Free(0, device).ok());
+  EXPECT_TRUE(sim.Free(0, managed).ok());
+  EXPECT_TRUE(sim.HostFree(0, host).ok());
+  EXPECT_TRUE(sim.DestroyStream(stream).ok());
+  EXPECT_TRUE(sim.Accounting().AllReleased()) << sim.Accounting().Describe();
+}
+
+// A backend destroyed with memory still live says so and releases it: each
+// kind alone (device memory, a VM reservation, a physical chunk).
+TEST(SimBackend, DestructionWithLiveMemoryReportsAndReleasesEachKind) {
+  for (int kind = 0; kind < 3; ++kind) {
+    testing::internal::CaptureStderr();
+    {
+      SimBackend sim(TwoSmallDevices());
+      const absl::Status held = kind == 0   ? sim.Malloc(1, 4096).status()
+                                : kind == 1 ? sim.VmReserve(1, 2 << 20).status()
+                                            : sim.VmCreate(1, 2 << 20).status();
+      ASSERT_TRUE(held.ok()) << held;
+    }
+    const std::string said = testing::internal::GetCapturedStderr();
+    EXPECT_NE(said.find("still live at destruction"), std::string::npos) << kind << ": " << said;
+  }
 }
 
 TEST(SimBackend, CapacityAndFragmentationProduceOutOfMemory) {
@@ -86,6 +257,15 @@ TEST(SimBackend, ZeroAndOverflowingSizesAreRejected) {
   EXPECT_EQ(sim.Malloc(0, ~std::size_t{0} - 3).status().code(),
             absl::StatusCode::kResourceExhausted);
   EXPECT_FALSE(sim.HostAlloc(0, 0).ok());
+  // Sizes whose rounding or guards would wrap: refused as overflowing, not
+  // served as a tiny block.
+  for (std::size_t absurd : {~std::size_t{0}, ~std::size_t{0} - 3, ~std::size_t{0} - 600}) {
+    for (auto st : {sim.Malloc(0, absurd).status(), sim.HostAlloc(0, absurd).status(),
+                    sim.MallocManaged(0, absurd).status()}) {
+      EXPECT_EQ(st.code(), absl::StatusCode::kResourceExhausted) << absurd;
+      EXPECT_NE(st.message().find("overflows"), absl::string_view::npos) << st;
+    }
+  }
   EXPECT_TRUE(sim.Accounting().AllReleased());
 }
 
@@ -101,6 +281,30 @@ TEST(SimBackend, OverrunIsDetectedByGuardBytesAtFree) {
   EXPECT_NE(st.message().find("overrun"), absl::string_view::npos);
   EXPECT_EQ(sim.Accounting().guard_violations, 1u);
   EXPECT_TRUE(sim.Accounting().AllReleased()) << "the memory is still returned";
+}
+
+// Every guard byte is checked, the first and the last on each side, and the
+// slack between the request and the rounded size too.
+TEST(SimBackend, AWriteToAnyGuardByteIsAnOverrun) {
+  SimOptions options = TwoSmallDevices();
+  const std::size_t guard = options.guard_bytes;
+  const std::size_t rounded = 1024;  // 1000 bytes at the 512-byte granularity
+  for (std::ptrdiff_t offset : {std::ptrdiff_t{-1}, -static_cast<std::ptrdiff_t>(guard),
+                                std::ptrdiff_t{1000}, std::ptrdiff_t{rounded - 1},
+                                static_cast<std::ptrdiff_t>(rounded),
+                                static_cast<std::ptrdiff_t>(rounded + guard - 1)}) {
+    SimBackend sim(options);
+    auto* p = static_cast<unsigned char*>(sim.Malloc(0, 1000).value());
+    p[offset] = 0;
+    const absl::Status st = sim.Free(0, p);
+    EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss) << "offset " << offset;
+    EXPECT_EQ(sim.Accounting().guard_violations, 1u) << "offset " << offset;
+  }
+  SimBackend sim(options);
+  auto* p = static_cast<unsigned char*>(sim.Malloc(0, 1000).value());
+  p[999] = 0;  // the last byte of the request is the caller's
+  EXPECT_TRUE(sim.Free(0, p).ok());
+  EXPECT_EQ(sim.Accounting().guard_violations, 0u);
 }
 #endif
 
@@ -118,6 +322,14 @@ TEST(SimBackend, CopyDirectionAndBoundsAreChecked) {
   EXPECT_FALSE(sim.Memcpy(nullptr, d, 16, CopyKind::kDeviceToHost).ok());
   EXPECT_FALSE(sim.Memset(host.data(), 0, 16).ok()) << "memset of host memory";
   EXPECT_TRUE(sim.Memcpy(d, host.data(), 1024, CopyKind::kHostToDevice).ok());
+  // Device to device: either side running past its allocation is refused.
+  void* big = sim.Malloc(0, 4096).value();
+  EXPECT_EQ(sim.Memcpy(d, big, 2048, CopyKind::kDeviceToDevice).code(),
+            absl::StatusCode::kInvalidArgument) << "destination too small";
+  EXPECT_EQ(sim.Memcpy(big, d, 2048, CopyKind::kDeviceToDevice).code(),
+            absl::StatusCode::kInvalidArgument) << "source too small";
+  EXPECT_TRUE(sim.Memcpy(big, d, 1024, CopyKind::kDeviceToDevice).ok());
+  EXPECT_TRUE(sim.Free(0, big).ok());
   EXPECT_TRUE(sim.Free(0, d).ok());
 }
 
@@ -236,15 +448,55 @@ TEST(SimBackend, ManagedMemoryCountsPageMigrations) {
   EXPECT_TRUE(sim.Accounting().AllReleased());
 }
 
+// Each priced call waits at least its price (a lower bound: sleeping never
+// makes a call faster, so this holds on any machine).
 TEST(SimBackend, CostModelAddsLatencyPerCall) {
-  SimOptions o = TwoSmallDevices();
-  o.cost.malloc_ns = 2'000'000;  // 2 ms
-  SimBackend sim(o);
-  const auto start = std::chrono::steady_clock::now();
-  void* p = sim.Malloc(0, 256).value();
-  const auto elapsed = std::chrono::steady_clock::now() - start;
-  EXPECT_GE(elapsed, std::chrono::milliseconds(2));
-  ASSERT_TRUE(sim.Free(0, p).ok());
+  using Clock = std::chrono::steady_clock;
+  struct Priced {
+    const char* call;
+    std::int64_t SimCostModel::*price;
+    std::function<void(SimBackend&, Stream)> run;
+  };
+  const std::vector<Priced> priced = {
+      {"Malloc", &SimCostModel::malloc_ns,
+       [](SimBackend& s, Stream) { EXPECT_TRUE(s.Free(0, s.Malloc(0, 256).value()).ok()); }},
+      {"MallocManaged", &SimCostModel::malloc_ns,
+       [](SimBackend& s, Stream) { EXPECT_TRUE(s.Free(0, s.MallocManaged(0, 256).value()).ok()); }},
+      {"MallocAsync", &SimCostModel::malloc_ns, [](SimBackend& s, Stream st) {
+         EXPECT_TRUE(s.FreeAsync(s.MallocAsync(256, st).value(), st).ok());
+       }},
+      {"VmCreate", &SimCostModel::malloc_ns, [](SimBackend& s, Stream) {
+         EXPECT_TRUE(s.VmReleasePhysical(s.VmCreate(0, 2 << 20).value()).ok());
+       }},
+      {"Free", &SimCostModel::free_ns, [](SimBackend& s, Stream) {
+         void* p = s.Malloc(0, 256).value();
+         EXPECT_TRUE(s.Free(0, p).ok());
+       }},
+      {"HostAlloc", &SimCostModel::host_alloc_ns,
+       [](SimBackend& s, Stream) { EXPECT_TRUE(s.HostFree(0, s.HostAlloc(0, 256).value()).ok()); }},
+      {"HostFree", &SimCostModel::host_free_ns,
+       [](SimBackend& s, Stream) { EXPECT_TRUE(s.HostFree(0, s.HostAlloc(0, 256).value()).ok()); }},
+      {"SynchronizeStream", &SimCostModel::synchronize_ns,
+       [](SimBackend& s, Stream st) { EXPECT_TRUE(s.SynchronizeStream(st).ok()); }},
+      {"DeviceSynchronize", &SimCostModel::synchronize_ns,
+       [](SimBackend& s, Stream) { EXPECT_TRUE(s.DeviceSynchronize(0).ok()); }},
+      {"RecordEvent", &SimCostModel::event_ns, [](SimBackend& s, Stream st) {
+         const Event e = s.CreateEvent(0).value();
+         EXPECT_TRUE(s.RecordEvent(e, st).ok());
+         EXPECT_TRUE(s.SynchronizeEvent(e).ok());
+         EXPECT_TRUE(s.DestroyEvent(e).ok());
+       }},
+  };
+  for (const Priced& p : priced) {
+    SimOptions o = TwoSmallDevices();
+    o.cost.*p.price = 2'000'000;  // 2 ms on this call's price alone
+    SimBackend sim(o);
+    const Stream stream = sim.CreateStream(0).value();
+    const auto start = Clock::now();
+    p.run(sim, stream);
+    EXPECT_GE(Clock::now() - start, std::chrono::milliseconds(2)) << p.call;
+    EXPECT_TRUE(sim.DestroyStream(stream).ok());
+  }
 }
 
 TEST(SimBackend, UnknownStreamsAndEventsAreRejected) {

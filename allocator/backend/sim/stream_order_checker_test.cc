@@ -49,6 +49,28 @@ TEST(StreamOrderChecker, IsOnByDefaultAndCanBeSwitchedOff) {
   EXPECT_TRUE(off.CheckStreamOrder().ok());
 }
 
+// Fresh memory forgets its history exactly over its own range: a range that
+// starts or ends inside an older access keeps the rest of that access.
+TEST(StreamOrderChecker, ForgettingPartOfAnAccessKeepsTheRest) {
+  for (int tail = 0; tail < 2; ++tail) {
+    StreamOrderChecker checker(StreamOrderChecker::Options{});
+    const int a = checker.ActorFor(Stream{0x100, 0});
+    const int b = checker.ActorFor(Stream{0x200, 0});
+    const std::uintptr_t base = 0x10000;
+    const RangeAccess whole{base, 300, AccessMode::kWrite, {}};
+    checker.Enqueue(a, {&whole, 1}, "a writes [0, 300)");
+    // Forget the middle third; then b writes it (fresh: fine), and the end
+    // (tail=1) or the start (tail=0), which a's write still covers.
+    checker.Forget(base + 100, 100);
+    const RangeAccess middle{base + 100, 100, AccessMode::kWrite, {}};
+    checker.Enqueue(b, {&middle, 1}, "b writes the forgotten middle");
+    EXPECT_EQ(checker.stats().violations, 0u) << "tail " << tail;
+    const RangeAccess kept{tail ? base + 200 : base, 100, AccessMode::kWrite, {}};
+    checker.Enqueue(b, {&kept, 1}, "b writes a part still remembered");
+    EXPECT_EQ(checker.stats().violations, 1u) << "tail " << tail;
+  }
+}
+
 TEST(StreamOrderChecker, TwoStreamsWritingWithoutOrderAreReportedNamingBoth) {
   SimBackend sim(Options());
   const Stream s = sim.CreateStream(0).value();

@@ -1,5 +1,6 @@
 #include "allocator/backend/testing/backend_contract.h"
 
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <thread>
@@ -72,6 +73,26 @@ TEST_P(BackendContract, AsyncCopiesRunInStreamOrderAndEventsTrackThem) {
   EXPECT_TRUE(backend_->Free(0, *dev).ok());
   EXPECT_TRUE(backend_->HostFree(0, *host).ok());
   EXPECT_TRUE(backend_->DestroyEvent(*event).ok());
+  EXPECT_TRUE(backend_->DestroyStream(*stream).ok());
+}
+
+// A host function is either run in stream order or refused: a backend that
+// said yes and never ran it would leave a caller (the GPU tests' stream
+// gates) waiting for nothing.
+TEST_P(BackendContract, HostFunctionsRunInStreamOrderOrAreRefused) {
+  absl::StatusOr<Stream> stream = backend_->CreateStream(0);
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  std::atomic<int> ran{0};
+  const absl::Status st = backend_->LaunchHostFunc(
+      *stream, [](void* count) { static_cast<std::atomic<int>*>(count)->fetch_add(1); }, &ran);
+  if (st.ok()) {
+    ASSERT_TRUE(backend_->SynchronizeStream(*stream).ok());
+    EXPECT_EQ(ran.load(), 1);
+  } else {
+    EXPECT_EQ(st.code(), absl::StatusCode::kUnimplemented) << st;
+    EXPECT_NE(st.message().find("host functions"), absl::string_view::npos) << st;
+    EXPECT_EQ(ran.load(), 0);
+  }
   EXPECT_TRUE(backend_->DestroyStream(*stream).ok());
 }
 
