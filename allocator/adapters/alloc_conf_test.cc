@@ -58,6 +58,8 @@ TEST(AllocConf, BadInputIsAnErrorNamingThePair) {
                         Case{"limit_mb:12abc", "limit_mb:12abc"},
                         Case{"gc_threshold:1.5", "gc_threshold:1.5"},
                         Case{"gc_threshold:nan", "gc_threshold:nan"},
+                        Case{"gc_threshold:0", "between 0 and 1 (exclusive)"},
+                        Case{"gc_threshold:1", "between 0 and 1 (exclusive)"},
                         Case{"limit_mb", "expected key:value"},
                         Case{"limit_mb:1,limit_mb:2", "given twice"}}) {
     absl::StatusOr<CachingOptions> o = ApplyAllocConf(c.conf, CachingOptions{});

@@ -104,8 +104,13 @@ TEST(TorchPluggableAllocator, ServesTheCallersStreamsAndReusesAcrossThem) {
   void* a = abi.malloc_fn(size_t{1} << 20, 1, side);
   ASSERT_NE(a, nullptr);
   abi.free_fn(a, size_t{1} << 20, 1, side);
+  std::vector<long long> before(11), after(11);
+  ASSERT_EQ(abi.stats(1, before.data(), 11), 11);
   void* b = abi.malloc_fn(size_t{1} << 20, 1, copy);
   ASSERT_NE(b, nullptr);
+  ASSERT_EQ(abi.stats(1, after.data(), 11), 11);
+  EXPECT_EQ(b, a) << "the block freed on `side` is reused";
+  EXPECT_EQ(after[9], before[9] + 1) << "by another stream: each handle is a stream of its own";
   abi.free_fn(b, size_t{1} << 20, 1, copy);
   EXPECT_EQ(abi.errors(), errors_before) << "no call failed";
   EXPECT_EQ(abi.allocated(0), 0);

@@ -852,6 +852,10 @@ TEST(CachingAllocator, ABlockLeavingPendingEventsOverALoweredLimitIsReleased) {
   auto cache = Cache(sim);
   Stream s = sim->CreateStream(0).value();
   Stream t = sim->CreateStream(0).value();
+  // A live small block keeps its 2 MiB segment, so the request that later
+  // sees t's work complete is served from it, with no new segment (whose own
+  // limit check would hide a missing one).
+  Allocation keep = cache->Allocate(4 * kKiB, s).value();
   Allocation a = cache->Allocate(12 * kMiB, s).value();
   ASSERT_TRUE(cache->RecordStream(a, t).ok());
   {
@@ -859,18 +863,63 @@ TEST(CachingAllocator, ABlockLeavingPendingEventsOverALoweredLimitIsReleased) {
     ASSERT_TRUE(sim->MemsetAsync(a.ptr, 1, a.bytes, t).ok());
     ASSERT_TRUE(cache->Deallocate(a).ok());
     ASSERT_TRUE(cache->SetReservedLimit(4 * kMiB).ok());
-    EXPECT_EQ(cache->stats().reserved_bytes.current, static_cast<std::int64_t>(12 * kMiB))
+    EXPECT_EQ(cache->stats().reserved_bytes.current, static_cast<std::int64_t>(14 * kMiB))
         << "t's work still pending: the block cannot go yet";
   }
   ASSERT_TRUE(sim->SynchronizeStream(t).ok());
+  const std::uint64_t mallocs = sim->Accounting().calls_to(BackendOp::kMalloc);
   Allocation small = cache->Allocate(4 * kKiB, s).value();  // sees t's work complete
-  EXPECT_LE(cache->stats().reserved_bytes.current, static_cast<std::int64_t>(4 * kMiB))
+  EXPECT_EQ(sim->Accounting().calls_to(BackendOp::kMalloc), mallocs) << "served from the cache";
+  EXPECT_EQ(cache->stats().reserved_bytes.current, static_cast<std::int64_t>(2 * kMiB))
       << "the freed 12 MiB block must not stay cached over the limit";
   ASSERT_TRUE(cache->Deallocate(small).ok());
+  ASSERT_TRUE(cache->Deallocate(keep).ok());
   ExpectNoStreamOrderViolation(*sim);
   ASSERT_TRUE(cache->EmptyCache().ok());
   ASSERT_TRUE(sim->DestroyStream(s).ok());
   ASSERT_TRUE(sim->DestroyStream(t).ok());
+}
+
+// A new segment that brings the allocator exactly to its limit fits: the
+// cache is not flushed for it.
+TEST(CachingAllocator, ASegmentReachingTheLimitExactlyFlushesNothing) {
+  auto sim = Sim();
+  CachingOptions o;
+  o.cross_stream = CrossStreamReuse::kNone;  // t cannot take s's cached block
+  auto cache = Cache(sim, o);
+  ASSERT_TRUE(cache->SetReservedLimit(24 * kMiB).ok());
+  Stream s = sim->CreateStream(0).value();
+  Stream t = sim->CreateStream(0).value();
+  Allocation x = cache->Allocate(12 * kMiB, s).value();  // its own 12 MiB segment
+  ASSERT_TRUE(cache->Deallocate(x).ok());
+  const MemoryStats before = cache->stats();
+  Allocation y = cache->Allocate(12 * kMiB, t).value();  // 12 + 12 = the limit
+  EXPECT_EQ(cache->stats().reserved_bytes.current, static_cast<std::int64_t>(24 * kMiB))
+      << "the cached block stayed";
+  EXPECT_EQ(cache->stats().cache_flushes, before.cache_flushes);
+  ASSERT_TRUE(cache->Deallocate(y).ok());
+  ASSERT_TRUE(cache->EmptyCache().ok());
+  ASSERT_TRUE(sim->DestroyStream(s).ok());
+  ASSERT_TRUE(sim->DestroyStream(t).ok());
+}
+
+// With expandable segments, a limit met exactly trims nothing: a free tail
+// stays mapped until the allocator is really over the limit.
+TEST(CachingAllocator, AnExpandableTailStaysWhenTheLimitIsMetExactly) {
+  auto sim = Sim();
+  CachingOptions o;
+  o.expandable_segments = true;
+  auto cache = Cache(sim, o);
+  Allocation a = cache->Allocate(4 * kMiB).value();
+  Allocation b = cache->Allocate(4 * kMiB).value();
+  ASSERT_TRUE(cache->Deallocate(b).ok());  // a free tail at the end of the range
+  const std::int64_t reserved = cache->stats().reserved_bytes.current;
+  ASSERT_GT(reserved, static_cast<std::int64_t>(4 * kMiB));
+  ASSERT_TRUE(cache->SetReservedLimit(static_cast<std::size_t>(reserved)).ok());
+  EXPECT_EQ(cache->stats().reserved_bytes.current, reserved) << "at the limit, not over it";
+  ASSERT_TRUE(cache->SetReservedLimit(static_cast<std::size_t>(reserved) - 1).ok());
+  EXPECT_LT(cache->stats().reserved_bytes.current, reserved) << "over it: the tail goes";
+  ASSERT_TRUE(cache->Deallocate(a).ok());
 }
 
 TEST(CachingAllocator, GarbageCollectionThresholdReleasesLruSegmentsBeforeGrowing) {
@@ -910,6 +959,20 @@ TEST(CachingAllocator, MaxSplitSizeKeepsHugeBlocksWhole) {
   EXPECT_EQ(again.ptr, at_limit.ptr);
   EXPECT_EQ(sim->Accounting().calls_to(BackendOp::kMalloc), mallocs);
   ASSERT_TRUE(follow->Deallocate(again).ok());
+  ASSERT_TRUE(follow->EmptyCache().ok());
+  // A block of exactly max_split_bytes (a whole 20 MiB large segment here) is
+  // huge too: a smaller request from another stream never carves it.
+  CachingOptions twenty = o;
+  twenty.max_split_bytes = 20 * kMiB;
+  auto exact = Cache(sim, twenty);
+  Allocation whole = exact->Allocate(8 * kMiB, s).value();  // gets the unsplit 20 MiB block
+  ASSERT_EQ(exact->Snapshot().segments[0].blocks.size(), 1u);
+  ASSERT_EQ(exact->Snapshot().segments[0].blocks[0].size, 20 * kMiB);
+  ASSERT_TRUE(exact->Deallocate(whole).ok());
+  Allocation smaller = exact->Allocate(3 * kMiB, t).value();
+  EXPECT_NE(smaller.ptr, whole.ptr) << "a block of max_split_bytes is not split";
+  ASSERT_TRUE(exact->Deallocate(smaller).ok());
+  ASSERT_TRUE(exact->EmptyCache().ok());
   ASSERT_TRUE(follow->EmptyCache().ok());
   ASSERT_TRUE(sim->DestroyStream(s).ok());
   ASSERT_TRUE(sim->DestroyStream(t).ok());

@@ -191,6 +191,9 @@ TEST(ArenaResource, TensorsAboveTheThresholdGetTheirOwnSegment) {
   Allocation big = arena->Allocate(2 * kMiB).value();
   EXPECT_EQ(arena->arena_stats().own_segment_tensors, 1u);
   EXPECT_EQ(arena->arena_stats().chunks, 0u);
+  // The slack asked for to place it at the arena's alignment, exactly.
+  EXPECT_EQ(arena->arena_stats().padding_bytes, SmallArena().alignment - f.raw->alignment());
+  EXPECT_EQ(reinterpret_cast<std::uintptr_t>(big.ptr) % SmallArena().alignment, 0u);
   ASSERT_TRUE(arena->Deallocate(big).ok());
   EXPECT_EQ(f.sim->Accounting().devices[0].device_bytes, 0u);
 }

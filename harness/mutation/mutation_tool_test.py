@@ -12,6 +12,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import mutants as mutants_lib  # noqa: E402
+import runner  # noqa: E402
 import schema as schema_lib  # noqa: E402
 
 SAMPLE = "harness/mutation/testdata/sample.cc"
@@ -88,6 +89,22 @@ class MutationToolTest(unittest.TestCase):
         exe = self.build("two", text)
         self.assertEqual(self.run_exe(exe, 3)[0], 7)
         self.assertEqual(self.run_exe(exe, 4)[0], 0)
+
+    def test_a_sample_keeps_its_picks_when_other_code_changes(self):
+        def mutant(i, path="f.cc"):
+            return mutants_lib.Mutant(path, "boundary", i, i + 1, "x", 1, "fn%d" % i, "@INNER@",
+                                      id=i, original_text_key="a%d => b" % i)
+        base = [mutant(i) for i in range(200)]
+        picked = {m.key() for m in runner.sample(base, 20, 7)}
+        self.assertEqual(len(picked), 20)
+        self.assertEqual(picked, {m.key() for m in runner.sample(base, 20, 7)}, "deterministic")
+        self.assertNotEqual(picked, {m.key() for m in runner.sample(base, 20, 8)}, "the seed matters")
+        # Mutants of new code elsewhere may take some places, but every pick
+        # of the old code in the bigger sample was picked before.
+        grown = base + [mutant(i, "g.cc") for i in range(200, 260)]
+        still = {m.key() for m in runner.sample(grown, 20, 7) if m.path == "f.cc"}
+        self.assertTrue(still <= picked)
+        self.assertGreater(len(still), 10)
 
     def test_partially_overlapping_ranges_are_dropped(self):
         a = mutants_lib.Mutant("f.cc", "boundary", 10, 20, "x", 1, "f", "@INNER@", id=1)

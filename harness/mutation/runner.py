@@ -19,7 +19,6 @@ and the score is (killed + timed out) / (all - not compiled - equivalent).
 import hashlib
 import json
 import os
-import random
 import re
 import shutil
 import signal
@@ -91,6 +90,16 @@ def generate(root, files, cache_dir):
     return found
 
 
+def sample(mutants, n, seed):
+    """`n` mutants picked by a hash of (seed, what each mutant is): an edit
+    elsewhere in the code leaves the picks of unchanged code as they were, so
+    a sample's score moves only with the code and tests it covers."""
+    def rank(m):
+        key = "%d|%s|%s|%s|%s" % ((seed,) + m.key())
+        return hashlib.sha1(key.encode()).hexdigest(), m.id
+    return sorted(sorted(mutants, key=rank)[:n], key=lambda m: m.id)
+
+
 def load_equivalents(path):
     """Lines `path | function | rule | text  # reason` (function `*`: any);
     `text` must occur in the mutant's source line followed by
@@ -102,7 +111,7 @@ def load_equivalents(path):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
-        parts = [p.strip() for p in line.split("|")]
+        parts = [p.strip() for p in line.split(" | ", 3)]
         if len(parts) != 4:
             raise SystemExit("%s: malformed line: %s" % (path, raw.rstrip()))
         reason = raw.split("#", 1)[1].strip() if "#" in raw else ""
@@ -358,6 +367,15 @@ def main(argv):
                 ", ".join(sorted(unknown)), ", ".join(mutants_lib.RULES)))
         everything = [m for m in everything if m.rule in keep]
     equivalents = load_equivalents(os.path.join(HERE, "equivalent.txt"))
+    if args.paths == ["allocator/"]:
+        # Over every source, an entry that matches no mutant is stale: the
+        # code it described changed, and the claim must be made again.
+        stale = [e for e in equivalents
+                 if not any(equivalent_reason(m, [e], root) for m in everything)]
+        if stale:
+            raise SystemExit("harness/mutation/equivalent.txt: %d entries match no mutant any "
+                             "more (the code changed; check them again):\n  %s" % (
+                                 len(stale), "\n  ".join(" | ".join(e[:4]) for e in stale)))
     chosen = everything
     if wanted_ids:
         chosen = [m for m in everything if m.id in wanted_ids]
@@ -365,9 +383,7 @@ def main(argv):
         if missing:
             raise SystemExit("no mutant has id %s (see --list)" % ", ".join(map(str, sorted(missing))))
     elif args.sample:
-        rng = random.Random(args.seed)
-        chosen = sorted(rng.sample(everything, min(args.sample, len(everything))),
-                        key=lambda m: m.id)
+        chosen = sample(everything, args.sample, args.seed)
     if args.list:
         for m in chosen:
             log("%5d %-16s %s:%d %s" % (m.id, m.rule, m.path, m.line, m.function))
@@ -383,9 +399,9 @@ def main(argv):
     for m in overlapping:
         results[m.id] = {"status": "not compiled", "reason": "overlaps another mutant's range"}
 
+    picked = ("ids" if wanted_ids else "sample seed %d" % args.seed if args.sample else "all")
     log("mutation: %d mutants chosen of %d (%s); scratch tree %s" % (
-        len(chosen), len(everything), "sample seed %d" % args.seed if args.sample else "all",
-        args.tree))
+        len(chosen), len(everything), picked, args.tree))
     start = time.time()
     sync_tree(root, args.tree)
     bazel = Bazel(args.tree, args.config)

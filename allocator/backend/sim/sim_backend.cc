@@ -466,6 +466,11 @@ SimBackend::Location SimBackend::Locate(const void* ptr, std::size_t bytes,
                                         DeviceIndex* device, AllocationRef* ref) const {
   const auto p = reinterpret_cast<std::uintptr_t>(ptr);
   auto it = allocations_.upper_bound(p);
+  // Keyed by the caller's pointer: a pointer into the guard before it belongs
+  // to the next block, and is no host memory.
+  if (it != allocations_.end() && p >= reinterpret_cast<std::uintptr_t>(it->second.base)) {
+    return Location::kInvalid;
+  }
   if (it != allocations_.begin()) {
     --it;
     const Allocation& a = it->second;

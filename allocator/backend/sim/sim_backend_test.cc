@@ -182,6 +182,38 @@ TEST(SimBackend, CallsOnTheWrongKindOrRangeOfMemoryAreRefused) {
   EXPECT_FALSE(sim.Prefetch(m + 64, 4096, 0, stream).ok()) << "runs past the allocation";
   EXPECT_FALSE(sim.Prefetch(m - 64, 64, 0, stream).ok()) << "starts before it";
   EXPECT_TRUE(sim.Prefetch(m + 64, 4032, 0, stream).ok()) << "exactly to its end";
+  // A pointer at the very start of a block's guard is no host buffer.
+  auto* guard_start = static_cast<unsigned char*>(device) - TwoSmallDevices().guard_bytes;
+  EXPECT_FALSE(sim.Memcpy(device, guard_start, 64, CopyKind::kHostToDevice).ok());
+  // A VM range only half mapped cannot be touched as a whole.
+  const std::uintptr_t half = sim.VmReserve(0, 4 << 20).value();
+  const PhysicalChunk chunk = sim.VmCreate(0, 2 << 20).value();
+  ASSERT_TRUE(sim.VmMap(half, chunk).ok());
+  ASSERT_TRUE(sim.VmSetAccess(half, 2 << 20, 0).ok());
+  EXPECT_TRUE(sim.Memset(reinterpret_cast<void*>(half), 0, 2 << 20).ok());
+  EXPECT_FALSE(sim.Memset(reinterpret_cast<void*>(half), 0, 4 << 20).ok()) << "past the mapping";
+  // Nor can a range with a hole between two mappings.
+  const std::uintptr_t holed = sim.VmReserve(0, 6 << 20).value();
+  const PhysicalChunk low = sim.VmCreate(0, 2 << 20).value();
+  const PhysicalChunk high = sim.VmCreate(0, 2 << 20).value();
+  ASSERT_TRUE(sim.VmMap(holed, low).ok());
+  ASSERT_TRUE(sim.VmMap(holed + (4 << 20), high).ok());
+  ASSERT_TRUE(sim.VmSetAccess(holed, 2 << 20, 0).ok());
+  ASSERT_TRUE(sim.VmSetAccess(holed + (4 << 20), 2 << 20, 0).ok());
+  EXPECT_FALSE(sim.Memset(reinterpret_cast<void*>(holed), 0, 6 << 20).ok()) << "over the hole";
+  EXPECT_FALSE(sim.Memset(reinterpret_cast<void*>(holed + (1 << 20)), 0, 2 << 20).ok());
+  ASSERT_TRUE(sim.VmUnmap(holed, 2 << 20).ok());
+  ASSERT_TRUE(sim.VmUnmap(holed + (4 << 20), 2 << 20).ok());
+  ASSERT_TRUE(sim.VmReleasePhysical(low).ok());
+  ASSERT_TRUE(sim.VmReleasePhysical(high).ok());
+  ASSERT_TRUE(sim.VmRelease(holed, 6 << 20).ok());
+  // A mapping may not overlap its neighbour, by so much as a byte.
+  const PhysicalChunk second = sim.VmCreate(0, 2 << 20).value();
+  EXPECT_FALSE(sim.VmMap(half + (2 << 20) - 1, second).ok()) << "overlaps the first by one byte";
+  ASSERT_TRUE(sim.VmReleasePhysical(second).ok());
+  ASSERT_TRUE(sim.VmUnmap(half, 2 << 20).ok());
+  ASSERT_TRUE(sim.VmReleasePhysical(chunk).ok());
+  ASSERT_TRUE(sim.VmRelease(half, 4 << 20).ok());
   const std::uintptr_t va = sim.VmReserve(0, 2 << 20).value();
   EXPECT_EQ(sim.VmRelease(va, 4 << 20).code(), absl::StatusCode::kInvalidArgument) << "wrong size";
   EXPECT_EQ(sim.VmRelease(va + 4096, 2 << 20).code(), absl::StatusCode::kInvalidArgument);
