@@ -244,6 +244,38 @@ TEST(CachingAllocator, OpportunisticReuseOnAnotherStreamOnlyOnceTheOldWorkIsSeen
   ASSERT_TRUE(sim->DestroyStream(t).ok());
 }
 
+// The free marker of a stream is recorded again as frees accumulate, so
+// blocks freed long after the first one still become takeable by another
+// stream once that stream's work is done (not only after a device sync).
+TEST(CachingAllocator, LaterFreesOnAStreamBecomeTakeableByAnotherToo) {
+  auto sim = Sim(256 * kMiB);
+  auto cache = Cache(sim, OneBlockPerSegment(CrossStreamReuse::kOpportunistic));
+  Stream s = sim->CreateStream(0).value();
+  Stream t = sim->CreateStream(0).value();
+  std::vector<Allocation> on_t;
+  for (int round = 1; round <= 3; ++round) {
+    // Several blocks freed on s, s's work then done.
+    std::vector<Allocation> blocks;
+    for (int i = 0; i < 5; ++i) blocks.push_back(cache->Allocate(512 * kKiB, s).value());
+    for (const Allocation& b : blocks) {
+      ASSERT_TRUE(sim->MemsetAsync(b.ptr, round, b.bytes, s).ok());
+      ASSERT_TRUE(cache->Deallocate(b).ok());
+    }
+    ASSERT_TRUE(sim->SynchronizeStream(s).ok());
+    const std::uint64_t mallocs = sim->Accounting().calls_to(BackendOp::kMalloc);
+    on_t.push_back(cache->Allocate(512 * kKiB, t).value());
+    EXPECT_EQ(sim->Accounting().calls_to(BackendOp::kMalloc), mallocs)
+        << "round " << round << ": a block freed on s was takeable";
+    EXPECT_EQ(cache->stats().cross_stream_reuses, static_cast<std::uint64_t>(round));
+    ASSERT_TRUE(sim->MemsetAsync(on_t.back().ptr, 9, on_t.back().bytes, t).ok());
+  }
+  ExpectNoStreamOrderViolation(*sim);
+  for (const Allocation& a : on_t) ASSERT_TRUE(cache->Deallocate(a).ok());
+  ASSERT_TRUE(cache->EmptyCache().ok());
+  ASSERT_TRUE(sim->DestroyStream(s).ok());
+  ASSERT_TRUE(sim->DestroyStream(t).ok());
+}
+
 TEST(CachingAllocator, FollowEventsReuseIsOrderedAfterTheOldStreamsWork) {
   auto sim = Sim();
   auto cache = Cache(sim, OneBlockPerSegment(CrossStreamReuse::kFollowEvents));

@@ -104,9 +104,9 @@ class _FileMutator:
             if s >= args and e <= me - 1:
                 continue                      # inside the arguments
             return False
-        return s < e or s == e
+        return True
 
-    def add(self, cursor_or_line, rule, s, e, replacement, schema, function):
+    def add(self, rule, s, e, replacement, schema, function):
         line = self.src.count(b"\n", 0, s) + 1
         original = self.text(s, e)
         self.mutants.append(Mutant(
@@ -156,7 +156,7 @@ class _FileMutator:
         if body is None or not _in_file(body, self.path):
             return
         s = body.extent.start.offset + 1      # just inside the brace
-        self.add(c, "ok-early", s, s, " return absl::OkStatus(); ",
+        self.add("ok-early", s, s, " return absl::OkStatus(); ",
                  "if (@CHECK@) return absl::OkStatus(); @INNER@", fn)
 
     def from_macro_body(self, c):
@@ -189,7 +189,7 @@ class _FileMutator:
             body = next((ch for ch in c.get_children() if ch.kind == K.COMPOUND_STMT), None)
             if body is not None and _in_file(body, self.path):
                 s = body.extent.start.offset + 1
-                self.add(c, "drop-boundary", s, s, " throw; ",
+                self.add("drop-boundary", s, s, " throw; ",
                          "if (@CHECK@) throw; @INNER@", fn)
 
     # --- statement rules -----------------------------------------------------
@@ -205,7 +205,7 @@ class _FileMutator:
             arg = text[len("GPUALLOC_RETURN_IF_ERROR("):].rstrip()
             if arg.endswith(")"):
                 arg = arg[:-1]
-                self.add(st, "ignore-error", s, end, "(void)(" + arg + ");",
+                self.add("ignore-error", s, end, "(void)(" + arg + ");",
                          "if (@CHECK@) { (void)(" + (arg) + "); } else { @INNER@ }", fn)
             return
         if st.kind == K.DECL_STMT:
@@ -220,7 +220,7 @@ class _FileMutator:
             # call statement: keep it out.
             if expr.spelling.startswith("operator") and expr.spelling not in ("operator()",):
                 return
-            self.add(st, "delete-call", s, end, "", "if (!(@CHECK@)) { @INNER@ }", fn)
+            self.add("delete-call", s, end, "", "if (!(@CHECK@)) { @INNER@ }", fn)
 
     def _lock(self, st, s, end, fn, compound):
         var = next((ch for ch in st.get_children() if ch.kind == K.VAR_DECL), None)
@@ -239,7 +239,7 @@ class _FileMutator:
             return                           # unlock()/wait() on it would throw
         mutex_type, name, mutex = am.group(1), am.group(2), am.group(3)
         decl = "std::unique_lock<%s> %s(%s, std::defer_lock);" % (mutex_type, name, mutex)
-        self.add(st, "drop-lock", s, end, decl,
+        self.add("drop-lock", s, end, decl,
                  decl + " if (!(@CHECK@)) " + name + ".lock();", fn)
 
     # --- expression rules ----------------------------------------------------
@@ -249,7 +249,7 @@ class _FileMutator:
         s, e = self.rng(cond)
         if not self.clean(s, e) or s == e:
             return
-        self.add(cond, "negate-condition", s, e, "!(" + self.text(s, e) + ")",
+        self.add("negate-condition", s, e, "!(" + self.text(s, e) + ")",
                  "(static_cast<bool>(@INNER@) != (@CHECK@))", fn)
 
     def _operator(self, c):
@@ -282,18 +282,18 @@ class _FileMutator:
         new_op = {"<": "<=", "<=": "<", ">": ">=", ">=": ">"}.get(op)
         if new_op:
             rep = self.text(s, op_at) + new_op + self.text(op_at + len(op), e)
-            self.add(c, "boundary", s, e, rep,
+            self.add("boundary", s, e, rep,
                      "((@CHECK@) ? (" + (rep) + ") : (@INNER@))", fn)
         elif op in ("&&", "||"):
             lt, rt = self.text(ls, le), self.text(rs, re_)
-            self.add(c, "relax-condition", s, e, lt,
+            self.add("relax-condition", s, e, lt,
                      "((@CHECK@) ? static_cast<bool>(" + (lt) + ") : (@INNER@))", fn)
-            self.add(c, "relax-condition", s, e, rt,
+            self.add("relax-condition", s, e, rt,
                      "((@CHECK@) ? static_cast<bool>(" + (rt) + ") : (@INNER@))", fn)
         elif op in ("+", "-") and _arithmetic(c.type):
             delta = " - 1" if op == "+" else " + 1"
             rep = "(" + whole + ")" + delta
-            self.add(c, "off-by-one", s, e, rep,
+            self.add("off-by-one", s, e, rep,
                      "((@CHECK@) ? ((" + (whole) + ")" + delta + ") : (@INNER@))", fn)
 
     def _compound_assign(self, c, fn):
@@ -307,7 +307,7 @@ class _FileMutator:
         if not self.clean(rs, re_) or rs == re_:
             return
         rt = self.text(rs, re_)
-        self.add(c, "off-by-one", rs, re_, "(" + rt + ") + 1",
+        self.add("off-by-one", rs, re_, "(" + rt + ") + 1",
                  "((@CHECK@) ? ((" + (rt) + ") + 1) : (@INNER@))", fn)
 
     def _call(self, c, fn):
@@ -319,7 +319,7 @@ class _FileMutator:
         if name in ("min", "max") and re.match(r"^std::(min|max)\b", text):
             other = "max" if name == "min" else "min"
             rep = "std::" + other + text[len("std::" + name):]
-            self.add(c, "swap-min-max", s, e, rep,
+            self.add("swap-min-max", s, e, rep,
                      "((@CHECK@) ? (" + (rep) + ") : (@INNER@))", fn)
         elif name in ("CheckedAdd", "CheckedMul", "CheckedRoundUp"):
             args = [a for a in c.get_arguments()]
@@ -332,7 +332,7 @@ class _FileMutator:
                 "CheckedRoundUp": "((%s) + (%s) - 1) / (%s) * (%s)" % (a, b, b, b),
             }[name]
             rep = "std::optional<std::size_t>(" + plain + ")"
-            self.add(c, "unchecked-math", s, e, rep,
+            self.add("unchecked-math", s, e, rep,
                      "((@CHECK@) ? " + (rep) + " : (@INNER@))", fn)
 
     def _return(self, c, fn, func):
@@ -346,7 +346,7 @@ class _FileMutator:
         if (not self.clean(s, e) or text.startswith("{") or "OkStatus()" in text
                 or s == e):
             return
-        self.add(c, "error-to-ok", s, e, "absl::OkStatus()",
+        self.add("error-to-ok", s, e, "absl::OkStatus()",
                  "((@CHECK@) ? absl::Status(absl::OkStatus()) : absl::Status(@INNER@))", fn)
 
 

@@ -49,8 +49,7 @@ def drop_overlaps(mutants):
 def render(src, mutants):
     """The schematised text of `src` (bytes) for `mutants` (non-overlapping,
     see drop_overlaps)."""
-    text = src.decode()
-    # Offsets are bytes; work in bytes and decode pieces.
+    # Offsets are bytes: slice the bytes, decode the pieces.
     groups = []
     for m in sorted(mutants, key=lambda m: (m.start, m.start != m.end, -m.end, m.id)):
         if groups and groups[-1][0] == (m.start, m.end):
@@ -78,7 +77,6 @@ def render(src, mutants):
         out.append(src[pos:hi].decode())
         return "".join(out)
 
-    del text
     return PROLOGUE + emit(0, len(src), groups)
 
 
