@@ -16,6 +16,7 @@ first failure. A mutant is
 and the score is (killed + timed out) / (all - not compiled - equivalent).
 """
 
+import functools
 import hashlib
 import json
 import os
@@ -121,11 +122,17 @@ def load_equivalents(path):
     return entries
 
 
+@functools.lru_cache(maxsize=None)
+def _source_lines(root, path):
+    # Read once per run: the staleness check asks for every mutant.
+    with open(os.path.join(root, path)) as f:
+        return f.read().split("\n")
+
+
 def equivalent_reason(m, entries, root):
     for path, function, rule, text, reason in entries:
         if m.path == path and function in (m.function, "*") and m.rule == rule:
-            with open(os.path.join(root, m.path)) as f:
-                line = f.read().split("\n")[m.line - 1].strip()
+            line = _source_lines(root, m.path)[m.line - 1].strip()
             if text in line + " :: " + m.original_text_key:
                 return reason
     return None
@@ -243,6 +250,19 @@ def covering_tests(bazel, paths, concurrency_only):
     return covering
 
 
+def left_out(bazel, tests, test_timeout, slow_test=None):
+    """Runs `tests` once with no mutant: {test: why} for each a mutant run
+    must leave out, because it fails already or (given `slow_test`) takes
+    longer than that many seconds."""
+    out = {}
+    for t, (status, secs) in bazel.test(tests, 0, test_timeout * 3).items():
+        if status != "PASSED":
+            out[t] = "fails without a mutant: " + status[:200]
+        elif slow_test is not None and secs > slow_test:
+            out[t] = "too slow for a mutant run (%.0f s)" % secs
+    return out
+
+
 def tsan_second_chance(tree, chosen, results, test_timeout):
     """Concurrency mutants (a dropped lock) that survived the default run are
     run again under TSan, over the `concurrency`-tagged tests that cover them:
@@ -261,10 +281,9 @@ def tsan_second_chance(tree, chosen, results, test_timeout):
     if rc != 0:
         log("mutation: the TSan build failed; no second chance:\n" + out[-3000:])
         return
-    baseline = tsan.test(tests, 0, test_timeout * 3)
-    flaky = {t for t, (status, _) in baseline.items() if status != "PASSED"}
-    for t in sorted(flaky):
-        log("  left out under TSan (fails without a mutant): " + t)
+    flaky = left_out(tsan, tests, test_timeout)
+    for t, why in sorted(flaky.items()):
+        log("  left out under TSan %s: %s" % (t, why))
     for m in again:
         outcome = run_mutant(tsan, m, [t for t in covering[m.path] if t not in flaky], test_timeout)
         log("  tsan #%d %s %s:%d: %s %s" % (m.id, m.rule, m.path, m.line, outcome["status"],
@@ -414,13 +433,8 @@ def main(argv):
     for m in bad:
         results[m.id] = {"status": "not compiled", "reason": "rejected by the compiler"}
     log("mutation: built in %.0f s; baseline run (no mutant)" % (time.time() - start))
-    baseline = bazel.test(all_tests, 0, args.test_timeout * 3) if all_tests else {}
-    excluded_tests = {}
-    for t, (status, secs) in baseline.items():
-        if status != "PASSED":
-            excluded_tests[t] = "fails without a mutant: " + status[:200]
-        elif secs > args.slow_test:
-            excluded_tests[t] = "too slow for a mutant run (%.0f s)" % secs
+    excluded_tests = (left_out(bazel, all_tests, args.test_timeout, args.slow_test)
+                      if all_tests else {})
     if "<bazel>" in excluded_tests:
         raise SystemExit("baseline run failed: " + excluded_tests["<bazel>"])
     for t, why in sorted(excluded_tests.items()):
