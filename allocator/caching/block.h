@@ -1,5 +1,6 @@
 // Internal bookkeeping of CachingAllocator: segments (upstream allocations)
-// split into blocks. Not part of the public API.
+// split into blocks. Not part of the public API. All of it lives in the
+// allocator's metadata resource (CachingOptions::metadata_resource).
 //
 //   Segment [base ............................................ base+size)
 //           | Block (allocated) | Block (free, stream 1) | Block (allocated) |
@@ -10,12 +11,15 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <memory_resource>
 #include <set>
 #include <tuple>
+#include <unordered_map>
 #include <vector>
 
 #include "allocator/backend/types.h"
 #include "allocator/caching/expandable_range.h"
+#include "allocator/common/pmr_object.h"
 #include "allocator/stats/memory_snapshot.h"
 
 namespace gpualloc::caching_detail {
@@ -27,9 +31,18 @@ struct Segment;
 struct BlockLess {
   bool operator()(const Block* a, const Block* b) const;
 };
-using FreeSet = std::set<Block*, BlockLess>;
+using FreeSet = std::pmr::set<Block*, BlockLess>;
+// Live blocks by address. A node-based map: a block carries its own node
+// while it is not live, so the no-throw commit of an allocation never
+// allocates, and an insert that does throw (the standard's strong guarantee
+// for single-element inserts) leaves the map as it was.
+using LiveMap = std::pmr::unordered_map<std::uintptr_t, Block*>;
 
 struct Block {
+  Block() = default;  // a search probe, never filed
+  explicit Block(std::pmr::memory_resource* metadata)
+      : stream_uses(metadata), pending_events(metadata) {}
+
   std::uintptr_t address = 0;
   std::size_t size = 0;
   std::size_t requested = 0;  // while allocated
@@ -40,8 +53,8 @@ struct Block {
   Block* next = nullptr;
   // Streams besides `stream` that use it (RecordStream), and, once freed,
   // the events that must complete before it is free.
-  std::vector<Stream> stream_uses;
-  std::vector<Event> pending_events;
+  std::pmr::vector<Stream> stream_uses;
+  std::pmr::vector<Event> pending_events;
   // While free: the freeing stream's free count when this memory was last
   // freed on it (see CachingAllocator's free markers); another stream may
   // take the block once that stream's marker covers it. 0: nothing is queued
@@ -52,6 +65,8 @@ struct Block {
   // The block's own node for its pool's FreeSet, held while the block is not
   // in the set, so moving it in and out never allocates (and never throws).
   FreeSet::node_type node;
+  // Its node for the LiveMap, held while the block is not live.
+  LiveMap::node_type live_node;
 
   bool is_split() const { return prev != nullptr || next != nullptr; }
 };
@@ -69,12 +84,15 @@ struct Segment {
   std::size_t size = 0;  // mapped bytes, for an expandable segment
   bool small_pool = false;
   // Set for an expandable segment: its address range and mapped chunks.
-  std::unique_ptr<ExpandableRange> range;
+  PmrUniquePtr<ExpandableRange> range;
   std::uint64_t last_used = 0;
   Block* head = nullptr;     // first block, in address order
   Segment* prev = nullptr;   // intrusive list of all segments
   Segment* next = nullptr;
 };
+
+using BlockPtr = PmrUniquePtr<Block>;
+using SegmentPtr = PmrUniquePtr<Segment>;
 
 }  // namespace gpualloc::caching_detail
 

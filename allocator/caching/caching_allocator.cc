@@ -13,8 +13,11 @@
 namespace gpualloc {
 
 using caching_detail::Block;
+using caching_detail::BlockPtr;
 using caching_detail::FreeSet;
+using caching_detail::LiveMap;
 using caching_detail::Segment;
+using caching_detail::SegmentPtr;
 
 absl::StatusOr<std::unique_ptr<CachingAllocator>> CachingAllocator::Create(
     std::shared_ptr<Backend> backend, DeviceIndex device, CachingOptions options) {
@@ -47,6 +50,16 @@ CachingAllocator::CachingAllocator(std::shared_ptr<Backend> backend, DeviceIndex
       options_(options),
       capacity_(capacity),
       alignment_(alignment),
+      metadata_(options.metadata_resource != nullptr ? options.metadata_resource
+                                                     : std::pmr::new_delete_resource()),
+      small_(FreeSet::allocator_type(metadata_)),
+      large_(FreeSet::allocator_type(metadata_)),
+      allocated_(LiveMap::allocator_type(metadata_)),
+      retired_ranges_(metadata_),
+      markers_(metadata_),
+      spare_events_(metadata_),
+      spare_blocks_(metadata_),
+      free_segments_(metadata_),
       limit_(options.reserved_limit) {}
 
 CachingAllocator::~CachingAllocator() {
@@ -80,42 +93,44 @@ CachingAllocator::~CachingAllocator() {
     }
     for (Block* b = s->head; b != nullptr;) {
       Block* next = b->next;
-      delete b;
+      DeleteBlock(b);
       b = next;
     }
-    delete s;
+    DeleteSegment(s);
   }
   for (Event e : spare_events_) DestroyEventQuietly(e);
-  for (Block* b : spare_blocks_) delete b;
+  for (Block* b : spare_blocks_) DeleteBlock(b);
   RetryRetiredRanges();  // what still fails is reported by the ranges' destructors
 }
 
 // --- small helpers ---------------------------------------------------------------
 
-std::unique_ptr<Block> CachingAllocator::NewBlock() {
-  Hook();
-  if (!spare_blocks_.empty()) {  // the hot path: a block (and node) merged away earlier
-    std::unique_ptr<Block> block(spare_blocks_.back());
+BlockPtr CachingAllocator::NewBlock() {
+  if (!spare_blocks_.empty()) {  // the hot path: a block (and nodes) merged away earlier
+    BlockPtr block(spare_blocks_.back(), PmrDeleter<Block>{metadata_});
     spare_blocks_.pop_back();
     return block;
   }
   // Room to keep merged-away blocks for reuse, reserved while failing is
   // harmless, so RecycleBlock never allocates.
   if (spare_blocks_.capacity() < kSpareBlocks) spare_blocks_.reserve(kSpareBlocks);
-  auto block = std::make_unique<Block>();
-  // Give the block its own FreeSet node now, while failing is still harmless.
-  FreeSet scratch;
+  BlockPtr block = MakePmrUnique<Block>(metadata_, metadata_);
+  // Give the block its own FreeSet and LiveMap nodes now, while failing is
+  // still harmless.
+  FreeSet scratch{FreeSet::allocator_type(metadata_)};
   scratch.insert(block.get());
   block->node = scratch.extract(scratch.begin());
+  LiveMap scratch_live{LiveMap::allocator_type(metadata_)};
+  block->live_node = scratch_live.extract(scratch_live.emplace(0, block.get()).first);
   return block;
 }
 
 void CachingAllocator::RecycleBlock(Block* block) noexcept {
   if (spare_blocks_.size() == spare_blocks_.capacity()) {
-    delete block;
+    DeleteBlock(block);
     return;
   }
-  // Back to a new block's state, keeping its FreeSet node and vector capacity.
+  // Back to a new block's state, keeping its nodes and vector capacity.
   block->address = 0;
   block->size = 0;
   block->requested = 0;
@@ -278,7 +293,6 @@ Block* CachingAllocator::HarvestFromOtherStream(FreeSet& pool, Stream stream,
 }
 
 void CachingAllocator::PrepareMarker(Stream stream) {
-  Hook();
   FreeMarker& marker = markers_[stream.handle];  // may throw: nothing changed yet
   if (marker.event) return;
   absl::StatusOr<Event> event = AcquireEvent();
@@ -377,9 +391,8 @@ absl::StatusOr<Allocation> CachingAllocator::TryAllocateLocked(std::size_t round
   if (block == nullptr) return NewSegment(pool, stream, rounded, requested, oom);
 
   // Everything that can fail happens before the first change.
-  std::unique_ptr<Block> spare = ShouldSplit(*block, rounded) ? NewBlock() : nullptr;
-  Hook();
-  allocated_.reserve(allocated_.size() + 1);
+  BlockPtr spare = ShouldSplit(*block, rounded) ? NewBlock() : nullptr;
+  ReserveLive();
   Account(IsSmall(pool), [&](MemoryStats& st) {
     ++st.cache_hits;
     if (cross_stream) ++st.cross_stream_reuses;
@@ -393,8 +406,8 @@ absl::StatusOr<Allocation> CachingAllocator::TryAllocateLocked(std::size_t round
   return Commit(block, std::move(spare), rounded, requested, stream);
 }
 
-Block* CachingAllocator::SplitFrontInPlace(FreeSet& pool, Block* free_block,
-                                           std::unique_ptr<Block>& spare, std::size_t rounded) {
+Block* CachingAllocator::SplitFrontInPlace(FreeSet& pool, Block* free_block, BlockPtr& spare,
+                                           std::size_t rounded) {
   if (free_block->segment->range != nullptr) return nullptr;  // expandable: the general path
   Block* f = free_block;
   const std::size_t rest = f->size - rounded;
@@ -461,15 +474,14 @@ absl::StatusOr<Allocation> CachingAllocator::NewSegment(FreeSet& pool, Stream st
   if (options_.expandable_segments) return GrowExpandable(pool, stream, rounded, requested, oom);
   std::size_t size = SegmentSizeFor(rounded);
   // Host metadata first: if any of it throws, nothing has happened yet.
-  Hook();
-  auto segment = std::make_unique<Segment>();
+  SegmentPtr segment = MakePmrUnique<Segment>(metadata_);
   segment->small_pool = IsSmall(pool);
-  std::unique_ptr<Block> block = NewBlock();
+  BlockPtr block = NewBlock();
   block->segment = segment.get();
   block->size = size;
-  std::unique_ptr<Block> spare = ShouldSplit(*block, rounded) ? NewBlock() : nullptr;
-  Hook();
-  allocated_.reserve(allocated_.size() + 1);
+  BlockPtr spare = ShouldSplit(*block, rounded) ? NewBlock() : nullptr;
+  ReserveLive();
+  ReserveSegmentSlot();
 
   const auto reserved = static_cast<std::size_t>(stats_.reserved_bytes.current);
   if (options_.gc_threshold > 0) {
@@ -539,14 +551,14 @@ absl::StatusOr<Allocation> CachingAllocator::GrowExpandable(FreeSet& pool, Strea
                                                             std::size_t requested, bool* oom) {
   Segment*& slot = expandable_[IsSmall(pool) ? 0 : 1];
   // Host metadata and the address reservation first: nothing changes if they fail.
-  std::unique_ptr<Segment> fresh;
+  SegmentPtr fresh;
   // A fresh segment that does not make it to the commit (any return or throw
   // on the way) gives its address range back, or, if the runtime refuses (a
   // lost device), retires it to be retried like any emptied range: never
   // dropped with its reservation and chunks still held.
   struct DiscardFresh {
-    std::unique_ptr<Segment>& fresh;
-    std::vector<std::unique_ptr<ExpandableRange>>& retired;
+    SegmentPtr& fresh;
+    std::pmr::vector<PmrUniquePtr<ExpandableRange>>& retired;
     ~DiscardFresh() {
       if (fresh == nullptr || fresh->range == nullptr) return;
       if (fresh->range->ReleaseEverything().ok()) return;
@@ -559,11 +571,11 @@ absl::StatusOr<Allocation> CachingAllocator::GrowExpandable(FreeSet& pool, Strea
   } discard_fresh{fresh, retired_ranges_};
   Segment* segment = slot;
   if (segment == nullptr) {
-    Hook();
-    fresh = std::make_unique<Segment>();
+    ReserveSegmentSlot();
+    fresh = MakePmrUnique<Segment>(metadata_);
     fresh->small_pool = IsSmall(pool);
-    absl::StatusOr<std::unique_ptr<ExpandableRange>> range =
-        ExpandableRange::Reserve(backend_, device_, capacity_);
+    absl::StatusOr<PmrUniquePtr<ExpandableRange>> range =
+        ExpandableRange::Reserve(backend_, device_, capacity_, metadata_);
     if (!range.ok()) {
       *oom = range.status().code() == absl::StatusCode::kResourceExhausted;
       return range.status();
@@ -579,10 +591,9 @@ absl::StatusOr<Allocation> CachingAllocator::GrowExpandable(FreeSet& pool, Strea
   const std::size_t have = extend_tail ? tail->size : 0;
   const std::size_t gran = segment->range->granularity();
   const std::size_t grow = have >= rounded ? 0 : CheckedRoundUp(rounded - have, gran).value_or(0);
-  std::unique_ptr<Block> added = NewBlock();
-  std::unique_ptr<Block> spare = NewBlock();
-  Hook();
-  allocated_.reserve(allocated_.size() + 1);
+  BlockPtr added = NewBlock();
+  BlockPtr spare = NewBlock();
+  ReserveLive();
   if (grow > 0) {
     const auto held = static_cast<std::size_t>(stats_.reserved_bytes.current);
     if (held + grow > EffectiveLimit() &&
@@ -674,9 +685,9 @@ std::size_t CachingAllocator::ShrinkExpandable(Segment* segment, std::size_t cut
     if (segment->next != nullptr) segment->next->prev = segment->prev;
     if (segments_ == segment) segments_ = segment->next;
     Account(segment->small_pool, [](MemoryStats& st) { st.segments.Sub(1); });
-    std::unique_ptr<ExpandableRange> range = std::move(segment->range);
-    delete tail;
-    delete segment;
+    PmrUniquePtr<ExpandableRange> range = std::move(segment->range);
+    DeleteBlock(tail);
+    DeleteSegment(segment);
     if (!range->ReleaseEverything().ok()) {
       try {
         retired_ranges_.push_back(std::move(range));  // retried, not forgotten
@@ -688,7 +699,7 @@ std::size_t CachingAllocator::ShrinkExpandable(Segment* segment, std::size_t cut
   }
   if (tail->size == 0) {
     tail->prev->next = nullptr;
-    delete tail;
+    DeleteBlock(tail);
   } else {
     InsertFree(tail);
   }
@@ -732,8 +743,8 @@ std::size_t CachingAllocator::TrimExpandableTails(const Segment* exclude) {
   return released;
 }
 
-Allocation CachingAllocator::Commit(Block* block, std::unique_ptr<Block> spare,
-                                    std::size_t rounded, std::size_t requested, Stream stream) {
+Allocation CachingAllocator::Commit(Block* block, BlockPtr spare, std::size_t rounded,
+                                    std::size_t requested, Stream stream) {
   // A remainder taken from another stream (after waiting for its marker) is
   // as if freed on `stream` now: others order after `stream`'s next marker.
   std::uint64_t rest_epoch = block->free_epoch;
@@ -767,7 +778,9 @@ Allocation CachingAllocator::Commit(Block* block, std::unique_ptr<Block> spare,
 Allocation CachingAllocator::Register(Block* block, std::size_t requested) {
   block->requested = requested;
   block->segment->last_used = ++tick_;
-  allocated_.emplace(block->address, block);  // capacity reserved: cannot allocate
+  block->live_node.key() = block->address;
+  block->live_node.mapped() = block;
+  allocated_.insert(std::move(block->live_node));  // its own node, room reserved: no-throw
   Account(block->segment->small_pool, [&](MemoryStats& st) {
     st.allocated_bytes.Add(static_cast<std::int64_t>(block->size));
     st.requested_bytes.Add(static_cast<std::int64_t>(requested));
@@ -776,12 +789,22 @@ Allocation CachingAllocator::Register(Block* block, std::size_t requested) {
   return Allocation{reinterpret_cast<void*>(block->address), requested, block->stream};
 }
 
+void CachingAllocator::ReserveLive() {
+  // Grows ahead of need, geometrically (reserving one more each time would
+  // rehash at every allocation), and with a slot to spare: an insert below
+  // a load of one never rehashes.
+  const std::size_t want = allocated_.size() + 2;
+  if (want > allocated_.bucket_count() * allocated_.max_load_factor()) {
+    allocated_.reserve(std::max(want, 2 * allocated_.size()));
+  }
+}
+
 // --- free -------------------------------------------------------------------------------
 
 absl::Status CachingAllocator::DoDeallocate(const Allocation& allocation, Stream stream) {
   std::unique_lock<Mutex> lock(mu_);
   // Streams this call already waited for on the host (the fallback below).
-  std::vector<Stream> waited_on_host;
+  std::pmr::vector<Stream> waited_on_host(metadata_);
   for (;;) {
     auto it = allocated_.find(reinterpret_cast<std::uintptr_t>(allocation.ptr));
     if (it == allocated_.end()) {
@@ -801,8 +824,8 @@ absl::Status CachingAllocator::DoDeallocate(const Allocation& allocation, Stream
     if (options_.cross_stream != CrossStreamReuse::kNone) PrepareMarker(stream);
     // Every other stream that used the block, its allocation stream included
     // (the free may come on a recorded stream): the free waits for each.
-    std::vector<Stream> waits;
-    std::vector<Event> events;
+    std::pmr::vector<Stream> waits(metadata_);
+    std::pmr::vector<Event> events(metadata_);
     auto must_wait = [&](Stream s) {
       if (s.handle == stream.handle) return;
       for (Stream w : waits) {
@@ -811,13 +834,11 @@ absl::Status CachingAllocator::DoDeallocate(const Allocation& allocation, Stream
       for (Stream w : waited_on_host) {
         if (w.handle == s.handle) return;
       }
-      Hook();
       waits.push_back(s);
     };
     must_wait(block->stream);
     for (Stream s : block->stream_uses) must_wait(s);
     if (!waits.empty()) {
-      Hook();
       events.reserve(waits.size());
       absl::Status recorded = absl::OkStatus();
       for (Stream s : waits) {
@@ -840,7 +861,6 @@ absl::Status CachingAllocator::DoDeallocate(const Allocation& allocation, Stream
         // look at the block again, which another thread may have freed or
         // recorded on in the meantime.
         for (Event e : events) RecycleEvent(e);
-        Hook();
         waited_on_host.reserve(waited_on_host.size() + waits.size());
         lock.unlock();
         for (Stream s : waits) {
@@ -876,15 +896,15 @@ absl::Status CachingAllocator::DoDeallocateAfterSync(const Allocation& allocatio
   }
   Block* block = it->second;
   const Stream keep = block->stream;  // the key it is filed under; never called
-  CommitFree(it, keep, {}, /*synchronised=*/true);
+  CommitFree(it, keep, std::pmr::vector<Event>(metadata_), /*synchronised=*/true);
   return absl::OkStatus();
 }
 
-void CachingAllocator::CommitFree(absl::flat_hash_map<std::uintptr_t, Block*>::iterator it,
-                                  Stream stream, std::vector<Event> events, bool synchronised) {
+void CachingAllocator::CommitFree(LiveMap::iterator it, Stream stream,
+                                  std::pmr::vector<Event> events, bool synchronised) {
   Block* block = it->second;
   // Commit: nothing below allocates or fails.
-  allocated_.erase(it);
+  block->live_node = allocated_.extract(it);  // kept for the block's next allocation
   Account(block->segment->small_pool, [&](MemoryStats& st) {
     st.allocated_bytes.Sub(static_cast<std::int64_t>(block->size));
     st.requested_bytes.Sub(static_cast<std::int64_t>(block->requested));
@@ -966,7 +986,6 @@ absl::Status CachingAllocator::RecordStream(const Allocation& allocation, Stream
     for (Stream s : block->stream_uses) {
       if (s.handle == stream.handle) return absl::OkStatus();
     }
-    Hook();
     block->stream_uses.push_back(stream);
     return absl::OkStatus();
   });
@@ -1026,7 +1045,7 @@ absl::Status CachingAllocator::CoalesceAfterSync() {
         b->size += n->size;
         b->next = n->next;
         if (n->next != nullptr) n->next->prev = b;
-        delete n;
+        DeleteBlock(n);
         InsertFree(b);
       } else {
         b = n;
@@ -1037,28 +1056,31 @@ absl::Status CachingAllocator::CoalesceAfterSync() {
   return absl::OkStatus();
 }
 
-std::vector<Segment*> CachingAllocator::FullyFreeSegmentsLruFirst() const {
-  std::vector<Segment*> out;
+void CachingAllocator::ReserveSegmentSlot() {
+  const auto count = static_cast<std::size_t>(stats_.segments.current);
+  if (free_segments_.capacity() <= count) free_segments_.reserve(2 * count + 1);
+}
+
+const std::pmr::vector<Segment*>& CachingAllocator::FullyFreeSegmentsLruFirst() {
+  free_segments_.clear();
   for (Segment* s = segments_; s != nullptr; s = s->next) {
-    if (s->head->state == BlockState::kFree && s->head->next == nullptr) out.push_back(s);
+    if (s->head->state == BlockState::kFree && s->head->next == nullptr) {
+      free_segments_.push_back(s);  // capacity for every segment: cannot throw
+    }
   }
-  std::sort(out.begin(), out.end(),
+  std::sort(free_segments_.begin(), free_segments_.end(),
             [](const Segment* a, const Segment* b) { return a->last_used < b->last_used; });
-  return out;
+  return free_segments_;
 }
 
 std::size_t CachingAllocator::ReleaseFreeSegments(std::size_t enough, const Segment* exclude) {
   if (!retired_ranges_.empty()) RetryRetiredRanges();
   std::size_t released = options_.expandable_segments ? TrimExpandableTails(exclude) : 0;
-  try {
-    for (Segment* s : FullyFreeSegmentsLruFirst()) {
-      if (released >= enough) break;
-      if (s == exclude) continue;
-      const std::size_t size = s->size;
-      if (ReleaseSegment(s)) released += size;
-    }
-  } catch (const std::bad_alloc&) {
-    // Could not even list the candidates: nothing more is released.
+  for (Segment* s : FullyFreeSegmentsLruFirst()) {
+    if (released >= enough) break;
+    if (s == exclude) continue;
+    const std::size_t size = s->size;
+    if (ReleaseSegment(s)) released += size;
   }
   return released;
 }
@@ -1085,8 +1107,8 @@ bool CachingAllocator::ReleaseSegment(Segment* segment) {
     st.segments.Sub(1);
     ++st.upstream_frees;
   });
-  delete block;
-  delete segment;
+  DeleteBlock(block);
+  DeleteSegment(segment);
   return true;
 }
 
@@ -1124,11 +1146,6 @@ std::size_t CachingAllocator::reserved_limit() const {
 void CachingAllocator::AddOomCallback(OomCallback callback) {
   std::lock_guard<Mutex> lock(mu_);
   oom_callbacks_.push_back(std::move(callback));
-}
-
-void CachingAllocator::SetMetadataAllocationHookForTesting(std::function<void()> hook) {
-  std::lock_guard<Mutex> lock(mu_);
-  metadata_hook_ = std::move(hook);
 }
 
 // --- observation ------------------------------------------------------------------------

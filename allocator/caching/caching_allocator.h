@@ -24,8 +24,9 @@
 //    for those streams instead. Expandable segments never unmap a free tail
 //    while work queued on its stream may still touch it.
 //  - Strong guarantee on Allocate, with one exception: if the backend fails
-//    or throws at any point, or host metadata allocation throws, no device
-//    memory leaks and the allocator's state and stats are as before — except
+//    or throws at any point, or the metadata resource throws (see
+//    CachingOptions::metadata_resource), no device memory leaks and the
+//    allocator's state and stats are as before — except
 //    that on the way to out-of-memory it may already have returned cached
 //    free segments to the device (and merged free neighbours) to make room.
 //    That changes only the cache (reserved and free bytes, segments); live
@@ -40,7 +41,7 @@
 // Thread safety: all methods may be called from any thread. One mutex per
 // allocator (one allocator per device, so devices never contend) guards all
 // state; backend calls for new segments and releases happen under it, OOM
-// callbacks never do.
+// callbacks never do. The metadata resource is called only under it too.
 #ifndef GPUALLOC_ALLOCATOR_CACHING_CACHING_ALLOCATOR_H_
 #define GPUALLOC_ALLOCATOR_CACHING_CACHING_ALLOCATOR_H_
 
@@ -48,11 +49,12 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <memory_resource>
 #include <mutex>
 #include <optional>
+#include <unordered_map>
 #include <vector>
 
-#include "absl/container/flat_hash_map.h"
 #include "allocator/backend/backend.h"
 #include "allocator/caching/block.h"
 #include "allocator/caching/caching_options.h"
@@ -119,14 +121,13 @@ class CachingAllocator final : public MemoryResource {
   MemorySnapshot Snapshot() const;
   void ResetPeakStats();
 
-  // Test hook: runs before every host-side metadata allocation the allocator
-  // makes, so a test can throw std::bad_alloc from exactly there.
-  void SetMetadataAllocationHookForTesting(std::function<void()> hook);
-
  private:
   using Block = caching_detail::Block;
   using Segment = caching_detail::Segment;
   using FreeSet = caching_detail::FreeSet;
+  using LiveMap = caching_detail::LiveMap;
+  using BlockPtr = caching_detail::BlockPtr;
+  using SegmentPtr = caching_detail::SegmentPtr;
 
   CachingAllocator(std::shared_ptr<Backend> backend, DeviceIndex device, CachingOptions options,
                    std::size_t capacity, std::size_t alignment);
@@ -169,7 +170,7 @@ class CachingAllocator final : public MemoryResource {
   // `free_block` (allocated) and `free_block` stays in `pool` as the
   // remainder, if its place in the order holds; else null and nothing
   // changed. Not for expandable segments. No-throw.
-  Block* SplitFrontInPlace(FreeSet& pool, Block* free_block, std::unique_ptr<Block>& spare,
+  Block* SplitFrontInPlace(FreeSet& pool, Block* free_block, BlockPtr& spare,
                            std::size_t rounded);
   // The free neighbour after `block` takes it in, staying in its pool, if
   // its place in the order holds; else false and nothing changed. No-throw.
@@ -178,15 +179,21 @@ class CachingAllocator final : public MemoryResource {
   // other streams that used it) or straight back to its pool. No-throw.
   // `synchronised`: the caller synchronised the device since the block's
   // last use (DeallocateAfterSync): it may go to any stream at once.
-  void CommitFree(absl::flat_hash_map<std::uintptr_t, Block*>::iterator it, Stream stream,
-                  std::vector<Event> events, bool synchronised);
+  void CommitFree(LiveMap::iterator it, Stream stream, std::pmr::vector<Event> events,
+                  bool synchronised);
   // Records an allocated block: the live map, its segment's recency, stats.
+  // No-throw after ReserveLive().
   Allocation Register(Block* block, std::size_t requested);
-  Allocation Commit(Block* block, std::unique_ptr<Block> spare, std::size_t rounded,
-                    std::size_t requested, Stream stream);
-  std::unique_ptr<Block> NewBlock();  // fallible: node and block (or a recycled one)
+  // Room in the live map for one more block, so Register never rehashes.
+  // Fallible: called before an allocation's first change.
+  void ReserveLive();
+  Allocation Commit(Block* block, BlockPtr spare, std::size_t rounded, std::size_t requested,
+                    Stream stream);
+  BlockPtr NewBlock();  // fallible: block and nodes (or a recycled one)
   // Keeps a block merged away for the next NewBlock (bounded), else deletes it.
   void RecycleBlock(Block* block) noexcept;
+  void DeleteBlock(Block* block) noexcept { PmrDelete(metadata_, block); }
+  void DeleteSegment(Segment* segment) noexcept { PmrDelete(metadata_, segment); }
   void InsertFree(Block* block);      // no-throw
   void EraseFree(Block* block);       // no-throw
   // The stats of a block entering or leaving its free set (as it is now).
@@ -198,7 +205,12 @@ class CachingAllocator final : public MemoryResource {
   // Synchronises the device, then merges free neighbours whatever their
   // stream (all streams are idle), so split segments can be released.
   absl::Status CoalesceAfterSync();
-  std::vector<Segment*> FullyFreeSegmentsLruFirst() const;
+  // The fully free segments, least recently used first, in free_segments_
+  // (valid until the next call). Never allocates.
+  const std::pmr::vector<Segment*>& FullyFreeSegmentsLruFirst();
+  // Room in free_segments_ for one more segment. Fallible: called before a
+  // new segment's first change.
+  void ReserveSegmentSlot();
   std::size_t LargestFreeBlockLocked() const;
   // Releases fully free segments, least recently used first, until `enough`
   // bytes were released (or none is left). Returns the bytes released.
@@ -218,25 +230,24 @@ class CachingAllocator final : public MemoryResource {
     fn(stats_);
     fn(pool_stats_[small_pool ? 0 : 1]);
   }
-  void Hook() const {
-    if (metadata_hook_) metadata_hook_();
-  }
-
   const std::shared_ptr<Backend> backend_;
   const DeviceIndex device_;
   const CachingOptions options_;
   const std::size_t capacity_;   // the device's total bytes
   const std::size_t alignment_;  // the device's pointer alignment
+  // Every host structure below (blocks, segments, their nodes, the maps and
+  // lists) is allocated here: options_.metadata_resource, or new/delete.
+  std::pmr::memory_resource* const metadata_;
 
   mutable Mutex mu_;
   FreeSet small_;
   FreeSet large_;
-  absl::flat_hash_map<std::uintptr_t, Block*> allocated_;
+  LiveMap allocated_;
   Segment* segments_ = nullptr;        // intrusive list, owned
   Segment* expandable_[2] = {nullptr, nullptr};  // small, large pool (options_.expandable_segments)
   // Emptied expandable ranges whose release the backend refused: retried on
   // every release pass and at destruction, never forgotten.
-  std::vector<std::unique_ptr<ExpandableRange>> retired_ranges_;
+  std::pmr::vector<PmrUniquePtr<ExpandableRange>> retired_ranges_;
   Block* pending_ = nullptr;           // intrusive list of blocks awaiting events
   // Free markers (RMM's scheme, amortised): an event per stream that another
   // stream waits for (or checks) before it takes a block freed there, never
@@ -256,7 +267,7 @@ class CachingAllocator final : public MemoryResource {
     std::uint64_t covered = 0;  // frees the last recorded marker follows
   };
   static constexpr std::uint64_t kFreesPerMarker = 4;
-  absl::flat_hash_map<std::uintptr_t, FreeMarker> markers_;
+  std::pmr::unordered_map<std::uintptr_t, FreeMarker> markers_;
   // Counts a free of `block` on `stream` (alive: the caller frees on it) and
   // records the marker when due; never fails.
   void MarkFreed(Block* block, Stream stream);
@@ -273,17 +284,19 @@ class CachingAllocator final : public MemoryResource {
   // Destroys every marker's event (one the runtime refuses goes to the spare
   // pool, destroyed with the allocator) and forgets the markers.
   void DropMarkers();
-  std::vector<Event> spare_events_;
+  std::pmr::vector<Event> spare_events_;
   // Blocks merged away, each with its FreeSet node, reused by NewBlock: a
   // split and merge cost no heap allocation in the steady state.
   static constexpr std::size_t kSpareBlocks = 64;
-  std::vector<Block*> spare_blocks_;
+  std::pmr::vector<Block*> spare_blocks_;
+  // The release paths' list of candidates, with room for every segment, so
+  // releasing never needs memory (and EmptyCache never fails for want of it).
+  std::pmr::vector<Segment*> free_segments_;
   std::size_t limit_ = 0;
   std::uint64_t tick_ = 0;
   MemoryStats stats_;
   std::array<MemoryStats, 2> pool_stats_;  // small, large
   std::vector<OomCallback> oom_callbacks_;
-  std::function<void()> metadata_hook_;
 };
 
 }  // namespace gpualloc

@@ -7,10 +7,12 @@
 #include <functional>
 #include <vector>
 
+#include "absl/strings/str_format.h"
 #include "allocator/backend/failpoints/failpoint_backend.h"
 #include "allocator/backend/sim/sim_backend.h"
 #include "gtest/gtest.h"
 #include "harness/invariants/invariants.h"
+#include "harness/testing/failing_memory_resource.h"
 
 namespace gpualloc {
 namespace {
@@ -1117,38 +1119,147 @@ TEST(CachingAllocator, FaultSweepEveryBackendCallFailedOrThrownLeavesNoLeak) {
   }
 }
 
-TEST(CachingAllocator, AllocateHasTheStrongGuaranteeWhenMetadataAllocationThrows) {
-  // Every metadata allocation point of a cache hit (8 KiB) and of a new
-  // segment (3 MiB), in turn; with expandable segments, of growing one.
-  for (int k = 1; k <= 32; ++k) {
-    auto sim = Sim();
-    CachingOptions options;
-    options.expandable_segments = k > 16;
-    auto cache = Cache(sim, options);
-    Allocation keep = cache->Allocate(4 * kKiB).value();  // a segment with a free remainder
-    const MemoryStats before = cache->stats();
-    const std::string snap_before = cache->Snapshot().ToJson();
-    int count = 0;
-    const int nth = (k - 1) % 8 + 1;
-    cache->SetMetadataAllocationHookForTesting([&] {
-      if (++count == nth) throw std::bad_alloc();
-    });
-    absl::StatusOr<Allocation> a = cache->Allocate((k - 1) % 16 < 8 ? 8 * kKiB : 3 * kMiB);
-    cache->SetMetadataAllocationHookForTesting(nullptr);
-    if (!a.ok()) {
-      EXPECT_EQ(a.status().code(), absl::StatusCode::kResourceExhausted) << a.status();
-      EXPECT_EQ(cache->Snapshot().ToJson(), snap_before) << "state changed at k=" << k;
-      EXPECT_EQ(cache->stats().reserved_bytes.current, before.reserved_bytes.current);
-      // (Physical chunks of expandable segments count as device bytes.)
-      EXPECT_EQ(sim->Accounting().devices[0].device_bytes,
-                static_cast<std::size_t>(before.reserved_bytes.current))
-          << "no device memory leaked at k=" << k;
-    } else {
-      ASSERT_TRUE(cache->Deallocate(*a).ok());
+// What no failed call may change: the segments and every allocated block.
+// (Any call first returns blocks whose pending events completed to the free
+// pool, so free and pending blocks may differ where some were pending.)
+std::string HeldMemory(const MemorySnapshot& snap) {
+  std::string out;
+  for (const SegmentSnapshot& seg : snap.segments) {
+    out += absl::StrFormat("segment %#x+%d:", seg.address, seg.size);
+    for (const BlockSnapshot& b : seg.blocks) {
+      if (b.state == BlockState::kAllocated) {
+        out += absl::StrFormat(" [%#x+%d requested %d stream %d]", b.address, b.size, b.requested,
+                               b.stream.handle);
+      }
     }
-    ASSERT_TRUE(cache->Deallocate(keep).ok());
-    ExpectConsistent(*cache);
+    out += "\n";
   }
+  return out;
+}
+
+bool AnyPending(const MemorySnapshot& snap) {
+  for (const SegmentSnapshot& seg : snap.segments) {
+    for (const BlockSnapshot& b : seg.blocks) {
+      if (b.state == BlockState::kPendingEvents) return true;
+    }
+  }
+  return false;
+}
+
+// Runs a scenario that reaches every kind of metadata allocation (new
+// segments, cache hits with splits, RecordStream, frees that wait on other
+// streams, cross-stream reuse, expandable growth, EmptyCache) with the k-th
+// allocation from the injected metadata resource failing. The operation that
+// meets the failure must fail and change nothing, or succeed (where the
+// allocator has a fallback); then it is retried and the scenario goes on.
+// Returns how many allocations of the resource failed (0: k is past the end).
+std::uint64_t RunWithMetadataFailureAt(std::uint64_t k, bool expandable) {
+  auto sim = Sim();
+  harness::FailingMemoryResource metadata;
+  {
+    CachingOptions options;
+    options.expandable_segments = expandable;
+    options.metadata_resource = &metadata;
+    auto cache = Cache(sim, options);
+    const Stream s1 = sim->CreateStream(0).value();
+    const Stream s2 = sim->CreateStream(0).value();
+    metadata.FailAt(k);
+    // One step: the failing call leaves no trace; a retry without failures succeeds.
+    auto step = [&](const char* what, auto op) {
+      SCOPED_TRACE(testing::Message() << what << ", failure at allocation " << k
+                                      << (expandable ? ", expandable" : ""));
+      const MemorySnapshot before = cache->Snapshot();
+      const std::uint64_t failed_before = metadata.failures();
+      const std::size_t device_before = sim->Accounting().devices[0].device_bytes;
+      absl::Status st = op();
+      if (st.ok()) return;
+      EXPECT_EQ(metadata.failures(), failed_before + 1) << "failed without an injected failure: " << st;
+      EXPECT_EQ(st.code(), absl::StatusCode::kResourceExhausted) << st;
+      const MemorySnapshot after = cache->Snapshot();
+      if (AnyPending(before)) {
+        EXPECT_EQ(HeldMemory(after), HeldMemory(before)) << "a failed call changed what is held";
+        EXPECT_EQ(after.stats.allocated_bytes.current, before.stats.allocated_bytes.current);
+        EXPECT_EQ(after.stats.reserved_bytes.current, before.stats.reserved_bytes.current);
+      } else {
+        EXPECT_EQ(after.ToJson(), before.ToJson()) << "a failed call changed the allocator";
+      }
+      EXPECT_EQ(sim->Accounting().devices[0].device_bytes, device_before) << "device memory leaked";
+      ExpectConsistent(*cache);
+      metadata.FailNone();
+      st = op();
+      EXPECT_TRUE(st.ok()) << "the retry failed: " << st;
+    };
+    Allocation a, b, c, d, e;
+    auto alloc = [&](Allocation* out, std::size_t bytes, Stream s) {
+      return [&cache, out, bytes, s]() -> absl::Status {
+        absl::StatusOr<Allocation> r = cache->Allocate(bytes, s);
+        if (r.ok()) *out = *r;
+        return r.status();
+      };
+    };
+    step("new segment", alloc(&a, 4 * kKiB, s1));
+    step("cache hit with a split", alloc(&b, 8 * kKiB, s1));
+    step("RecordStream", [&] { return cache->RecordStream(a, s2); });
+    step("free waiting on another stream", [&] { return cache->Deallocate(a, s1); });
+    step("large segment", alloc(&c, 3 * kMiB, s2));
+    step("free on another stream", [&] { return cache->Deallocate(b, s2); });
+    step("taken from another stream", alloc(&d, 4 * kKiB, s2));
+    step("free", [&] { return cache->Deallocate(c, s2); });
+    step("grown or new segment", alloc(&e, 30 * kMiB, s1));
+    step("free after sync", [&] { return cache->DeallocateAfterSync(d); });
+    step("free", [&] { return cache->Deallocate(e, s1); });
+    step("EmptyCache", [&] { return cache->EmptyCache(); });
+    metadata.FailNone();
+    ExpectConsistent(*cache);
+    EXPECT_EQ(cache->stats().allocated_bytes.current, 0);
+    EXPECT_TRUE(cache->EmptyCache().ok());
+    EXPECT_TRUE(sim->DestroyStream(s1).ok());
+    EXPECT_TRUE(sim->DestroyStream(s2).ok());
+  }
+  EXPECT_EQ(metadata.outstanding_bytes(), 0u) << "metadata leaked at k=" << k;
+  EXPECT_TRUE(sim->Accounting().AllReleased()) << sim->Accounting().Describe();
+  return metadata.failures();
+}
+
+TEST(CachingAllocator, EveryMetadataAllocationFailureLeavesTheAllocatorAsItWas) {
+  for (bool expandable : {false, true}) {
+    std::uint64_t k = 1;
+    while (RunWithMetadataFailureAt(k, expandable) > 0) {
+      ASSERT_FALSE(HasFailure()) << "first failure at k=" << k;
+      ++k;
+    }
+    // Every allocation the scenario makes was failed once: blocks, nodes,
+    // segments, maps, event lists, an expandable range and its chunk lists.
+    EXPECT_GE(k, 30u) << "the scenario must reach the metadata allocations it was written for";
+  }
+}
+
+TEST(CachingAllocator, HostBookkeepingComesFromTheMetadataResourceAndAllReturns) {
+  auto sim = Sim();
+  harness::FailingMemoryResource metadata;
+  {
+    CachingOptions options;
+    options.metadata_resource = &metadata;
+    auto cache = Cache(sim, options);
+    std::vector<Allocation> live;
+    for (int i = 0; i < 200; ++i) live.push_back(cache->Allocate((i % 7 + 1) * 4 * kKiB).value());
+    EXPECT_GT(metadata.outstanding_blocks(), 200u) << "each live block's bookkeeping is there";
+    for (std::size_t i = 0; i < live.size(); i += 2) ASSERT_TRUE(cache->Deallocate(live[i]).ok());
+    // Steady state: a free and an allocation of the same size reuse the
+    // bookkeeping they have; the resource is not asked again.
+    const std::uint64_t before = metadata.allocations();
+    for (int round = 0; round < 50; ++round) {
+      Allocation a = cache->Allocate(4 * kKiB).value();
+      ASSERT_TRUE(cache->Deallocate(a).ok());
+    }
+    EXPECT_EQ(metadata.allocations(), before);
+    metadata.FailAll();  // nor can it: allocating and freeing still work
+    Allocation a = cache->Allocate(4 * kKiB).value();
+    ASSERT_TRUE(cache->Deallocate(a).ok());
+    metadata.FailNone();
+    for (std::size_t i = 1; i < live.size(); i += 2) ASSERT_TRUE(cache->Deallocate(live[i]).ok());
+  }
+  EXPECT_EQ(metadata.outstanding_bytes(), 0u);
 }
 
 TEST(CachingAllocator, ConcurrentAllocateAndCrossThreadFreeKeepContentsAndBalance) {

@@ -18,6 +18,7 @@
 
 #include <cstddef>
 #include <limits>
+#include <memory_resource>
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
@@ -61,6 +62,15 @@ struct CachingOptions {
   // unmap free tails when memory is wanted back) instead of obtaining many
   // separate segments. Needs a backend with virtual memory (CUDA VMM, sim).
   bool expandable_segments = false;
+  // Where the allocator keeps its host bookkeeping: blocks, segments, their
+  // set and map nodes, its lists. Null: new/delete. It must outlive the
+  // allocator, and be thread-safe if anything else uses it at the same time
+  // (the allocator calls it only under its own lock). If it throws
+  // std::bad_alloc, the operation that needed it fails with ResourceExhausted
+  // and changes nothing (see CachingAllocator's strong guarantee): an arena
+  // or a pool for the bookkeeping, or a resource that fails on chosen calls
+  // to test exactly that.
+  std::pmr::memory_resource* metadata_resource = nullptr;
 
   // OK, or InvalidArgument naming the first inconsistent field.
   absl::Status Validate() const;

@@ -1,6 +1,7 @@
 #include "allocator/caching/expandable_range.h"
 
 #include <cstdio>
+#include <new>
 #include <string>
 
 #include "absl/strings/str_format.h"
@@ -10,8 +11,9 @@
 
 namespace gpualloc {
 
-absl::StatusOr<std::unique_ptr<ExpandableRange>> ExpandableRange::Reserve(
-    std::shared_ptr<Backend> backend, DeviceIndex device, std::size_t max_bytes) {
+absl::StatusOr<PmrUniquePtr<ExpandableRange>> ExpandableRange::Reserve(
+    std::shared_ptr<Backend> backend, DeviceIndex device, std::size_t max_bytes,
+    std::pmr::memory_resource* metadata) {
   GPUALLOC_ASSIGN_OR_RETURN(DeviceProperties props,
                             CallAtBoundary("device properties", [&] {
                               return backend->GetDeviceProperties(device);
@@ -22,12 +24,19 @@ absl::StatusOr<std::unique_ptr<ExpandableRange>> ExpandableRange::Reserve(
   }
   const std::optional<std::size_t> size = CheckedRoundUp(max_bytes, props.vm_granularity);
   if (!size || *size == 0) return absl::InvalidArgumentError("expandable range: bad size");
-  GPUALLOC_ASSIGN_OR_RETURN(std::uintptr_t base, CallAtBoundary("vm reserve", [&] {
-                              return backend->VmReserve(device, *size);
-                            }));
-  auto range = std::unique_ptr<ExpandableRange>(
-      new ExpandableRange(backend, device, base, *size, props.vm_granularity));
-  return range;
+  // The object first: if its memory cannot be had, nothing is reserved yet.
+  std::pmr::polymorphic_allocator<ExpandableRange> alloc(metadata);
+  ExpandableRange* raw = alloc.allocate(1);
+  absl::StatusOr<std::uintptr_t> base =
+      CallAtBoundary("vm reserve", [&] { return backend->VmReserve(device, *size); });
+  if (!base.ok()) {
+    alloc.deallocate(raw, 1);
+    return base.status();
+  }
+  // No-throw from here: the constructor only copies and adopts the resource.
+  new (raw) ExpandableRange(std::move(backend), device, *base, *size, props.vm_granularity,
+                            metadata);
+  return PmrUniquePtr<ExpandableRange>(raw, PmrDeleter<ExpandableRange>{metadata});
 }
 
 ExpandableRange::~ExpandableRange() {
@@ -60,11 +69,15 @@ absl::Status ExpandableRange::Grow(std::size_t bytes) {
   GPUALLOC_RETURN_IF_ERROR(ReleaseStuck());
   const std::size_t start = mapped_bytes();
   const std::size_t n = bytes / granularity_;
-  std::vector<PhysicalChunk> added;
-  added.reserve(n);  // fallible work first, so nothing below allocates
+  std::pmr::vector<PhysicalChunk> added(chunks_.get_allocator());
+  // Fallible work first, so nothing below allocates: room for the new chunks
+  // in chunks_, and room in stuck_ and unmapped_ for every chunk there will
+  // be (the invariant that lets Shrink and the release paths never allocate).
+  const std::size_t all = chunks_.size() + stuck_.size() + unmapped_.size() + n + 1;
+  added.reserve(n);
   chunks_.reserve(chunks_.size() + n);
-  stuck_.reserve(stuck_.size() + n);
-  unmapped_.reserve(unmapped_.size() + n + 1);
+  stuck_.reserve(all);
+  unmapped_.reserve(all);
   auto undo = [&](absl::Status cause) {
     // Everything this call did, in reverse. A step the backend refuses is
     // remembered (stuck_ / unmapped_) and retried later, never forgotten.
@@ -112,14 +125,13 @@ absl::Status ExpandableRange::Shrink(std::size_t bytes) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "expandable range: cannot shrink by %d bytes (%d mapped)", bytes, mapped_bytes()));
   }
-  unmapped_.reserve(unmapped_.size() + bytes / granularity_);  // fallible work first
   for (std::size_t n = bytes / granularity_; n > 0; --n) {
     const std::uintptr_t at = base_ + (chunks_.size() - 1) * granularity_;
     GPUALLOC_RETURN_IF_ERROR(
         CallAtBoundary("vm unmap", [&] { return backend_->VmUnmap(at, granularity_); }));
     // Unmapped: it leaves the range. Until the backend takes it back it is
     // kept in unmapped_ and retried, never forgotten.
-    unmapped_.push_back(chunks_.back());
+    unmapped_.push_back(chunks_.back());  // capacity reserved by Grow: cannot throw
     chunks_.pop_back();
   }
   return ReleaseUnmapped();
