@@ -22,6 +22,18 @@ if ! "$BAZELW" build --config=ci --config=fuzz $labels >"$out/build.log" 2>&1; t
   record FAIL fuzz build
   exit 1
 fi
+# The same clang build checks the thread-safety annotations of every
+# allocator library (-Wthread-safety, errors on our code; see .bazelrc). The
+# CUDA and HIP backends build with the default toolchain only.
+libs=$("$BAZELW" query 'kind(cc_library, //allocator/...) except //allocator/backend/cuda/... except //allocator/backend/hip/...' 2>/dev/null)
+echo "=== [fuzz] clang -Wthread-safety over $(echo "$libs" | wc -l) allocator libraries"
+if "$BAZELW" build --config=ci --config=fuzz $libs >"$out/thread-safety.log" 2>&1; then
+  record PASS fuzz thread-safety
+else
+  grep -E 'error:|warning:' "$out/thread-safety.log" | head -40
+  record FAIL fuzz thread-safety
+  exit 1
+fi
 bin=$("$BAZELW" info --config=fuzz bazel-bin 2>/dev/null)
 rc=0
 for t in $targets; do

@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_format.h"
 #include "allocator/common/checked_math.h"
+#include "allocator/common/node_insert.h"
 
 namespace gpualloc {
 
@@ -29,12 +30,12 @@ ArenaResource::~ArenaResource() {
 }
 
 MemoryStats ArenaResource::stats() const {
-  std::lock_guard<Mutex> lock(mu_);
+  MutexLock lock(mu_);
   return stats_;
 }
 
 ArenaStats ArenaResource::arena_stats() const {
-  std::lock_guard<Mutex> lock(mu_);
+  MutexLock lock(mu_);
   return arena_stats_;
 }
 
@@ -43,8 +44,9 @@ absl::StatusOr<Allocation> ArenaResource::DoAllocate(std::size_t bytes, Stream s
   if (!aligned) {
     return absl::ResourceExhaustedError(absl::StrFormat("arena: %d bytes overflows", bytes));
   }
-  std::lock_guard<Mutex> lock(mu_);
-  live_.reserve(live_.size() + 1);
+  MutexLock lock(mu_);
+  // The tensor's entry first: if it cannot be had, nothing is obtained yet.
+  auto entry = PrepareInsert(live_, nullptr, Placement{});
   if (*aligned > options_.pack_threshold) {
     // The upstream only promises its own alignment: ask for enough slack to
     // place the tensor on an arena-aligned address inside.
@@ -57,7 +59,9 @@ absl::StatusOr<Allocation> ArenaResource::DoAllocate(std::size_t bytes, Stream s
     if (!own.ok()) return own.status();
     const auto base = reinterpret_cast<std::uintptr_t>(own->ptr);
     void* ptr = reinterpret_cast<void*>(*CheckedRoundUp(base, options_.alignment));
-    live_.emplace(ptr, Placement{bytes, nullptr, *own});
+    entry.key() = ptr;
+    entry.mapped() = Placement{bytes, nullptr, *own};
+    CommitInsert(live_, std::move(entry));
     ++arena_stats_.own_segment_tensors;
     arena_stats_.padding_bytes += *with_slack - *aligned;
     stats_.reserved_bytes.Add(static_cast<std::int64_t>(*with_slack));
@@ -91,7 +95,8 @@ absl::StatusOr<Allocation> ArenaResource::DoAllocate(std::size_t bytes, Stream s
     }
   }
   if (chunk == nullptr) {
-    auto fresh = std::make_unique<Chunk>();
+    auto chunk_entry = PrepareInsert(chunks_, std::uintptr_t{0}, MakePmrUnique<Chunk>(metadata_));
+    Chunk* fresh = chunk_entry.mapped().get();
     absl::StatusOr<Allocation> a = upstream_->Allocate(options_.chunk_bytes, stream);
     for (std::size_t size = options_.chunk_bytes / 2; !a.ok() && size >= *aligned; size /= 2) {
       if (a.status().code() != absl::StatusCode::kResourceExhausted) break;
@@ -99,7 +104,7 @@ absl::StatusOr<Allocation> ArenaResource::DoAllocate(std::size_t bytes, Stream s
     }
     if (!a.ok()) return a.status();
     fresh->allocation = *a;
-    chunk = fresh.get();
+    chunk = fresh;
     if (std::optional<std::size_t> at = aligned_offset(*chunk)) {
       offset = *at;
     } else {
@@ -108,12 +113,8 @@ absl::StatusOr<Allocation> ArenaResource::DoAllocate(std::size_t bytes, Stream s
           "arena: a %d-byte chunk cannot hold %d bytes at %d-byte alignment", a->bytes, *aligned,
           options_.alignment));
     }
-    try {
-      chunks_.emplace(reinterpret_cast<std::uintptr_t>(a->ptr), std::move(fresh));
-    } catch (...) {
-      upstream_->Deallocate(*a).IgnoreError();
-      throw;
-    }
+    chunk_entry.key() = reinterpret_cast<std::uintptr_t>(a->ptr);
+    CommitInsert(chunks_, std::move(chunk_entry));
     ++arena_stats_.chunks;
     stats_.reserved_bytes.Add(static_cast<std::int64_t>(a->bytes));
     stats_.segments.Add(1);
@@ -126,7 +127,9 @@ absl::StatusOr<Allocation> ArenaResource::DoAllocate(std::size_t bytes, Stream s
   chunk->used = offset + *aligned;
   ++chunk->live;
   void* ptr = static_cast<char*>(chunk->allocation.ptr) + offset;
-  live_.emplace(ptr, Placement{bytes, chunk, Allocation{ptr, *aligned, stream}});
+  entry.key() = ptr;
+  entry.mapped() = Placement{bytes, chunk, Allocation{ptr, *aligned, stream}};
+  CommitInsert(live_, std::move(entry));
   ++arena_stats_.packed_tensors;
   stats_.allocated_bytes.Add(static_cast<std::int64_t>(*aligned));
   stats_.requested_bytes.Add(static_cast<std::int64_t>(bytes));
@@ -135,7 +138,7 @@ absl::StatusOr<Allocation> ArenaResource::DoAllocate(std::size_t bytes, Stream s
 }
 
 absl::Status ArenaResource::DoDeallocate(const Allocation& allocation, Stream stream) {
-  std::lock_guard<Mutex> lock(mu_);
+  MutexLock lock(mu_);
   auto it = live_.find(allocation.ptr);
   if (it == live_.end() || it->second.bytes != allocation.bytes) {
     return absl::InvalidArgumentError(absl::StrFormat(

@@ -23,10 +23,12 @@
 
 #include <map>
 #include <memory>
+#include <memory_resource>
 #include <mutex>
+#include <unordered_map>
 
-#include "absl/container/flat_hash_map.h"
 #include "allocator/common/mutex.h"
+#include "allocator/common/pmr_object.h"
 #include "allocator/resource/memory_resource.h"
 
 namespace gpualloc {
@@ -35,6 +37,11 @@ struct ArenaOptions {
   std::size_t pack_threshold = std::size_t{32} << 20;
   std::size_t chunk_bytes = std::size_t{1} << 30;
   std::size_t alignment = 4096;
+  // Where the arena keeps its bookkeeping (chunks, placements). Null:
+  // new/delete. Must outlive the arena; called only under its lock. If it
+  // throws std::bad_alloc, Allocate fails with ResourceExhausted and changes
+  // nothing (no chunk or segment is left obtained upstream).
+  std::pmr::memory_resource* metadata_resource = nullptr;
 };
 
 struct ArenaStats {
@@ -69,17 +76,25 @@ class ArenaResource final : public MemoryResource {
   };
 
   ArenaResource(std::shared_ptr<MemoryResource> upstream, ArenaOptions options)
-      : upstream_(std::move(upstream)), options_(options) {}
+      : upstream_(std::move(upstream)),
+        options_(options),
+        metadata_(options.metadata_resource != nullptr ? options.metadata_resource
+                                                       : std::pmr::new_delete_resource()),
+        chunks_(metadata_),
+        live_(metadata_) {}
   absl::StatusOr<Allocation> DoAllocate(std::size_t bytes, Stream stream) override;
   absl::Status DoDeallocate(const Allocation& allocation, Stream stream) override;
 
   const std::shared_ptr<MemoryResource> upstream_;
   const ArenaOptions options_;
   mutable Mutex mu_;
-  std::map<std::uintptr_t, std::unique_ptr<Chunk>> chunks_;
-  absl::flat_hash_map<void*, Placement> live_;
-  MemoryStats stats_;
-  ArenaStats arena_stats_;
+  std::pmr::memory_resource* const metadata_;  // options_.metadata_resource, or new/delete
+  // Node-based maps: their inserts are prepared before the upstream call and
+  // committed after it without allocating (allocator/common/node_insert.h).
+  std::pmr::map<std::uintptr_t, PmrUniquePtr<Chunk>> chunks_ ABSL_GUARDED_BY(mu_);
+  std::pmr::unordered_map<void*, Placement> live_ ABSL_GUARDED_BY(mu_);
+  MemoryStats stats_ ABSL_GUARDED_BY(mu_);
+  ArenaStats arena_stats_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace gpualloc

@@ -8,6 +8,7 @@
 #include "absl/strings/str_format.h"
 #include "allocator/common/checked_math.h"
 #include "allocator/common/exception_boundary.h"
+#include "allocator/common/node_insert.h"
 #include "allocator/common/status_macros.h"
 
 namespace gpualloc {
@@ -63,7 +64,7 @@ CachingAllocator::CachingAllocator(std::shared_ptr<Backend> backend, DeviceIndex
       limit_(options.reserved_limit) {}
 
 CachingAllocator::~CachingAllocator() {
-  std::lock_guard<Mutex> lock(mu_);
+  MutexLock lock(mu_);
   WaitForAllPending().IgnoreError();
   CallAtBoundary("device synchronize", [&] { return backend_->DeviceSynchronize(device_); })
       .IgnoreError();
@@ -344,7 +345,7 @@ absl::StatusOr<Allocation> CachingAllocator::DoAllocate(std::size_t bytes, Strea
   const std::optional<std::size_t> rounded = CheckedRoundUp(bytes, options_.min_block_bytes);
   bool callbacks_ran = false;
   for (;;) {
-    std::unique_lock<Mutex> lock(mu_);
+    ReleasableMutexLock lock(mu_);
     if (!rounded || *rounded > capacity_ || *rounded > EffectiveLimit()) {
       // Fails fast and touches nothing: no cache flush can make this fit.
       return absl::ResourceExhaustedError(absl::StrFormat(
@@ -362,7 +363,7 @@ absl::StatusOr<Allocation> CachingAllocator::DoAllocate(std::size_t bytes, Strea
     }
     // Callbacks may free our own allocations: run them without the lock.
     std::vector<OomCallback> callbacks = oom_callbacks_;
-    lock.unlock();
+    lock.Unlock();
     callbacks_ran = true;
     for (const OomCallback& callback : callbacks) {
       try {
@@ -490,7 +491,8 @@ absl::StatusOr<Allocation> CachingAllocator::NewSegment(FreeSet& pool, Stream st
       ++stats_.cache_flushes;
     }
   }
-  auto malloc_once = [&](std::size_t bytes) -> absl::StatusOr<void*> {
+  auto malloc_once = [&](std::size_t bytes)
+                         ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> absl::StatusOr<void*> {
     const auto held = static_cast<std::size_t>(stats_.reserved_bytes.current);
     if (held + bytes > EffectiveLimit() &&
         ReleaseFreeSegments(held + bytes - EffectiveLimit()) > 0) {
@@ -789,20 +791,12 @@ Allocation CachingAllocator::Register(Block* block, std::size_t requested) {
   return Allocation{reinterpret_cast<void*>(block->address), requested, block->stream};
 }
 
-void CachingAllocator::ReserveLive() {
-  // Grows ahead of need, geometrically (reserving one more each time would
-  // rehash at every allocation), and with a slot to spare: an insert below
-  // a load of one never rehashes.
-  const std::size_t want = allocated_.size() + 2;
-  if (want > allocated_.bucket_count() * allocated_.max_load_factor()) {
-    allocated_.reserve(std::max(want, 2 * allocated_.size()));
-  }
-}
+void CachingAllocator::ReserveLive() { ReserveOneMore(allocated_); }
 
 // --- free -------------------------------------------------------------------------------
 
 absl::Status CachingAllocator::DoDeallocate(const Allocation& allocation, Stream stream) {
-  std::unique_lock<Mutex> lock(mu_);
+  ReleasableMutexLock lock(mu_);
   // Streams this call already waited for on the host (the fallback below).
   std::pmr::vector<Stream> waited_on_host(metadata_);
   for (;;) {
@@ -862,12 +856,12 @@ absl::Status CachingAllocator::DoDeallocate(const Allocation& allocation, Stream
         // recorded on in the meantime.
         for (Event e : events) RecycleEvent(e);
         waited_on_host.reserve(waited_on_host.size() + waits.size());
-        lock.unlock();
+        lock.Unlock();
         for (Stream s : waits) {
           absl::Status synced =
               CallAtBoundary("stream synchronize", [&] { return backend_->SynchronizeStream(s); });
           if (!synced.ok()) {
-            lock.lock();
+            lock.Lock();
             ++stats_.failed_frees;
             return absl::Status(synced.code(),
                                 absl::StrFormat("caching allocator (device %d): cannot order the "
@@ -876,7 +870,7 @@ absl::Status CachingAllocator::DoDeallocate(const Allocation& allocation, Stream
           }
           waited_on_host.push_back(s);  // capacity reserved: cannot throw
         }
-        lock.lock();
+        lock.Lock();
         continue;
       }
     }
@@ -886,7 +880,7 @@ absl::Status CachingAllocator::DoDeallocate(const Allocation& allocation, Stream
 }
 
 absl::Status CachingAllocator::DoDeallocateAfterSync(const Allocation& allocation) {
-  std::lock_guard<Mutex> lock(mu_);
+  MutexLock lock(mu_);
   auto it = allocated_.find(reinterpret_cast<std::uintptr_t>(allocation.ptr));
   if (it == allocated_.end() || allocation.bytes != it->second->requested) {
     ++stats_.failed_frees;
@@ -974,7 +968,7 @@ absl::Status CachingAllocator::RecordStream(const Allocation& allocation, Stream
         stream.device));
   }
   return CallAtBoundary("RecordStream", [&]() -> absl::Status {
-    std::lock_guard<Mutex> lock(mu_);
+    MutexLock lock(mu_);
     auto it = allocated_.find(reinterpret_cast<std::uintptr_t>(allocation.ptr));
     if (it == allocated_.end()) {
       return absl::InvalidArgumentError(absl::StrFormat(
@@ -1114,7 +1108,7 @@ bool CachingAllocator::ReleaseSegment(Segment* segment) {
 
 absl::Status CachingAllocator::EmptyCache(std::size_t keep_bytes) {
   return CallAtBoundary("EmptyCache", [&]() -> absl::Status {
-    std::lock_guard<Mutex> lock(mu_);
+    MutexLock lock(mu_);
     GPUALLOC_RETURN_IF_ERROR(WaitForAllPending());
     GPUALLOC_RETURN_IF_ERROR(CoalesceAfterSync());
     DropMarkers();  // synchronised: no free block needs a marker any more
@@ -1127,24 +1121,24 @@ absl::Status CachingAllocator::EmptyCache(std::size_t keep_bytes) {
 }
 
 absl::Status CachingAllocator::SetReservedLimit(std::size_t bytes) {
-  std::lock_guard<Mutex> lock(mu_);
+  MutexLock lock(mu_);
   limit_ = bytes;
   EnforceLimitLocked();
   return absl::OkStatus();
 }
 
 bool CachingAllocator::Owns(const void* ptr) const {
-  std::lock_guard<Mutex> lock(mu_);
+  MutexLock lock(mu_);
   return allocated_.contains(reinterpret_cast<std::uintptr_t>(ptr));
 }
 
 std::size_t CachingAllocator::reserved_limit() const {
-  std::lock_guard<Mutex> lock(mu_);
+  MutexLock lock(mu_);
   return EffectiveLimit();
 }
 
 void CachingAllocator::AddOomCallback(OomCallback callback) {
-  std::lock_guard<Mutex> lock(mu_);
+  MutexLock lock(mu_);
   oom_callbacks_.push_back(std::move(callback));
 }
 
@@ -1168,19 +1162,19 @@ std::size_t CachingAllocator::LargestFreeBlockLocked() const {
 }
 
 std::array<MemoryStats, 2> CachingAllocator::pool_stats() const {
-  std::lock_guard<Mutex> lock(mu_);
+  MutexLock lock(mu_);
   return pool_stats_;
 }
 
 MemoryStats CachingAllocator::stats() const {
-  std::lock_guard<Mutex> lock(mu_);
+  MutexLock lock(mu_);
   MemoryStats s = stats_;
   s.largest_free_block = LargestFreeBlockLocked();
   return s;
 }
 
 void CachingAllocator::ResetPeakStats() {
-  std::lock_guard<Mutex> lock(mu_);
+  MutexLock lock(mu_);
   for (MemoryStats* st : {&stats_, &pool_stats_[0], &pool_stats_[1]}) {
     for (StatCounter* c : {&st->allocated_bytes, &st->requested_bytes, &st->reserved_bytes,
                            &st->active_blocks, &st->segments, &st->inactive_split_bytes}) {
@@ -1192,7 +1186,7 @@ void CachingAllocator::ResetPeakStats() {
 MemorySnapshot CachingAllocator::Snapshot() const {
   MemorySnapshot snap;
   snap.device = device_;
-  std::lock_guard<Mutex> lock(mu_);
+  MutexLock lock(mu_);
   for (const Segment* s = segments_; s != nullptr; s = s->next) {
     SegmentSnapshot seg{s->address, s->size, s->small_pool, s->last_used, {}};
     for (const Block* b = s->head; b != nullptr; b = b->next) {

@@ -140,30 +140,30 @@ class CachingAllocator final : public MemoryResource {
   // One attempt: cached block, another stream's block, or a new segment
   // (releasing cached segments on OOM). Sets *oom on out-of-memory.
   absl::StatusOr<Allocation> TryAllocateLocked(std::size_t rounded, std::size_t requested,
-                                               Stream stream, bool* oom);
-  FreeSet& PoolFor(std::size_t rounded) { return rounded <= options_.small_request_max ? small_ : large_; }
-  bool IsSmall(const FreeSet& pool) const { return &pool == &small_; }
-  std::size_t SegmentSizeFor(std::size_t rounded) const;
+                                               Stream stream, bool* oom) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  FreeSet& PoolFor(std::size_t rounded) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return rounded <= options_.small_request_max ? small_ : large_; }
+  bool IsSmall(const FreeSet& pool) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return &pool == &small_; }
+  std::size_t SegmentSizeFor(std::size_t rounded) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool ShouldSplit(const Block& block, std::size_t rounded) const;
   bool FitsSplitRules(const Block& block, std::size_t rounded) const;
-  Block* FindFree(FreeSet& pool, Stream stream, std::size_t rounded);
-  Block* HarvestFromOtherStream(FreeSet& pool, Stream stream, std::size_t rounded);
+  Block* FindFree(FreeSet& pool, Stream stream, std::size_t rounded) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  Block* HarvestFromOtherStream(FreeSet& pool, Stream stream, std::size_t rounded) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<Allocation> NewSegment(FreeSet& pool, Stream stream, std::size_t rounded,
-                                        std::size_t requested, bool* oom);
+                                        std::size_t requested, bool* oom) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The expandable-segment path of NewSegment: grow the pool's segment.
   absl::StatusOr<Allocation> GrowExpandable(FreeSet& pool, Stream stream, std::size_t rounded,
-                                            std::size_t requested, bool* oom);
+                                            std::size_t requested, bool* oom) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Unmaps up to `cut` bytes (granularity multiples) of an expandable
   // segment's free tail; deletes the segment when nothing is left. Returns
   // the bytes released.
-  std::size_t ShrinkExpandable(Segment* segment, std::size_t cut);
-  std::size_t TrimExpandableTails(const Segment* exclude);
+  std::size_t ShrinkExpandable(Segment* segment, std::size_t cut) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::size_t TrimExpandableTails(const Segment* exclude) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The host waits for all work queued on the device: before memory is
   // unmapped under it. Never a single stream: the stream a block was last
   // used on may have been destroyed by its user since the free.
   absl::Status WaitForDeviceWork();
-  void RetryRetiredRanges();
-  std::size_t TrimmableTailBytes() const;
+  void RetryRetiredRanges() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::size_t TrimmableTailBytes() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Takes `block` (already out of its free set) for a request, splitting off
   // the remainder into `spare` when worthwhile. No-throw.
   // The common split without moving set nodes: `spare` becomes the front of
@@ -171,62 +171,62 @@ class CachingAllocator final : public MemoryResource {
   // remainder, if its place in the order holds; else null and nothing
   // changed. Not for expandable segments. No-throw.
   Block* SplitFrontInPlace(FreeSet& pool, Block* free_block, BlockPtr& spare,
-                           std::size_t rounded);
+                           std::size_t rounded) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The free neighbour after `block` takes it in, staying in its pool, if
   // its place in the order holds; else false and nothing changed. No-throw.
-  bool AbsorbIntoNextInPlace(Block* block);
+  bool AbsorbIntoNextInPlace(Block* block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Frees the live block at `it` on `stream`: pending on `events` (from the
   // other streams that used it) or straight back to its pool. No-throw.
   // `synchronised`: the caller synchronised the device since the block's
   // last use (DeallocateAfterSync): it may go to any stream at once.
   void CommitFree(LiveMap::iterator it, Stream stream, std::pmr::vector<Event> events,
-                  bool synchronised);
+                  bool synchronised) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Records an allocated block: the live map, its segment's recency, stats.
   // No-throw after ReserveLive().
-  Allocation Register(Block* block, std::size_t requested);
+  Allocation Register(Block* block, std::size_t requested) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Room in the live map for one more block, so Register never rehashes.
   // Fallible: called before an allocation's first change.
-  void ReserveLive();
+  void ReserveLive() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   Allocation Commit(Block* block, BlockPtr spare, std::size_t rounded, std::size_t requested,
-                    Stream stream);
-  BlockPtr NewBlock();  // fallible: block and nodes (or a recycled one)
+                    Stream stream) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  BlockPtr NewBlock() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);  // fallible: block and nodes (or a recycled one)
   // Keeps a block merged away for the next NewBlock (bounded), else deletes it.
-  void RecycleBlock(Block* block) noexcept;
+  void RecycleBlock(Block* block) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DeleteBlock(Block* block) noexcept { PmrDelete(metadata_, block); }
   void DeleteSegment(Segment* segment) noexcept { PmrDelete(metadata_, segment); }
-  void InsertFree(Block* block);      // no-throw
-  void EraseFree(Block* block);       // no-throw
+  void InsertFree(Block* block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);      // no-throw
+  void EraseFree(Block* block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);       // no-throw
   // The stats of a block entering or leaving its free set (as it is now).
-  void CountFree(const Block& block, bool entering);
+  void CountFree(const Block& block, bool entering) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Returns a free block to its pool, merged with same-stream free neighbours.
-  void ReturnToPool(Block* block);
-  void ProcessPendingEvents();
-  absl::Status WaitForAllPending();
+  void ReturnToPool(Block* block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ProcessPendingEvents() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status WaitForAllPending() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Synchronises the device, then merges free neighbours whatever their
   // stream (all streams are idle), so split segments can be released.
-  absl::Status CoalesceAfterSync();
+  absl::Status CoalesceAfterSync() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The fully free segments, least recently used first, in free_segments_
   // (valid until the next call). Never allocates.
-  const std::pmr::vector<Segment*>& FullyFreeSegmentsLruFirst();
+  const std::pmr::vector<Segment*>& FullyFreeSegmentsLruFirst() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Room in free_segments_ for one more segment. Fallible: called before a
   // new segment's first change.
-  void ReserveSegmentSlot();
-  std::size_t LargestFreeBlockLocked() const;
+  void ReserveSegmentSlot() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::size_t LargestFreeBlockLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Releases fully free segments, least recently used first, until `enough`
   // bytes were released (or none is left). Returns the bytes released.
   // `exclude` (a segment being grown) is never touched.
-  std::size_t ReleaseFreeSegments(std::size_t enough, const Segment* exclude = nullptr);
-  bool ReleaseSegment(Segment* segment);
-  std::size_t EffectiveLimit() const { return limit_ ? limit_ : capacity_; }
+  std::size_t ReleaseFreeSegments(std::size_t enough, const Segment* exclude = nullptr) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool ReleaseSegment(Segment* segment) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::size_t EffectiveLimit() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return limit_ ? limit_ : capacity_; }
   // Releases free segments while reserved is above the limit.
-  void EnforceLimitLocked();
-  absl::StatusOr<Event> AcquireEvent();
-  void RecycleEvent(Event event);
+  void EnforceLimitLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<Event> AcquireEvent() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RecycleEvent(Event event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DestroyEventQuietly(Event event) noexcept;  // teardown: errors and throws ignored
-  absl::Status OutOfMemoryError(std::size_t requested, std::size_t rounded, Stream stream) const;
+  absl::Status OutOfMemoryError(std::size_t requested, std::size_t rounded, Stream stream) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Applies a stats update to the totals and to the pool it happened in.
   template <typename Fn>
-  void Account(bool small_pool, Fn fn) {
+  void Account(bool small_pool, Fn fn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     fn(stats_);
     fn(pool_stats_[small_pool ? 0 : 1]);
   }
@@ -240,15 +240,15 @@ class CachingAllocator final : public MemoryResource {
   std::pmr::memory_resource* const metadata_;
 
   mutable Mutex mu_;
-  FreeSet small_;
-  FreeSet large_;
-  LiveMap allocated_;
-  Segment* segments_ = nullptr;        // intrusive list, owned
-  Segment* expandable_[2] = {nullptr, nullptr};  // small, large pool (options_.expandable_segments)
+  FreeSet small_ ABSL_GUARDED_BY(mu_);
+  FreeSet large_ ABSL_GUARDED_BY(mu_);
+  LiveMap allocated_ ABSL_GUARDED_BY(mu_);
+  Segment* segments_ ABSL_GUARDED_BY(mu_) = nullptr;        // intrusive list, owned
+  Segment* expandable_[2] ABSL_GUARDED_BY(mu_) = {nullptr, nullptr};  // small, large pool (options_.expandable_segments)
   // Emptied expandable ranges whose release the backend refused: retried on
   // every release pass and at destruction, never forgotten.
-  std::pmr::vector<PmrUniquePtr<ExpandableRange>> retired_ranges_;
-  Block* pending_ = nullptr;           // intrusive list of blocks awaiting events
+  std::pmr::vector<PmrUniquePtr<ExpandableRange>> retired_ranges_ ABSL_GUARDED_BY(mu_);
+  Block* pending_ ABSL_GUARDED_BY(mu_) = nullptr;           // intrusive list of blocks awaiting events
   // Free markers (RMM's scheme, amortised): an event per stream that another
   // stream waits for (or checks) before it takes a block freed there, never
   // the freeing stream itself, which its user may destroy right after the
@@ -267,36 +267,36 @@ class CachingAllocator final : public MemoryResource {
     std::uint64_t covered = 0;  // frees the last recorded marker follows
   };
   static constexpr std::uint64_t kFreesPerMarker = 4;
-  std::pmr::unordered_map<std::uintptr_t, FreeMarker> markers_;
+  std::pmr::unordered_map<std::uintptr_t, FreeMarker> markers_ ABSL_GUARDED_BY(mu_);
   // Counts a free of `block` on `stream` (alive: the caller frees on it) and
   // records the marker when due; never fails.
-  void MarkFreed(Block* block, Stream stream);
+  void MarkFreed(Block* block, Stream stream) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // `stream` is alive (the caller allocates or frees on it): records its
   // marker when uncovered frees are due.
-  void CoverFreesOn(FreeMarker& marker, Stream stream);
+  void CoverFreesOn(FreeMarker& marker, Stream stream) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Makes sure `stream` has a marker entry with an event, before a free
   // commits (allocation and event creation may fail; nothing changed yet;
   // creating an event names no stream).
-  void PrepareMarker(Stream stream);
+  void PrepareMarker(Stream stream) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // After a device synchronise nothing is queued anywhere: every free block
   // may go to any stream.
-  void ForgetQueuedWork();
+  void ForgetQueuedWork() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Destroys every marker's event (one the runtime refuses goes to the spare
   // pool, destroyed with the allocator) and forgets the markers.
-  void DropMarkers();
-  std::pmr::vector<Event> spare_events_;
+  void DropMarkers() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::pmr::vector<Event> spare_events_ ABSL_GUARDED_BY(mu_);
   // Blocks merged away, each with its FreeSet node, reused by NewBlock: a
   // split and merge cost no heap allocation in the steady state.
   static constexpr std::size_t kSpareBlocks = 64;
-  std::pmr::vector<Block*> spare_blocks_;
+  std::pmr::vector<Block*> spare_blocks_ ABSL_GUARDED_BY(mu_);
   // The release paths' list of candidates, with room for every segment, so
   // releasing never needs memory (and EmptyCache never fails for want of it).
-  std::pmr::vector<Segment*> free_segments_;
-  std::size_t limit_ = 0;
-  std::uint64_t tick_ = 0;
-  MemoryStats stats_;
-  std::array<MemoryStats, 2> pool_stats_;  // small, large
-  std::vector<OomCallback> oom_callbacks_;
+  std::pmr::vector<Segment*> free_segments_ ABSL_GUARDED_BY(mu_);
+  std::size_t limit_ ABSL_GUARDED_BY(mu_) = 0;
+  std::uint64_t tick_ ABSL_GUARDED_BY(mu_) = 0;
+  MemoryStats stats_ ABSL_GUARDED_BY(mu_);
+  std::array<MemoryStats, 2> pool_stats_ ABSL_GUARDED_BY(mu_);  // small, large
+  std::vector<OomCallback> oom_callbacks_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace gpualloc

@@ -6,6 +6,7 @@
 #include "allocator/caching/size_class_pool.h"
 #include "allocator/resource/backend_resource.h"
 #include "gtest/gtest.h"
+#include "harness/testing/failing_memory_resource.h"
 
 namespace gpualloc {
 namespace {
@@ -207,6 +208,52 @@ TEST(ArenaResource, FallsBackToASmallerChunkWhenTheDeviceCannotGiveAWholeOne) {
   ASSERT_TRUE(a.ok()) << a.status();
   EXPECT_LE(arena->stats().reserved_bytes.current, static_cast<std::int64_t>(64 * kMiB));
   ASSERT_TRUE(arena->Deallocate(*a).ok());
+}
+
+TEST(ArenaResource, EveryMetadataAllocationFailureChangesNothingAndLeaksNothing) {
+  // Each allocation the arena makes from its metadata resource fails in
+  // turn: the call that meets it fails with ResourceExhausted, and the arena
+  // and the device are as before (no chunk or segment left obtained).
+  std::uint64_t k = 1;
+  for (;; ++k) {
+    Fixture f;
+    harness::FailingMemoryResource metadata;
+    {
+      ArenaOptions o = SmallArena();
+      o.metadata_resource = &metadata;
+      auto arena = ArenaResource::Create(f.raw, o).value();
+      metadata.FailAt(k);
+      std::vector<Allocation> live;
+      for (std::size_t bytes : {std::size_t{1000}, std::size_t{5000}, 2 * kMiB, std::size_t{100}}) {
+        SCOPED_TRACE(testing::Message() << bytes << " bytes, failure at allocation " << k);
+        const MemoryStats before = arena->stats();
+        const ArenaStats arena_before = arena->arena_stats();
+        const std::size_t device_before = f.sim->Accounting().devices[0].device_bytes;
+        const std::uint64_t failed_before = metadata.failures();
+        absl::StatusOr<Allocation> a = arena->Allocate(bytes);
+        if (!a.ok()) {
+          EXPECT_EQ(metadata.failures(), failed_before + 1) << a.status();
+          EXPECT_EQ(a.status().code(), absl::StatusCode::kResourceExhausted) << a.status();
+          EXPECT_EQ(arena->stats().reserved_bytes.current, before.reserved_bytes.current);
+          EXPECT_EQ(arena->stats().allocated_bytes.current, before.allocated_bytes.current);
+          EXPECT_EQ(arena->arena_stats().chunks, arena_before.chunks);
+          EXPECT_EQ(arena->arena_stats().packed_tensors, arena_before.packed_tensors);
+          EXPECT_EQ(f.sim->Accounting().devices[0].device_bytes, device_before)
+              << "device memory left obtained";
+          a = arena->Allocate(bytes);  // the failure was one-shot
+        }
+        ASSERT_TRUE(a.ok()) << a.status();
+        live.push_back(*a);
+      }
+      for (const Allocation& a : live) ASSERT_TRUE(arena->Deallocate(a).ok());
+      EXPECT_EQ(arena->arena_stats().chunks, 0u);
+    }
+    EXPECT_EQ(metadata.outstanding_bytes(), 0u) << "metadata leaked at k=" << k;
+    EXPECT_EQ(f.sim->Accounting().devices[0].device_bytes, 0u);
+    ASSERT_FALSE(HasFailure()) << "first failure at k=" << k;
+    if (metadata.failures() == 0) break;  // k is past the last allocation
+  }
+  EXPECT_GE(k, 6u) << "entries, chunk nodes and chunks must all have been failed";
 }
 
 TEST(ArenaResource, OverflowingSizesAndBadOptionsAreErrors) {

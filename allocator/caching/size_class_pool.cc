@@ -66,11 +66,11 @@ absl::StatusOr<Allocation> SizeClassPool::DoAllocate(std::size_t bytes, Stream s
   if (c == nullptr) {  // too large for any class: straight through
     absl::StatusOr<Allocation> a = upstream_->Allocate(bytes, stream);
     if (!a.ok()) return a;
-    std::lock_guard<Mutex> lock(passthrough_mu_);
+    MutexLock lock(passthrough_mu_);
     passthrough_.emplace(a->ptr, bytes);
     return a;
   }
-  std::lock_guard<Mutex> lock(c->mu);
+  MutexLock lock(c->mu);
   c->live.reserve(c->live.size() + 1);  // fallible work first
   FreeBlock block{0, nullptr};
   auto free_list = c->free_by_stream.find(stream.handle);
@@ -118,7 +118,7 @@ absl::Status SizeClassPool::DoDeallocate(const Allocation& allocation, Stream st
   SizeClass* c = ClassFor(allocation.bytes);
   if (c == nullptr) {
     {
-      std::lock_guard<Mutex> lock(passthrough_mu_);
+      MutexLock lock(passthrough_mu_);
       auto it = passthrough_.find(allocation.ptr);
       if (it == passthrough_.end() || it->second != allocation.bytes) {
         return absl::InvalidArgumentError(absl::StrFormat(
@@ -129,12 +129,12 @@ absl::Status SizeClassPool::DoDeallocate(const Allocation& allocation, Stream st
     }
     absl::Status st = upstream_->Deallocate(allocation, stream);
     if (!st.ok()) {
-      std::lock_guard<Mutex> lock(passthrough_mu_);
+      MutexLock lock(passthrough_mu_);
       passthrough_.emplace(allocation.ptr, allocation.bytes);
     }
     return st;
   }
-  std::lock_guard<Mutex> lock(c->mu);
+  MutexLock lock(c->mu);
   const auto p = reinterpret_cast<std::uintptr_t>(allocation.ptr);
   auto it = c->live.find(p);
   if (it == c->live.end() || it->second.requested != allocation.bytes) {
@@ -195,7 +195,7 @@ void SizeClassPool::ReleaseEmptySlabs(SizeClass& c, std::size_t keep) {
 
 absl::Status SizeClassPool::Trim() {
   for (auto& c : classes_) {
-    std::lock_guard<Mutex> lock(c->mu);
+    MutexLock lock(c->mu);
     ReleaseEmptySlabs(*c, 0);
   }
   return absl::OkStatus();
@@ -204,7 +204,7 @@ absl::Status SizeClassPool::Trim() {
 MemoryStats SizeClassPool::stats() const {
   MemoryStats s;
   for (const auto& c : classes_) {
-    std::lock_guard<Mutex> lock(c->mu);
+    MutexLock lock(c->mu);
     for (const auto& [p, block] : c->live) {
       s.allocated_bytes.Add(static_cast<std::int64_t>(c->bytes));
       s.requested_bytes.Add(static_cast<std::int64_t>(block.requested));
@@ -218,7 +218,7 @@ MemoryStats SizeClassPool::stats() const {
     s.upstream_frees += c->stats.returns;
   }
   // Pass-through allocations are the upstream's: count them as reserved and allocated.
-  std::lock_guard<Mutex> lock(passthrough_mu_);
+  MutexLock lock(passthrough_mu_);
   for (const auto& [p, bytes] : passthrough_) {
     s.allocated_bytes.Add(static_cast<std::int64_t>(bytes));
     s.requested_bytes.Add(static_cast<std::int64_t>(bytes));
@@ -231,7 +231,7 @@ MemoryStats SizeClassPool::stats() const {
 std::vector<SizeClassStats> SizeClassPool::class_stats() const {
   std::vector<SizeClassStats> out;
   for (const auto& c : classes_) {
-    std::lock_guard<Mutex> lock(c->mu);
+    MutexLock lock(c->mu);
     out.push_back(c->stats);
   }
   return out;

@@ -83,12 +83,12 @@ class SizeClassPool final : public MemoryResource {
   struct SizeClass {
     std::size_t bytes = 0;
     mutable Mutex mu;
-    std::map<std::uintptr_t, std::unique_ptr<Slab>> slabs;  // by base address
-    absl::flat_hash_map<std::uintptr_t, std::vector<FreeBlock>> free_by_stream;
-    absl::flat_hash_map<std::uintptr_t, LiveBlock> live;  // by address
-    std::size_t empty_slab_bytes = 0;  // slabs with nothing live
-    std::uint64_t tick = 0;
-    SizeClassStats stats;
+    std::map<std::uintptr_t, std::unique_ptr<Slab>> slabs ABSL_GUARDED_BY(mu);  // by base address
+    absl::flat_hash_map<std::uintptr_t, std::vector<FreeBlock>> free_by_stream ABSL_GUARDED_BY(mu);
+    absl::flat_hash_map<std::uintptr_t, LiveBlock> live ABSL_GUARDED_BY(mu);  // by address
+    std::size_t empty_slab_bytes ABSL_GUARDED_BY(mu) = 0;  // slabs with nothing live
+    std::uint64_t tick ABSL_GUARDED_BY(mu) = 0;
+    SizeClassStats stats ABSL_GUARDED_BY(mu);
   };
 
   SizeClassPool(std::shared_ptr<MemoryResource> upstream, std::shared_ptr<Backend> backend,
@@ -97,14 +97,14 @@ class SizeClassPool final : public MemoryResource {
   absl::Status DoDeallocate(const Allocation& allocation, Stream stream) override;
   SizeClass* ClassFor(std::size_t bytes);
   // Gives empty slabs of `c` back, LRU first, until at most `keep` empty bytes remain.
-  void ReleaseEmptySlabs(SizeClass& c, std::size_t keep);
+  void ReleaseEmptySlabs(SizeClass& c, std::size_t keep) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c.mu);
 
   const std::shared_ptr<MemoryResource> upstream_;
   const std::shared_ptr<Backend> backend_;
   const SizeClassOptions options_;
   std::vector<std::unique_ptr<SizeClass>> classes_;
   mutable Mutex passthrough_mu_;
-  absl::flat_hash_map<void*, std::size_t> passthrough_;
+  absl::flat_hash_map<void*, std::size_t> passthrough_ ABSL_GUARDED_BY(passthrough_mu_);
 };
 
 }  // namespace gpualloc

@@ -63,7 +63,7 @@ absl::StatusOr<std::shared_ptr<Backend>> Context::BackendFor(DeviceType type) {
 }
 
 Runtime* Context::FindRuntime(Device device) const {
-  std::lock_guard<Mutex> lock(mu_);
+  MutexLock lock(mu_);
   auto it = slots_.find(device);
   return it == slots_.end() ? nullptr : it->second->ready.load(std::memory_order_acquire);
 }
@@ -76,7 +76,7 @@ absl::StatusOr<Runtime*> Context::GetRuntime(Device device) {
   std::shared_ptr<Slot> slot;
   std::shared_ptr<Backend> backend;
   {
-    std::lock_guard<Mutex> lock(mu_);
+    MutexLock lock(mu_);
     std::shared_ptr<Slot>& entry = slots_[device];
     if (!entry) entry = std::make_shared<Slot>();
     slot = entry;
@@ -85,7 +85,7 @@ absl::StatusOr<Runtime*> Context::GetRuntime(Device device) {
     if (!b.ok()) return b.status();
     backend = *std::move(b);
   }
-  std::lock_guard<Mutex> create(slot->create_mu);
+  MutexLock create(slot->create_mu);
   if (Runtime* ready = slot->ready.load(std::memory_order_acquire)) return ready;
   // Reserve a place under the limit before creating; give it back on failure.
   if (runtime_count_.fetch_add(1, std::memory_order_acq_rel) >= options_.max_runtimes) {
@@ -141,7 +141,7 @@ std::atomic<Context*> g_default_context{nullptr};
 
 Context& DefaultContext() {
   if (Context* c = g_default_context.load(std::memory_order_acquire)) return *c;
-  std::lock_guard<Mutex> lock(g_default_mu);
+  MutexLock lock(g_default_mu);
   if (Context* c = g_default_context.load(std::memory_order_acquire)) return *c;
   auto context = std::make_unique<Context>(g_default_options ? std::move(*g_default_options)
                                                              : ContextOptions::Standard());
@@ -152,7 +152,7 @@ Context& DefaultContext() {
 }
 
 absl::Status ConfigureDefaultContext(ContextOptions options) {
-  std::lock_guard<Mutex> lock(g_default_mu);
+  MutexLock lock(g_default_mu);
   if (g_default_context.load(std::memory_order_acquire) != nullptr) {
     return absl::FailedPreconditionError(
         "the default context already exists; configure it before its first use");

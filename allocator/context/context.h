@@ -91,18 +91,19 @@ class Context {
   struct Slot {
     Mutex create_mu;               // serialises creation of this device
     std::atomic<Runtime*> ready{nullptr};
-    std::unique_ptr<Runtime> runtime;   // written under create_mu
+    std::unique_ptr<Runtime> runtime ABSL_GUARDED_BY(create_mu);   // written under create_mu
     // Declared after the runtime, so destroyed first: the report sees the
     // tracker still alive, then the runtime releases its memory.
-    std::unique_ptr<LeakReportAtExit> leak_report;
+    std::unique_ptr<LeakReportAtExit> leak_report ABSL_GUARDED_BY(create_mu);
   };
-  absl::StatusOr<std::shared_ptr<Backend>> BackendFor(DeviceType type);
+  absl::StatusOr<std::shared_ptr<Backend>> BackendFor(DeviceType type)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const ContextOptions options_;
   const std::uint64_t id_;
   mutable Mutex mu_;  // guards slots_ and backends_
-  absl::flat_hash_map<Device, std::shared_ptr<Slot>> slots_;
-  std::array<std::shared_ptr<Backend>, kDeviceTypeCount> backends_;
+  absl::flat_hash_map<Device, std::shared_ptr<Slot>> slots_ ABSL_GUARDED_BY(mu_);
+  std::array<std::shared_ptr<Backend>, kDeviceTypeCount> backends_ ABSL_GUARDED_BY(mu_);
   std::atomic<int> runtime_count_{0};
 };
 

@@ -26,13 +26,13 @@ PinnedHostAllocator::~PinnedHostAllocator() {
   Flush(/*release_cache=*/true).IgnoreError();
   std::unordered_map<DeviceIndex, std::vector<Event>> spares;
   {
-    std::lock_guard<Mutex> lock(mu_);
+    MutexLock lock(mu_);
     spares.swap(spare_events_);
   }
   for (const auto& [device, events] : spares) {
     for (Event e : events) DestroyEvent(e);
   }
-  std::lock_guard<Mutex> lock(mu_);
+  MutexLock lock(mu_);
   if (!live_.empty()) {
     std::fprintf(stderr, "PinnedHostAllocator: %zu blocks (%zu bytes) still live at destruction\n",
                  live_.size(), stats_.live_bytes);
@@ -83,7 +83,7 @@ absl::StatusOr<PinnedBlock> PinnedHostAllocator::AllocateImpl(std::size_t bytes,
     ReleaseAll(now);
   }
   {
-    std::lock_guard<Mutex> lock(mu_);
+    MutexLock lock(mu_);
     Owner& o = owners_[owner];
     // The best-fitting cached block, if it wastes at most 1/8 more.
     auto it = o.by_size.lower_bound(size);
@@ -107,7 +107,7 @@ absl::StatusOr<PinnedBlock> PinnedHostAllocator::AllocateImpl(std::size_t bytes,
   if (!p.ok()) return p.status();
   const PinnedBlock block{*p, size, owner};
   {
-    std::lock_guard<Mutex> lock(mu_);
+    MutexLock lock(mu_);
     try {
       live_.emplace(block.ptr, LiveBlock{block, {}});
       stats_.live_bytes += size;
@@ -123,7 +123,7 @@ absl::StatusOr<PinnedBlock> PinnedHostAllocator::AllocateImpl(std::size_t bytes,
 }
 
 absl::Status PinnedHostAllocator::RecordStreamImpl(const PinnedBlock& block, Stream stream) {
-  std::lock_guard<Mutex> lock(mu_);
+  MutexLock lock(mu_);
   auto it = live_.find(block.ptr);
   if (it == live_.end() || it->second.block.owner != block.owner) {
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -146,7 +146,7 @@ absl::Status PinnedHostAllocator::DeallocateImpl(const PinnedBlock& block) {
   };
   std::vector<Stream> streams;
   {
-    std::lock_guard<Mutex> lock(mu_);
+    MutexLock lock(mu_);
     auto it = live_.find(block.ptr);
     if (it == live_.end() || it->second.block.owner != block.owner) return not_live();
     streams = it->second.streams;
@@ -178,7 +178,7 @@ absl::Status PinnedHostAllocator::DeallocateImpl(const PinnedBlock& block) {
   std::vector<Batch> now;
   absl::Status refused = absl::OkStatus();
   {
-    std::lock_guard<Mutex> lock(mu_);
+    MutexLock lock(mu_);
     stats_.host_waits += host_waits;
     auto it = live_.find(block.ptr);
     if (it == live_.end() || it->second.block.owner != block.owner) {  // a racing double free
@@ -225,7 +225,7 @@ void PinnedHostAllocator::CacheLocked(const PinnedBlock& block) {
 
 absl::StatusOr<Event> PinnedHostAllocator::AcquireEvent(DeviceIndex device) {
   {
-    std::lock_guard<Mutex> lock(mu_);
+    MutexLock lock(mu_);
     auto it = spare_events_.find(device);
     if (it != spare_events_.end() && !it->second.empty()) {
       const Event e = it->second.back();
@@ -241,7 +241,7 @@ void PinnedHostAllocator::RecycleEvents(const std::vector<Event>& events) noexce
   for (Event e : events) {
     bool kept = false;
     {
-      std::lock_guard<Mutex> lock(mu_);
+      MutexLock lock(mu_);
       try {
         std::vector<Event>& pool = spare_events_[e.device];
         if (pool.size() < kSpareEventsPerDevice) {
@@ -266,7 +266,7 @@ void PinnedHostAllocator::ReapInFlight(bool wait, std::vector<Batch>* now) {
   // and its block be reused and freed again as a new entry.
   std::vector<std::pair<std::uint64_t, std::vector<Event>>> look;
   {
-    std::lock_guard<Mutex> lock(mu_);
+    MutexLock lock(mu_);
     if (in_flight_.empty()) return;
     look.reserve(in_flight_.size());
     for (const InFlight& f : in_flight_) look.emplace_back(f.id, f.events);
@@ -296,7 +296,7 @@ void PinnedHostAllocator::ReapInFlight(bool wait, std::vector<Batch>* now) {
   std::vector<Event> finished;
   finished.reserve(finished_events);
   {
-    std::lock_guard<Mutex> lock(mu_);
+    MutexLock lock(mu_);
     for (std::uint64_t id : done) {
       auto it = std::find_if(in_flight_.begin(), in_flight_.end(),
                              [&](const InFlight& f) { return f.id == id; });
@@ -373,7 +373,7 @@ void PinnedHostAllocator::ReleaseBatch(DeviceIndex owner, std::list<PinnedBlock>
   if (switched) {
     CallAtBoundary("set device", [&] { return backend_->SetDevice(previous); }).IgnoreError();
   }
-  std::lock_guard<Mutex> lock(mu_);
+  MutexLock lock(mu_);
   if (switched) ++stats_.batch_switches;
   stats_.releases += blocks.size();
   stats_.failed_releases += refused.size();
@@ -391,7 +391,7 @@ void PinnedHostAllocator::ReleaseBatch(DeviceIndex owner, std::list<PinnedBlock>
 void PinnedHostAllocator::OnDeviceCurrent(DeviceIndex owner) noexcept {
   std::list<PinnedBlock> batch;
   {
-    std::lock_guard<Mutex> lock(mu_);
+    MutexLock lock(mu_);
     auto it = owners_.find(owner);
     if (it == owners_.end()) return;
     // The queue, and the releases refused before: the owner is current now.
@@ -408,7 +408,7 @@ absl::Status PinnedHostAllocator::FlushImpl(bool release_cache) {
   // Blocks still in flight come back once their streams pass their frees.
   ReapInFlight(/*wait=*/true, &batches);
   {
-    std::lock_guard<Mutex> lock(mu_);
+    MutexLock lock(mu_);
     if (release_cache) {
       while (!lru_.empty()) {
         const DeviceIndex owner = lru_.front().owner;
@@ -437,7 +437,7 @@ absl::Status PinnedHostAllocator::FlushImpl(bool release_cache) {
     }
   }
   ReleaseAll(batches);
-  std::lock_guard<Mutex> lock(mu_);
+  MutexLock lock(mu_);
   if (stats_.in_flight_blocks != 0) {
     return absl::InternalError(absl::StrFormat(
         "pinned host allocator: %d freed blocks still wait for their streams' events",
@@ -452,7 +452,7 @@ absl::Status PinnedHostAllocator::FlushImpl(bool release_cache) {
 }
 
 PinnedHostStats PinnedHostAllocator::stats() const {
-  std::lock_guard<Mutex> lock(mu_);
+  MutexLock lock(mu_);
   return stats_;
 }
 

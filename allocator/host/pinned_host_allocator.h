@@ -150,14 +150,14 @@ class PinnedHostAllocator {
   // queues (by splicing); mu_ held. Appends the queues to release now (their
   // owner is current, or they reached their bound) to `now`; a queue that
   // cannot be appended stays queued.
-  void EvictLocked(std::vector<Batch>* now);
+  void EvictLocked(std::vector<Batch>* now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   DeviceIndex CurrentDevice() const;
   // Moves in-flight blocks whose events have all completed into the cache
   // (with `wait`, waits for them first), evicting as caching does. A block
   // stays in flight until it is cached, so a throw loses nothing.
   void ReapInFlight(bool wait, std::vector<Batch>* now);
   // Caches a block that no device work uses any more; mu_ held. Strong.
-  void CacheLocked(const PinnedBlock& block);
+  void CacheLocked(const PinnedBlock& block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Events are pooled per device, not destroyed after each use: fewer
   // runtime calls, and no event leaks when a destroy is refused (a lost
   // device) — the pool is destroyed at destruction.
@@ -169,16 +169,16 @@ class PinnedHostAllocator {
   const std::shared_ptr<Backend> backend_;
   const PinnedHostOptions options_;
   mutable Mutex mu_;
-  std::list<PinnedBlock> lru_;  // cached blocks, least recently cached first
+  std::list<PinnedBlock> lru_ ABSL_GUARDED_BY(mu_);  // cached blocks, least recently cached first
   // std::unordered_map, not absl::flat_hash_map: its insert and rehash keep
   // the strong guarantee when allocation throws (Abseil's tables are left
   // inconsistent), which the error model above relies on.
-  std::unordered_map<DeviceIndex, Owner> owners_;
-  std::unordered_map<void*, LiveBlock> live_;
-  std::list<InFlight> in_flight_;
-  std::unordered_map<DeviceIndex, std::vector<Event>> spare_events_;
-  std::uint64_t next_in_flight_id_ = 1;
-  PinnedHostStats stats_;
+  std::unordered_map<DeviceIndex, Owner> owners_ ABSL_GUARDED_BY(mu_);
+  std::unordered_map<void*, LiveBlock> live_ ABSL_GUARDED_BY(mu_);
+  std::list<InFlight> in_flight_ ABSL_GUARDED_BY(mu_);
+  std::unordered_map<DeviceIndex, std::vector<Event>> spare_events_ ABSL_GUARDED_BY(mu_);
+  std::uint64_t next_in_flight_id_ ABSL_GUARDED_BY(mu_) = 1;
+  PinnedHostStats stats_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace gpualloc

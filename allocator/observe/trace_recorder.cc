@@ -201,7 +201,7 @@ absl::StatusOr<std::unique_ptr<TraceRecorder>> TraceRecorder::Create(
 }
 
 TraceRecorder::~TraceRecorder() {
-  std::lock_guard<Mutex> lock(mu_);
+  MutexLock lock(mu_);
   FlushLocked().IgnoreError();
   std::fclose(file_);
 }
@@ -225,7 +225,7 @@ void TraceRecorder::RecordLocked(TraceEvent::Action action, const Allocation& a,
 absl::StatusOr<Allocation> TraceRecorder::DoAllocate(std::size_t bytes, Stream stream) {
   absl::StatusOr<Allocation> a = upstream_->Allocate(bytes, stream);
   if (!a.ok()) return a;
-  std::lock_guard<Mutex> lock(mu_);
+  MutexLock lock(mu_);
   const std::uint64_t id = next_id_++;
   ids_[a->ptr] = id;
   RecordLocked(TraceEvent::Action::kAllocate, *a, id);
@@ -235,7 +235,7 @@ absl::StatusOr<Allocation> TraceRecorder::DoAllocate(std::size_t bytes, Stream s
 absl::Status TraceRecorder::DoDeallocate(const Allocation& allocation, Stream stream) {
   std::uint64_t id = 0;
   {
-    std::lock_guard<Mutex> lock(mu_);
+    MutexLock lock(mu_);
     auto it = ids_.find(allocation.ptr);
     if (it == ids_.end()) {
       return absl::InvalidArgumentError(absl::StrFormat(
@@ -251,7 +251,7 @@ absl::Status TraceRecorder::DoDeallocate(const Allocation& allocation, Stream st
   if (!st.ok()) {
     // Still live: say so in the trace too (a replay frees and re-allocates,
     // which is the same for every allocator).
-    std::lock_guard<Mutex> lock(mu_);
+    MutexLock lock(mu_);
     ids_[allocation.ptr] = id;
     RecordLocked(TraceEvent::Action::kAllocate, allocation, id);
   }
@@ -267,12 +267,12 @@ absl::Status TraceRecorder::FlushLocked() {
 }
 
 absl::Status TraceRecorder::Flush() {
-  std::lock_guard<Mutex> lock(mu_);
+  MutexLock lock(mu_);
   return FlushLocked();
 }
 
 std::uint64_t TraceRecorder::events_recorded() const {
-  std::lock_guard<Mutex> lock(mu_);
+  MutexLock lock(mu_);
   return events_;
 }
 

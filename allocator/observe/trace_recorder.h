@@ -42,18 +42,18 @@ class TraceRecorder final : public MemoryResource {
       : upstream_(std::move(upstream)), file_(file), start_(std::chrono::steady_clock::now()) {}
   absl::StatusOr<Allocation> DoAllocate(std::size_t bytes, Stream stream) override;
   absl::Status DoDeallocate(const Allocation& allocation, Stream stream) override;
-  void RecordLocked(TraceEvent::Action action, const Allocation& a, std::uint64_t id);
-  absl::Status FlushLocked();
+  void RecordLocked(TraceEvent::Action action, const Allocation& a, std::uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status FlushLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const std::shared_ptr<MemoryResource> upstream_;
   std::FILE* const file_;
   const std::chrono::steady_clock::time_point start_;
   mutable Mutex mu_;
-  std::string buffer_;
-  absl::flat_hash_map<void*, std::uint64_t> ids_;  // live allocation -> id
-  absl::flat_hash_map<std::thread::id, std::uint32_t> threads_;
-  std::uint64_t next_id_ = 0;
-  std::uint64_t events_ = 0;
+  std::string buffer_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<void*, std::uint64_t> ids_ ABSL_GUARDED_BY(mu_);  // live allocation -> id
+  absl::flat_hash_map<std::thread::id, std::uint32_t> threads_ ABSL_GUARDED_BY(mu_);
+  std::uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 0;
+  std::uint64_t events_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace gpualloc

@@ -78,7 +78,7 @@ absl::StatusOr<Allocation> TrackingAdaptor::DoAllocate(std::size_t bytes, Stream
   const absl::string_view tag = CurrentAllocationTag();
   absl::StatusOr<Allocation> a = upstream_->Allocate(bytes, stream);
   if (!a.ok()) return a;
-  std::lock_guard<Mutex> lock(mu_);
+  MutexLock lock(mu_);
   try {
     const Entry entry{*a, next_sequence_, InternLocked(tag)};
     if (options_.capture_stacks) stacks_.emplace(a->ptr, std::move(stack));
@@ -96,7 +96,7 @@ absl::Status TrackingAdaptor::DoDeallocate(const Allocation& allocation, Stream 
   Entry entry;
   std::vector<void*> stack;
   {
-    std::lock_guard<Mutex> lock(mu_);
+    MutexLock lock(mu_);
     auto it = live_.find(allocation.ptr);
     if (it == live_.end()) {
       return absl::InvalidArgumentError(absl::StrFormat(
@@ -114,7 +114,7 @@ absl::Status TrackingAdaptor::DoDeallocate(const Allocation& allocation, Stream 
   }
   absl::Status st = upstream_->Deallocate(allocation, stream);
   if (!st.ok()) {
-    std::lock_guard<Mutex> lock(mu_);
+    MutexLock lock(mu_);
     live_.emplace(allocation.ptr, entry);  // still live
     if (options_.capture_stacks) stacks_.emplace(allocation.ptr, std::move(stack));
   }
@@ -124,7 +124,7 @@ absl::Status TrackingAdaptor::DoDeallocate(const Allocation& allocation, Stream 
 std::vector<TrackedAllocation> TrackingAdaptor::Live() const {
   std::vector<TrackedAllocation> out;
   {
-    std::lock_guard<Mutex> lock(mu_);
+    MutexLock lock(mu_);
     out.reserve(live_.size());
     for (const auto& [ptr, entry] : live_) {
       TrackedAllocation t;
@@ -141,7 +141,7 @@ std::vector<TrackedAllocation> TrackingAdaptor::Live() const {
 }
 
 std::size_t TrackingAdaptor::live_count() const {
-  std::lock_guard<Mutex> lock(mu_);
+  MutexLock lock(mu_);
   return live_.size();
 }
 

@@ -67,15 +67,15 @@ class TrackingAdaptor final : public MemoryResource {
     const std::string* tag = nullptr;  // owned by tags_
   };
   // The interned copy of `tag`; mu_ held. May throw (a new tag).
-  const std::string* InternLocked(absl::string_view tag);
+  const std::string* InternLocked(absl::string_view tag) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const std::shared_ptr<MemoryResource> upstream_;
   const TrackingOptions options_;
   mutable Mutex mu_;
-  absl::flat_hash_map<void*, Entry> live_;
-  absl::flat_hash_map<void*, std::vector<void*>> stacks_;  // capture_stacks only
-  absl::node_hash_set<std::string> tags_;                   // stable addresses
-  std::uint64_t next_sequence_ = 0;
+  absl::flat_hash_map<void*, Entry> live_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<void*, std::vector<void*>> stacks_ ABSL_GUARDED_BY(mu_);  // capture_stacks only
+  absl::node_hash_set<std::string> tags_ ABSL_GUARDED_BY(mu_);                   // stable addresses
+  std::uint64_t next_sequence_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 // Reports `tracker`'s leaks on stderr once: when this registration is

@@ -44,13 +44,13 @@ std::string LimitingAdaptor::KeyFor(const LimitRule& rule) const {
 
 MemoryStats LimitingAdaptor::stats() const {
   MemoryStats s = upstream_->stats();
-  std::lock_guard<Mutex> lock(mu_);
+  MutexLock lock(mu_);
   s.oom_events += refusals_;
   return s;
 }
 
 std::size_t LimitingAdaptor::InUse(std::size_t rule_index, const std::string& key) const {
-  std::lock_guard<Mutex> lock(mu_);
+  MutexLock lock(mu_);
   if (rule_index >= usage_.size()) return 0;
   auto it = usage_[rule_index].find(key);
   return it == usage_[rule_index].end() ? 0 : it->second;
@@ -67,7 +67,7 @@ absl::StatusOr<Allocation> LimitingAdaptor::DoAllocate(std::size_t bytes, Stream
   std::vector<std::string> keys(rules_.size());
   std::vector<SoftLimitEvent> soft;
   {
-    std::lock_guard<Mutex> lock(mu_);
+    MutexLock lock(mu_);
     for (std::size_t i = 0; i < rules_.size(); ++i) {
       const LimitRule& rule = rules_[i];
       keys[i] = KeyFor(rule);
@@ -103,11 +103,11 @@ absl::StatusOr<Allocation> LimitingAdaptor::DoAllocate(std::size_t bytes, Stream
   }
   absl::StatusOr<Allocation> a = upstream_->Allocate(bytes, stream);
   if (!a.ok()) {
-    std::lock_guard<Mutex> lock(mu_);
+    MutexLock lock(mu_);
     UnchargeLocked(keys, bytes);
     return a.status();
   }
-  std::lock_guard<Mutex> lock(mu_);
+  MutexLock lock(mu_);
   try {
     charged_to_.emplace(a->ptr, keys);
   } catch (...) {
@@ -123,7 +123,7 @@ absl::Status LimitingAdaptor::DoDeallocate(const Allocation& allocation, Stream 
   // another thread may receive the same pointer and must find no entry.
   ChargeMap::node_type charged;
   {
-    std::lock_guard<Mutex> lock(mu_);
+    MutexLock lock(mu_);
     auto it = charged_to_.find(allocation.ptr);
     if (it == charged_to_.end()) {
       return absl::InvalidArgumentError(absl::StrFormat(
@@ -132,7 +132,7 @@ absl::Status LimitingAdaptor::DoDeallocate(const Allocation& allocation, Stream 
     charged = charged_to_.extract(it);
   }
   absl::Status st = upstream_->Deallocate(allocation, stream);
-  std::lock_guard<Mutex> lock(mu_);
+  MutexLock lock(mu_);
   if (!st.ok()) {
     charged_to_.insert(std::move(charged));  // still live and still charged
     return st;

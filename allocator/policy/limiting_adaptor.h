@@ -75,18 +75,19 @@ class LimitingAdaptor final : public MemoryResource {
   absl::Status DoDeallocate(const Allocation& allocation, Stream stream) override;
   std::string KeyFor(const LimitRule& rule) const;
   // Gives `bytes` back under each rule's key in `keys`; mu_ held.
-  void UnchargeLocked(const std::vector<std::string>& keys, std::size_t bytes);
+  void UnchargeLocked(const std::vector<std::string>& keys, std::size_t bytes)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const std::shared_ptr<MemoryResource> upstream_;
   const std::vector<LimitRule> rules_;
   const std::function<void(const SoftLimitEvent&)> on_soft_limit_;
   mutable Mutex mu_;
   // Per rule: key -> bytes in use.
-  std::vector<absl::flat_hash_map<std::string, std::size_t>> usage_;
+  std::vector<absl::flat_hash_map<std::string, std::size_t>> usage_ ABSL_GUARDED_BY(mu_);
   // Live allocation -> the key it was charged to under each rule.
   using ChargeMap = absl::flat_hash_map<void*, std::vector<std::string>>;
-  ChargeMap charged_to_;
-  std::uint64_t refusals_ = 0;
+  ChargeMap charged_to_ ABSL_GUARDED_BY(mu_);
+  std::uint64_t refusals_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace gpualloc

@@ -18,14 +18,14 @@ void BackendResource::CountLocked(std::int64_t bytes, int sign) {
 }
 
 MemoryStats BackendResource::stats() const {
-  std::lock_guard<Mutex> lock(mu_);
+  MutexLock lock(mu_);
   return stats_;
 }
 
 absl::StatusOr<Allocation> BackendResource::DoAllocate(std::size_t bytes, Stream stream) {
   absl::StatusOr<void*> ptr =
       CallAtBoundary("backend malloc", [&] { return backend_->Malloc(device_, bytes); });
-  std::lock_guard<Mutex> lock(mu_);
+  MutexLock lock(mu_);
   if (!ptr.ok()) {
     if (ptr.status().code() == absl::StatusCode::kResourceExhausted) ++stats_.oom_events;
     return ptr.status();
@@ -49,7 +49,7 @@ absl::Status BackendResource::DoDeallocate(const Allocation& allocation, Stream)
   // second free of the same pointer finds nothing and is rejected.
   LiveMap::node_type entry;
   {
-    std::lock_guard<Mutex> lock(mu_);
+    MutexLock lock(mu_);
     auto it = live_.find(allocation.ptr);
     if (it == live_.end()) {
       ++stats_.failed_frees;
@@ -62,7 +62,7 @@ absl::Status BackendResource::DoDeallocate(const Allocation& allocation, Stream)
   // A throwing backend must not unwind past the entry taken out above.
   absl::Status st =
       CallAtBoundary("backend free", [&] { return backend_->Free(device_, allocation.ptr); });
-  std::lock_guard<Mutex> lock(mu_);
+  MutexLock lock(mu_);
   if (!st.ok()) {
     live_.insert(std::move(entry));  // still ours: a retry can free it
     ++stats_.failed_frees;

@@ -42,8 +42,8 @@ class BackendResource final : public MemoryResource {
   const std::size_t alignment_;
   mutable Mutex mu_;
   using LiveMap = absl::flat_hash_map<void*, std::size_t>;  // ptr -> bytes
-  LiveMap live_;
-  MemoryStats stats_;
+  LiveMap live_ ABSL_GUARDED_BY(mu_);
+  MemoryStats stats_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace gpualloc

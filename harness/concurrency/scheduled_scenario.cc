@@ -195,7 +195,7 @@ class Scenario {
   }
 
   std::optional<Entry> Take(std::mt19937_64& rng) {
-    std::lock_guard<Mutex> lock(pool_mu_);
+    MutexLock lock(pool_mu_);
     if (pool_.empty()) return std::nullopt;
     // Half the time the newest entry: memory used and then freed soon after,
     // as a tensor handed to a side stream often is.
@@ -207,7 +207,7 @@ class Scenario {
   }
 
   void Put(const Entry& e) {
-    std::lock_guard<Mutex> lock(pool_mu_);
+    MutexLock lock(pool_mu_);
     pool_.push_back(e);
   }
 

@@ -9,7 +9,7 @@ schema.py).
 Rules (the bugs they model):
   delete-call      a call statement removed: a missing record/wait/sync,
                    refund, erase, notify, unlock
-  drop-lock        a std::lock_guard / unused std::unique_lock that no
+  drop-lock        a MutexLock / std::lock_guard / unused ReleasableMutexLock or std::unique_lock that no
                    longer locks: a dropped lock around shared state
   negate-condition if/while/for/?: conditions inverted
   relax-condition  one side of && or || dropped: a missing check
@@ -227,17 +227,33 @@ class _FileMutator:
         if var is None:
             return
         tname = var.type.spelling
-        m = re.match(r"^(?:const )?std::(lock_guard|unique_lock|scoped_lock)<(.+)>$", tname)
-        if not m:
-            return
-        kind = m.group(1)
         text = self.text(s, end)
-        am = re.match(r"^\s*std::\w+<([^;<>]+)>\s+(\w+)\s*\(([^,;]*)\)\s*;$", text, re.S)
-        if not am or am.group(2) != var.spelling:
+        # Our annotated scoped locks (allocator/common/mutex.h) over gpualloc::Mutex.
+        om = re.match(r"^(?:const )?(?:gpualloc::)?(MutexLock|ReleasableMutexLock)$", tname)
+        if om:
+            am = re.match(r"^\s*((?:gpualloc::)?\w+)\s+(\w+)\s*\(([^,;]*)\)\s*;$", text, re.S)
+            if not am or am.group(2) != var.spelling:
+                return
+            if _referenced_after(compound, st, var):
+                return                       # Unlock()/Lock() on it
+            # Gone alone; in the schema, the same lock type, taken or not, so
+            # the original path runs the scoped lock's own code unchanged.
+            lock_type, name, mutex = am.group(1), am.group(2), am.group(3)
+            self.add("drop-lock", s, end, "",
+                     "std::optional<%s> %s; if (!(@CHECK@)) %s.emplace(%s);"
+                     % (lock_type, name, name, mutex), fn)
             return
+        else:
+            m = re.match(r"^(?:const )?std::(lock_guard|unique_lock|scoped_lock)<(.+)>$", tname)
+            if not m:
+                return
+            kind = m.group(1)
+            am = re.match(r"^\s*std::\w+<([^;<>]+)>\s+(\w+)\s*\(([^,;]*)\)\s*;$", text, re.S)
+            if not am or am.group(2) != var.spelling:
+                return
+            mutex_type, name, mutex = am.group(1), am.group(2), am.group(3)
         if kind == "unique_lock" and _referenced_after(compound, st, var):
             return                           # unlock()/wait() on it would throw
-        mutex_type, name, mutex = am.group(1), am.group(2), am.group(3)
         decl = "std::unique_lock<%s> %s(%s, std::defer_lock);" % (mutex_type, name, mutex)
         self.add("drop-lock", s, end, decl,
                  decl + " if (!(@CHECK@)) " + name + ".lock();", fn)

@@ -57,6 +57,12 @@ class MutationToolTest(unittest.TestCase):
         found = {m.rule for m in self.mutants}
         self.assertEqual(set(mutants_lib.RULES) - found, set())
 
+    def test_our_scoped_lock_is_dropped_too(self):
+        # allocator/ holds its Mutex with MutexLock, not std::lock_guard.
+        fns = {m.function for m in self.mutants if m.rule == "drop-lock"}
+        self.assertIn("HeldWhileUpdating", fns)
+        self.assertIn("Twice", fns)
+
     def test_schema_switches_exactly_one_mutant(self):
         kept, dropped = schema_lib.drop_overlaps(self.mutants)
         self.assertEqual(dropped, [])

@@ -18,6 +18,7 @@ PROLOGUE = (
     "#ifndef GPUALLOC_MUTATION_SCHEMA_  // GPUALLOC_MUTANT picks one mutant\n"
     "#define GPUALLOC_MUTATION_SCHEMA_\n"
     "#include <cstdlib>\n"
+    "#include <optional>\n"
     "namespace { [[maybe_unused]] bool gpualloc_mutant_on_(int id) { "
     "static const int active = [] { const char* v = std::getenv(\"GPUALLOC_MUTANT\"); "
     "return v == nullptr ? 0 : std::atoi(v); }(); return active == id; } }\n"

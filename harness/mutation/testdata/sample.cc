@@ -50,6 +50,33 @@ absl::Status Twice(int n) {
   return absl::OkStatus();
 }
 
+// Stand-ins for allocator/common/mutex.h: its annotated scoped lock.
+namespace gpualloc {
+class Mutex {
+ public:
+  void lock() { held_ = true; }
+  void unlock() { held_ = false; }
+  bool held() const { return held_; }
+
+ private:
+  bool held_ = false;
+};
+class MutexLock {
+ public:
+  explicit MutexLock(Mutex& mu) : mu_(mu) { mu_.lock(); }
+  ~MutexLock() { mu_.unlock(); }
+
+ private:
+  Mutex& mu_;
+};
+}  // namespace gpualloc
+
+gpualloc::Mutex state_mu;
+bool HeldWhileUpdating() {
+  gpualloc::MutexLock lock(state_mu);
+  return state_mu.held();
+}
+
 std::size_t Span(std::size_t begin, std::size_t end) { return std::min(end - begin, std::size_t{8}); }
 
 std::string Guarded(bool fail) {
@@ -72,6 +99,7 @@ int main() {
   std::optional<std::size_t> sum = CheckedAdd(~std::size_t{0}, 2);
   std::printf("sum %s\n", sum ? "has value" : "overflow");
   std::printf("counter %d total %zu\n", counter, total);
+  std::printf("held while updating: %d\n", HeldWhileUpdating());
   try {
     std::printf("%s\n", Guarded(true).c_str());
   } catch (...) {
