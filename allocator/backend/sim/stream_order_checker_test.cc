@@ -233,13 +233,19 @@ TEST(StreamOrderChecker, FreeAsyncWithAnotherStreamsWorkUnorderedIsReported) {
   const Stream s = sim.CreateStream(0).value();
   const Stream t = sim.CreateStream(0).value();
   void* p = sim.MallocAsync(kBytes, s).value();
+  // t's memset stays queued until the free has happened on s: which one the
+  // workers run first is then not left to the machine's timing.
+  SimStreamGate gate = sim.HoldStream(t).value();
   ASSERT_TRUE(sim.MemsetAsync(p, 1, kBytes, t).ok());
   ASSERT_TRUE(sim.FreeAsync(p, s).ok());
-  ASSERT_EQ(Violations(sim), 1u);
+  ASSERT_TRUE(sim.SynchronizeStream(s).ok());
+  ASSERT_EQ(Violations(sim), 1u) << Report(sim);
   EXPECT_THAT(Report(sim), HasSubstr("free_async"));
   EXPECT_THAT(Report(sim), HasSubstr("releases"));
+  gate.Open();
   ASSERT_TRUE(sim.DeviceSynchronize(0).ok());
-  // If t's memset ran after the memory went back, it was skipped and reported too.
+  // t's memset ran after the memory went back: it was skipped and reported too.
+  EXPECT_EQ(Violations(sim), 2u) << Report(sim);
   const std::uint64_t before = Violations(sim);
   // The same pattern with the free ordered after t's work is fine.
   void* q = sim.MallocAsync(kBytes, s).value();
