@@ -5,13 +5,16 @@
 #include <thread>
 #include <vector>
 
+#include "allocator/backend/failpoints/failpoint_backend.h"
 #include "allocator/backend/sim/sim_backend.h"
 #include "allocator/caching/caching_allocator.h"
 #include "allocator/observe/trace_format.h"
 #include "allocator/observe/trace_recorder.h"
 #include "allocator/observe/tracking_adaptor.h"
 #include "allocator/policy/allocation_tag.h"
+#include "allocator/resource/backend_resource.h"
 #include "gtest/gtest.h"
+#include "harness/testing/failing_memory_resource.h"
 
 namespace gpualloc {
 namespace {
@@ -175,6 +178,78 @@ TEST(TraceFormat, HeaderOnlyShortAndForeignFilesAreToldApart) {
 }
 
 // Sizes in reports switch units exactly at 1 KiB and 1 MiB.
+TEST(TrackingAdaptor, EveryMetadataAllocationFailureTracksNothingAndLeaksNothing) {
+  // Each allocation of the tables' nodes fails in turn, with stacks and a new
+  // tag: the Allocate that meets it fails, the upstream allocation is given
+  // back, the table is as it was and keeps working.
+  std::uint64_t k = 1;
+  for (;; ++k) {
+    auto cache = Cache();
+    harness::FailingMemoryResource metadata;
+    {
+      TrackingAdaptor tracked(cache, TrackingOptions{.capture_stacks = true,
+                                                     .metadata_resource = &metadata});
+      std::vector<Allocation> live;
+      metadata.FailAt(k);
+      for (const char* tag : {"weights", "weights", "activations"}) {
+        SCOPED_TRACE(testing::Message() << tag << ", failure at allocation " << k);
+        ScopedAllocationTag scope(tag);
+        const std::size_t count = tracked.live_count();
+        const std::int64_t allocated = cache->stats().allocated_bytes.current;
+        const std::uint64_t failed = metadata.failures();
+        absl::StatusOr<Allocation> a = tracked.Allocate(64 << 10);
+        if (!a.ok()) {
+          EXPECT_EQ(metadata.failures(), failed + 1) << a.status();
+          EXPECT_EQ(a.status().code(), absl::StatusCode::kResourceExhausted) << a.status();
+          EXPECT_EQ(tracked.live_count(), count);
+          EXPECT_EQ(cache->stats().allocated_bytes.current, allocated) << "upstream memory kept";
+          a = tracked.Allocate(64 << 10);
+        }
+        ASSERT_TRUE(a.ok()) << a.status();
+        live.push_back(*a);
+      }
+      const std::vector<TrackedAllocation> table = tracked.Live();
+      ASSERT_EQ(table.size(), 3u);
+      EXPECT_EQ(table[0].tag, "weights");
+      EXPECT_EQ(table[2].tag, "activations");
+      EXPECT_FALSE(table[2].stack.empty());
+      for (const Allocation& a : live) ASSERT_TRUE(tracked.Deallocate(a).ok());
+      EXPECT_EQ(tracked.live_count(), 0u);
+    }
+    EXPECT_EQ(metadata.outstanding_bytes(), 0u) << "metadata leaked at k=" << k;
+    ASSERT_FALSE(HasFailure()) << "first failure at k=" << k;
+    if (metadata.failures() == 0) break;
+  }
+  EXPECT_GE(k, 5u) << "entries, stacks and tags must all have been failed";
+}
+
+TEST(TrackingAdaptor, AFailedUpstreamFreeKeepsItsEntryWithoutAllocating) {
+  auto sim = std::make_shared<SimBackend>(SimOptions::WithDevices(1, 128 << 20));
+  auto faulty = std::make_shared<FailpointBackend>(sim, 1);
+  auto raw = std::make_shared<BackendResource>(faulty, 0);
+  harness::FailingMemoryResource metadata;
+  {
+    TrackingAdaptor tracked(raw, TrackingOptions{.capture_stacks = true,
+                                                 .metadata_resource = &metadata});
+    Allocation a = [&] {
+      ScopedAllocationTag scope("kv-cache");
+      return tracked.Allocate(4096).value();
+    }();
+    faulty->AddRule(FaultRule::NthCall(BackendOp::kFree, 1, FaultAction::kReturnError));
+    metadata.FailAll();  // putting the entry back must not need memory
+    EXPECT_FALSE(tracked.Deallocate(a).ok());
+    metadata.FailNone();
+    const std::vector<TrackedAllocation> table = tracked.Live();
+    ASSERT_EQ(table.size(), 1u) << "still live upstream, so still tracked";
+    EXPECT_EQ(table[0].tag, "kv-cache");
+    EXPECT_FALSE(table[0].stack.empty()) << "with its stack";
+    ASSERT_TRUE(tracked.Deallocate(a).ok());
+    EXPECT_EQ(tracked.live_count(), 0u);
+  }
+  EXPECT_EQ(metadata.outstanding_bytes(), 0u);
+  EXPECT_TRUE(sim->Accounting().AllReleased()) << sim->Accounting().Describe();
+}
+
 TEST(TrackingAdaptor, ReportsSizesInTheUnitTheyReach) {
   auto cache = Cache();
   TrackingAdaptor tracked(cache);

@@ -53,14 +53,25 @@ std::string Bytes(std::size_t b) {
 
 }  // namespace
 
+namespace {
+std::pmr::memory_resource* MetadataOr(std::pmr::memory_resource* r) {
+  return r != nullptr ? r : std::pmr::new_delete_resource();
+}
+}  // namespace
+
 TrackingAdaptor::TrackingAdaptor(std::shared_ptr<MemoryResource> upstream, TrackingOptions options)
-    : upstream_(std::move(upstream)), options_(options) {}
+    : upstream_(std::move(upstream)),
+      options_(options),
+      live_(MetadataOr(options.metadata_resource)),
+      stacks_(MetadataOr(options.metadata_resource)),
+      tags_(MetadataOr(options.metadata_resource)) {}
 
 const std::string* TrackingAdaptor::InternLocked(absl::string_view tag) {
   static const std::string* const kUntagged = new std::string();
   if (tag.empty()) return kUntagged;
-  auto it = tags_.find(tag);
-  if (it == tags_.end()) it = tags_.emplace(tag).first;
+  const std::string_view key(tag.data(), tag.size());
+  auto it = tags_.find(key);
+  if (it == tags_.end()) it = tags_.emplace(key).first;  // strong: unchanged if it throws
   return &*it;
 }
 
@@ -93,8 +104,10 @@ absl::StatusOr<Allocation> TrackingAdaptor::DoAllocate(std::size_t bytes, Stream
 }
 
 absl::Status TrackingAdaptor::DoDeallocate(const Allocation& allocation, Stream stream) {
-  Entry entry;
-  std::vector<void*> stack;
+  // The entries leave the tables as nodes, kept until the upstream free is
+  // known to have worked: a failed free puts them back without allocating.
+  decltype(live_)::node_type entry;
+  decltype(stacks_)::node_type stack;
   {
     MutexLock lock(mu_);
     auto it = live_.find(allocation.ptr);
@@ -103,20 +116,14 @@ absl::Status TrackingAdaptor::DoDeallocate(const Allocation& allocation, Stream 
           "tracking adaptor: %p is not a live allocation it saw (foreign or double free)",
           allocation.ptr));
     }
-    entry = it->second;
-    live_.erase(it);
-    if (options_.capture_stacks) {
-      if (auto s = stacks_.find(allocation.ptr); s != stacks_.end()) {
-        stack = std::move(s->second);
-        stacks_.erase(s);
-      }
-    }
+    entry = live_.extract(it);
+    if (options_.capture_stacks) stack = stacks_.extract(allocation.ptr);
   }
   absl::Status st = upstream_->Deallocate(allocation, stream);
   if (!st.ok()) {
     MutexLock lock(mu_);
-    live_.emplace(allocation.ptr, entry);  // still live
-    if (options_.capture_stacks) stacks_.emplace(allocation.ptr, std::move(stack));
+    live_.insert(std::move(entry));  // still live
+    if (!stack.empty()) stacks_.insert(std::move(stack));
   }
   return st;
 }

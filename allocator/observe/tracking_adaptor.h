@@ -14,12 +14,14 @@
 #define GPUALLOC_ALLOCATOR_OBSERVE_TRACKING_ADAPTOR_H_
 
 #include <memory>
+#include <memory_resource>
 #include <mutex>
 #include <string>
+#include <string_view>
+#include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
-#include "absl/container/flat_hash_map.h"
-#include "absl/container/node_hash_set.h"
 #include "allocator/common/mutex.h"
 #include "allocator/resource/memory_resource.h"
 
@@ -28,6 +30,12 @@ namespace gpualloc {
 struct TrackingOptions {
   bool capture_stacks = false;
   int max_frames = 12;
+  // Where the live table, the stack table and the tag set keep their nodes.
+  // Null: new/delete. Must outlive the adaptor. If it throws
+  // std::bad_alloc, Allocate fails with ResourceExhausted, gives the
+  // upstream allocation back and tracks nothing; a Deallocate whose upstream
+  // free fails keeps its entry without allocating.
+  std::pmr::memory_resource* metadata_resource = nullptr;
 };
 
 struct TrackedAllocation {
@@ -72,9 +80,17 @@ class TrackingAdaptor final : public MemoryResource {
   const std::shared_ptr<MemoryResource> upstream_;
   const TrackingOptions options_;
   mutable Mutex mu_;
-  absl::flat_hash_map<void*, Entry> live_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<void*, std::vector<void*>> stacks_ ABSL_GUARDED_BY(mu_);  // capture_stacks only
-  absl::node_hash_set<std::string> tags_ ABSL_GUARDED_BY(mu_);                   // stable addresses
+  // Node-based standard tables: an insert that throws leaves them as they
+  // were (Abseil's flat tables are left corrupt), and a failed free puts its
+  // extracted nodes back without allocating.
+  std::pmr::unordered_map<void*, Entry> live_ ABSL_GUARDED_BY(mu_);
+  std::pmr::unordered_map<void*, std::vector<void*>> stacks_ ABSL_GUARDED_BY(mu_);  // capture_stacks only
+  struct TagHash {
+    using is_transparent = void;  // looked up by string_view, no copy
+    std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  std::pmr::unordered_set<std::string, TagHash, std::equal_to<>> tags_
+      ABSL_GUARDED_BY(mu_);  // nodes: stable addresses
   std::uint64_t next_sequence_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
