@@ -21,11 +21,13 @@ const char* ScopeName(LimitScope s) {
 
 LimitingAdaptor::LimitingAdaptor(std::shared_ptr<MemoryResource> upstream,
                                  std::vector<LimitRule> rules,
-                                 std::function<void(const SoftLimitEvent&)> on_soft_limit)
+                                 std::function<void(const SoftLimitEvent&)> on_soft_limit,
+                                 std::pmr::memory_resource* metadata)
     : upstream_(std::move(upstream)),
       rules_(std::move(rules)),
       on_soft_limit_(std::move(on_soft_limit)),
-      usage_(rules_.size()) {}
+      usage_(rules_.size(), metadata != nullptr ? metadata : std::pmr::new_delete_resource()),
+      charged_to_(metadata != nullptr ? metadata : std::pmr::new_delete_resource()) {}
 
 std::string LimitingAdaptor::KeyFor(const LimitRule& rule) const {
   switch (rule.scope) {

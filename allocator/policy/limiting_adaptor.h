@@ -14,17 +14,21 @@
 // requests that each fit alone) and given back if the upstream fails. A free
 // is charged to the thread and tag that allocated, whichever thread frees.
 // Thread-safe: one mutex around the counters; the upstream runs outside it.
+// The counters and the charge table sit in `metadata` (default new/delete),
+// node-based: if it throws std::bad_alloc, Allocate fails with
+// ResourceExhausted and leaves every counter and the upstream as they were.
 #ifndef GPUALLOC_ALLOCATOR_POLICY_LIMITING_ADAPTOR_H_
 #define GPUALLOC_ALLOCATOR_POLICY_LIMITING_ADAPTOR_H_
 
 #include <functional>
 #include <memory>
+#include <memory_resource>
 #include <mutex>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
-#include "absl/container/flat_hash_map.h"
 #include "allocator/common/mutex.h"
 #include "allocator/resource/memory_resource.h"
 
@@ -59,8 +63,10 @@ struct SoftLimitEvent {
 
 class LimitingAdaptor final : public MemoryResource {
  public:
+  // `metadata` must outlive the adaptor (null: new/delete).
   LimitingAdaptor(std::shared_ptr<MemoryResource> upstream, std::vector<LimitRule> rules,
-                  std::function<void(const SoftLimitEvent&)> on_soft_limit = {});
+                  std::function<void(const SoftLimitEvent&)> on_soft_limit = {},
+                  std::pmr::memory_resource* metadata = nullptr);
 
   absl::string_view name() const override { return "limiting"; }
   DeviceIndex device() const override { return upstream_->device(); }
@@ -83,9 +89,12 @@ class LimitingAdaptor final : public MemoryResource {
   const std::function<void(const SoftLimitEvent&)> on_soft_limit_;
   mutable Mutex mu_;
   // Per rule: key -> bytes in use.
-  std::vector<absl::flat_hash_map<std::string, std::size_t>> usage_ ABSL_GUARDED_BY(mu_);
+  std::pmr::vector<std::pmr::unordered_map<std::string, std::size_t>> usage_
+      ABSL_GUARDED_BY(mu_);
   // Live allocation -> the key it was charged to under each rule.
-  using ChargeMap = absl::flat_hash_map<void*, std::vector<std::string>>;
+  // Standard node-based tables: an insert that throws changes nothing (an
+  // Abseil flat table would be left corrupt).
+  using ChargeMap = std::pmr::unordered_map<void*, std::vector<std::string>>;
   ChargeMap charged_to_ ABSL_GUARDED_BY(mu_);
   std::uint64_t refusals_ ABSL_GUARDED_BY(mu_) = 0;
 };

@@ -8,6 +8,7 @@
 #include "allocator/policy/limiting_adaptor.h"
 #include "allocator/policy/pressure_adaptor.h"
 #include "gtest/gtest.h"
+#include "harness/testing/failing_memory_resource.h"
 
 namespace gpualloc {
 namespace {
@@ -75,6 +76,52 @@ TEST(LimitingAdaptor, PerTagLimitsAreSeparateAndChargedToTheAllocatingTag) {
   EXPECT_EQ(limited.InUse(0, "tenant-a"), 0u);
   EXPECT_EQ(limited.InUse(0, "tenant-b"), 3 * kMiB);
   ASSERT_TRUE(limited.Deallocate(b).ok());
+}
+
+TEST(LimitingAdaptor, EveryMetadataAllocationFailureChangesNoCounterAndLeaksNothing) {
+  // Each allocation of the counters and the charge table fails in turn (new
+  // tags make new counters): the Allocate that meets it fails, every counter
+  // and the upstream are as before, and a retry succeeds.
+  std::uint64_t k = 1;
+  for (;; ++k) {
+    auto cache = Cache();
+    harness::FailingMemoryResource metadata;
+    {
+      LimitingAdaptor limited(cache,
+                              {{LimitScope::kResource, 64 * kMiB, LimitMode::kHard},
+                               {LimitScope::kTag, 8 * kMiB, LimitMode::kSoft}},
+                              {}, &metadata);
+      std::vector<Allocation> live;
+      metadata.FailAt(k);
+      for (const char* tag : {"tenant-a", "tenant-b", "tenant-a"}) {
+        SCOPED_TRACE(testing::Message() << tag << ", failure at allocation " << k);
+        ScopedAllocationTag scope(tag);
+        const std::size_t whole = limited.InUse(0, "resource");
+        const std::size_t mine = limited.InUse(1, tag);
+        const std::int64_t upstream = cache->stats().allocated_bytes.current;
+        const std::uint64_t failed = metadata.failures();
+        absl::StatusOr<Allocation> a = limited.Allocate(1 * kMiB);
+        if (!a.ok()) {
+          EXPECT_EQ(metadata.failures(), failed + 1) << a.status();
+          EXPECT_EQ(a.status().code(), absl::StatusCode::kResourceExhausted) << a.status();
+          EXPECT_EQ(limited.InUse(0, "resource"), whole);
+          EXPECT_EQ(limited.InUse(1, tag), mine);
+          EXPECT_EQ(cache->stats().allocated_bytes.current, upstream) << "upstream memory kept";
+          a = limited.Allocate(1 * kMiB);
+        }
+        ASSERT_TRUE(a.ok()) << a.status();
+        live.push_back(*a);
+      }
+      EXPECT_EQ(limited.InUse(0, "resource"), 3 * kMiB);
+      EXPECT_EQ(limited.InUse(1, "tenant-a"), 2 * kMiB);
+      for (const Allocation& a : live) ASSERT_TRUE(limited.Deallocate(a).ok());
+      EXPECT_EQ(limited.InUse(0, "resource"), 0u);
+    }
+    EXPECT_EQ(metadata.outstanding_bytes(), 0u) << "metadata leaked at k=" << k;
+    ASSERT_FALSE(HasFailure()) << "first failure at k=" << k;
+    if (metadata.failures() == 0) break;
+  }
+  EXPECT_GE(k, 5u) << "counters and charge entries must all have been failed";
 }
 
 TEST(LimitingAdaptor, OnlyTagRuleAppliesToThatTagAlone) {
