@@ -2,9 +2,11 @@
 
 #include <algorithm>
 #include <iterator>
+#include <new>
 
 #include "absl/strings/str_format.h"
 #include "allocator/common/exception_boundary.h"
+#include "allocator/common/node_insert.h"
 
 namespace gpualloc {
 
@@ -67,11 +69,16 @@ absl::StatusOr<Allocation> SizeClassPool::DoAllocate(std::size_t bytes, Stream s
     absl::StatusOr<Allocation> a = upstream_->Allocate(bytes, stream);
     if (!a.ok()) return a;
     MutexLock lock(passthrough_mu_);
-    passthrough_.emplace(a->ptr, bytes);
+    try {
+      passthrough_.emplace(a->ptr, bytes);  // strong: unchanged if it throws
+    } catch (...) {
+      upstream_->Deallocate(*a).IgnoreError();  // untracked memory must not escape
+      throw;
+    }
     return a;
   }
   MutexLock lock(c->mu);
-  c->live.reserve(c->live.size() + 1);  // fallible work first
+  auto entry = PrepareInsert(c->live, std::uintptr_t{0}, LiveBlock{bytes, nullptr});  // fallible work first
   FreeBlock block{0, nullptr};
   auto free_list = c->free_by_stream.find(stream.handle);
   if (free_list != c->free_by_stream.end() && !free_list->second.empty()) {
@@ -109,7 +116,9 @@ absl::StatusOr<Allocation> SizeClassPool::DoAllocate(std::size_t bytes, Stream s
   }
   if (block.slab->live++ == 0) c->empty_slab_bytes -= block.slab->allocation.bytes;
   block.slab->last_used = ++c->tick;
-  c->live.emplace(block.address, LiveBlock{bytes, block.slab});
+  entry.key() = block.address;
+  entry.mapped().slab = block.slab;
+  CommitInsert(c->live, std::move(entry));
   ++c->stats.live_blocks;
   return Allocation{reinterpret_cast<void*>(block.address), bytes, stream};
 }
@@ -117,6 +126,7 @@ absl::StatusOr<Allocation> SizeClassPool::DoAllocate(std::size_t bytes, Stream s
 absl::Status SizeClassPool::DoDeallocate(const Allocation& allocation, Stream stream) {
   SizeClass* c = ClassFor(allocation.bytes);
   if (c == nullptr) {
+    decltype(passthrough_)::node_type entry;
     {
       MutexLock lock(passthrough_mu_);
       auto it = passthrough_.find(allocation.ptr);
@@ -125,12 +135,12 @@ absl::Status SizeClassPool::DoDeallocate(const Allocation& allocation, Stream st
             "size-class pool: %p (%d bytes) was not allocated here or was already freed",
             allocation.ptr, allocation.bytes));
       }
-      passthrough_.erase(it);
+      entry = passthrough_.extract(it);
     }
     absl::Status st = upstream_->Deallocate(allocation, stream);
     if (!st.ok()) {
       MutexLock lock(passthrough_mu_);
-      passthrough_.emplace(allocation.ptr, allocation.bytes);
+      passthrough_.insert(std::move(entry));  // still live: back without allocating
     }
     return st;
   }
@@ -151,7 +161,11 @@ absl::Status SizeClassPool::DoDeallocate(const Allocation& allocation, Stream st
   if (--slab->live == 0) {
     c->empty_slab_bytes += slab->allocation.bytes;
     if (c->empty_slab_bytes > options_.max_cached_empty_bytes) {
-      ReleaseEmptySlabs(*c, options_.max_cached_empty_bytes);
+      try {
+        ReleaseEmptySlabs(*c, options_.max_cached_empty_bytes);
+      } catch (const std::bad_alloc&) {
+        // The free is done; the empty slabs stay cached until the next try.
+      }
     }
   }
   return absl::OkStatus();

@@ -21,9 +21,9 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <unordered_map>
 #include <vector>
 
-#include "absl/container/flat_hash_map.h"
 #include "allocator/backend/backend.h"
 #include "allocator/common/mutex.h"
 #include "allocator/resource/memory_resource.h"
@@ -84,8 +84,11 @@ class SizeClassPool final : public MemoryResource {
     std::size_t bytes = 0;
     mutable Mutex mu;
     std::map<std::uintptr_t, std::unique_ptr<Slab>> slabs ABSL_GUARDED_BY(mu);  // by base address
-    absl::flat_hash_map<std::uintptr_t, std::vector<FreeBlock>> free_by_stream ABSL_GUARDED_BY(mu);
-    absl::flat_hash_map<std::uintptr_t, LiveBlock> live ABSL_GUARDED_BY(mu);  // by address
+    // Standard node-based tables: an insert that throws changes nothing (an
+    // Abseil flat table would be left corrupt), and a live entry is prepared
+    // before the upstream call (allocator/common/node_insert.h).
+    std::unordered_map<std::uintptr_t, std::vector<FreeBlock>> free_by_stream ABSL_GUARDED_BY(mu);
+    std::unordered_map<std::uintptr_t, LiveBlock> live ABSL_GUARDED_BY(mu);  // by address
     std::size_t empty_slab_bytes ABSL_GUARDED_BY(mu) = 0;  // slabs with nothing live
     std::uint64_t tick ABSL_GUARDED_BY(mu) = 0;
     SizeClassStats stats ABSL_GUARDED_BY(mu);
@@ -104,7 +107,7 @@ class SizeClassPool final : public MemoryResource {
   const SizeClassOptions options_;
   std::vector<std::unique_ptr<SizeClass>> classes_;
   mutable Mutex passthrough_mu_;
-  absl::flat_hash_map<void*, std::size_t> passthrough_ ABSL_GUARDED_BY(passthrough_mu_);
+  std::unordered_map<void*, std::size_t> passthrough_ ABSL_GUARDED_BY(passthrough_mu_);
 };
 
 }  // namespace gpualloc

@@ -9,9 +9,9 @@
 #define GPUALLOC_ALLOCATOR_RESOURCE_BACKEND_RESOURCE_H_
 
 #include <memory>
+#include <unordered_map>
 #include <mutex>
 
-#include "absl/container/flat_hash_map.h"
 #include "allocator/backend/backend.h"
 #include "allocator/common/mutex.h"
 #include "allocator/resource/memory_resource.h"
@@ -41,7 +41,9 @@ class BackendResource final : public MemoryResource {
   const DeviceIndex device_;
   const std::size_t alignment_;
   mutable Mutex mu_;
-  using LiveMap = absl::flat_hash_map<void*, std::size_t>;  // ptr -> bytes
+  // Standard node-based: an insert that throws changes nothing (an Abseil
+  // flat table would be left corrupt), so the catch in DoAllocate is sound.
+  using LiveMap = std::unordered_map<void*, std::size_t>;  // ptr -> bytes
   LiveMap live_ ABSL_GUARDED_BY(mu_);
   MemoryStats stats_ ABSL_GUARDED_BY(mu_);
 };
