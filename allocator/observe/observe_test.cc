@@ -133,6 +133,54 @@ class RefusingFrees final : public MemoryResource {
 
 // The observers pass an upstream's failed free back to the caller, and keep
 // the block live (it still is), so a later free succeeds.
+TEST(TraceRecorder, EveryMetadataAllocationFailureRecordsNothingAndLeaksNothing) {
+  // Each allocation of the live-id and thread tables fails in turn (a second
+  // thread makes a new thread entry): the Allocate that meets it fails, the
+  // upstream allocation is given back, and the trace stays one a replay
+  // accepts.
+  const std::string path = std::string(std::getenv("TEST_TMPDIR")) + "/m.trace";
+  std::uint64_t k = 1;
+  for (;; ++k) {
+    auto cache = Cache();
+    harness::FailingMemoryResource metadata;
+    {
+      auto recorder = TraceRecorder::Create(cache, path, &metadata).value();
+      metadata.FailAt(k);
+      auto one = [&](std::vector<Allocation>* live) {
+        const std::int64_t upstream = cache->stats().allocated_bytes.current;
+        const std::uint64_t events = recorder->events_recorded();
+        const std::uint64_t failed = metadata.failures();
+        absl::StatusOr<Allocation> a = recorder->Allocate(4096);
+        if (!a.ok()) {
+          EXPECT_EQ(metadata.failures(), failed + 1) << a.status();
+          EXPECT_EQ(a.status().code(), absl::StatusCode::kResourceExhausted) << a.status();
+          EXPECT_EQ(cache->stats().allocated_bytes.current, upstream) << "upstream memory kept";
+          EXPECT_EQ(recorder->events_recorded(), events) << "an allocation that failed was recorded";
+          a = recorder->Allocate(4096);
+        }
+        ASSERT_TRUE(a.ok()) << a.status();
+        live->push_back(*a);
+      };
+      std::vector<Allocation> live;
+      one(&live);
+      one(&live);
+      std::thread([&] { one(&live); }).join();
+      for (const Allocation& a : live) {
+        absl::Status st = recorder->Deallocate(a);
+        ASSERT_TRUE(st.ok()) << st;
+      }
+    }
+    absl::StatusOr<std::vector<TraceEvent>> events = ParseTrace(ReadFile(path));
+    ASSERT_TRUE(events.ok()) << events.status();
+    EXPECT_EQ(events->size(), 6u);
+    EXPECT_TRUE(ValidateTrace(*events).ok());
+    EXPECT_EQ(metadata.outstanding_bytes(), 0u) << "metadata leaked at k=" << k;
+    ASSERT_FALSE(HasFailure()) << "first failure at k=" << k;
+    if (metadata.failures() == 0) break;
+  }
+  EXPECT_GE(k, 4u) << "id and thread entries must all have been failed";
+}
+
 TEST(TraceRecorder, AFailedUpstreamFreeIsReturnedAndTheBlockStaysLive) {
   const std::string path = std::string(std::getenv("TEST_TMPDIR")) + "/failed_free.trace";
   auto upstream = std::make_shared<RefusingFrees>(Cache());

@@ -3,6 +3,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
@@ -187,7 +188,8 @@ absl::Status ValidateTrace(const std::vector<TraceEvent>& events) {
 }
 
 absl::StatusOr<std::unique_ptr<TraceRecorder>> TraceRecorder::Create(
-    std::shared_ptr<MemoryResource> upstream, const std::string& path) {
+    std::shared_ptr<MemoryResource> upstream, const std::string& path,
+    std::pmr::memory_resource* metadata) {
   std::FILE* file = std::fopen(path.c_str(), "wb");
   if (file == nullptr) {
     return absl::InvalidArgumentError(absl::StrFormat("trace recorder: cannot create %s: %s", path, std::strerror(errno)));
@@ -197,7 +199,8 @@ absl::StatusOr<std::unique_ptr<TraceRecorder>> TraceRecorder::Create(
     std::fclose(file);
     return absl::InternalError(absl::StrFormat("trace recorder: cannot write %s", path));
   }
-  return std::unique_ptr<TraceRecorder>(new TraceRecorder(std::move(upstream), file));
+  return std::unique_ptr<TraceRecorder>(new TraceRecorder(
+      std::move(upstream), file, metadata != nullptr ? metadata : std::pmr::new_delete_resource()));
 }
 
 TraceRecorder::~TraceRecorder() {
@@ -211,7 +214,8 @@ void TraceRecorder::RecordLocked(TraceEvent::Action action, const Allocation& a,
   e.time_ns = static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
                                              std::chrono::steady_clock::now() - start_)
                                              .count());
-  e.thread = threads_.emplace(std::this_thread::get_id(), threads_.size()).first->second;
+  // try_emplace: no node is made (and nothing can throw) for a known thread.
+  e.thread = threads_.try_emplace(std::this_thread::get_id(), threads_.size()).first->second;
   e.action = action;
   e.device = a.device();
   e.stream = a.stream.handle;
@@ -226,14 +230,25 @@ absl::StatusOr<Allocation> TraceRecorder::DoAllocate(std::size_t bytes, Stream s
   absl::StatusOr<Allocation> a = upstream_->Allocate(bytes, stream);
   if (!a.ok()) return a;
   MutexLock lock(mu_);
-  const std::uint64_t id = next_id_++;
-  ids_[a->ptr] = id;
-  RecordLocked(TraceEvent::Action::kAllocate, *a, id);
+  const std::uint64_t id = next_id_;
+  try {
+    ids_.emplace(a->ptr, id);  // strong: unchanged if it throws
+    try {
+      RecordLocked(TraceEvent::Action::kAllocate, *a, id);
+    } catch (...) {
+      ids_.erase(a->ptr);
+      throw;
+    }
+  } catch (...) {
+    upstream_->Deallocate(*a).IgnoreError();  // an allocation the trace lacks must not escape
+    throw;
+  }
+  ++next_id_;
   return a;
 }
 
 absl::Status TraceRecorder::DoDeallocate(const Allocation& allocation, Stream stream) {
-  std::uint64_t id = 0;
+  decltype(ids_)::node_type entry;
   {
     MutexLock lock(mu_);
     auto it = ids_.find(allocation.ptr);
@@ -241,18 +256,18 @@ absl::Status TraceRecorder::DoDeallocate(const Allocation& allocation, Stream st
       return absl::InvalidArgumentError(absl::StrFormat(
           "trace recorder: %p was not allocated through it or was already freed", allocation.ptr));
     }
-    id = it->second;
     // Recorded before the upstream frees it: the free is ordered before any
     // reuse of the pointer by another thread.
-    ids_.erase(it);
-    RecordLocked(TraceEvent::Action::kFree, allocation, id);
+    RecordLocked(TraceEvent::Action::kFree, allocation, it->second);
+    entry = ids_.extract(it);
   }
+  const std::uint64_t id = entry.mapped();
   absl::Status st = upstream_->Deallocate(allocation, stream);
   if (!st.ok()) {
     // Still live: say so in the trace too (a replay frees and re-allocates,
     // which is the same for every allocator).
     MutexLock lock(mu_);
-    ids_[allocation.ptr] = id;
+    ids_.insert(std::move(entry));  // back as the node it left as: no allocation
     RecordLocked(TraceEvent::Action::kAllocate, allocation, id);
   }
   return st;
