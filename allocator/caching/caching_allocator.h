@@ -140,23 +140,33 @@ class CachingAllocator final : public MemoryResource {
   // One attempt: cached block, another stream's block, or a new segment
   // (releasing cached segments on OOM). Sets *oom on out-of-memory.
   absl::StatusOr<Allocation> TryAllocateLocked(std::size_t rounded, std::size_t requested,
-                                               Stream stream, bool* oom) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  FreeSet& PoolFor(std::size_t rounded) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return rounded <= options_.small_request_max ? small_ : large_; }
-  bool IsSmall(const FreeSet& pool) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return &pool == &small_; }
+                                               Stream stream, bool* oom)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  FreeSet& PoolFor(std::size_t rounded) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return rounded <= options_.small_request_max ? small_ : large_;
+  }
+  bool IsSmall(const FreeSet& pool) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return &pool == &small_;
+  }
   std::size_t SegmentSizeFor(std::size_t rounded) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool ShouldSplit(const Block& block, std::size_t rounded) const;
   bool FitsSplitRules(const Block& block, std::size_t rounded) const;
-  Block* FindFree(FreeSet& pool, Stream stream, std::size_t rounded) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  Block* HarvestFromOtherStream(FreeSet& pool, Stream stream, std::size_t rounded) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  Block* FindFree(FreeSet& pool, Stream stream, std::size_t rounded)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  Block* HarvestFromOtherStream(FreeSet& pool, Stream stream, std::size_t rounded)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<Allocation> NewSegment(FreeSet& pool, Stream stream, std::size_t rounded,
-                                        std::size_t requested, bool* oom) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+                                        std::size_t requested, bool* oom)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The expandable-segment path of NewSegment: grow the pool's segment.
   absl::StatusOr<Allocation> GrowExpandable(FreeSet& pool, Stream stream, std::size_t rounded,
-                                            std::size_t requested, bool* oom) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+                                            std::size_t requested, bool* oom)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Unmaps up to `cut` bytes (granularity multiples) of an expandable
   // segment's free tail; deletes the segment when nothing is left. Returns
   // the bytes released.
-  std::size_t ShrinkExpandable(Segment* segment, std::size_t cut) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::size_t ShrinkExpandable(Segment* segment, std::size_t cut)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::size_t TrimExpandableTails(const Segment* exclude) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The host waits for all work queued on the device: before memory is
   // unmapped under it. Never a single stream: the stream a block was last
@@ -189,7 +199,8 @@ class CachingAllocator final : public MemoryResource {
   void ReserveLive() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   Allocation Commit(Block* block, BlockPtr spare, std::size_t rounded, std::size_t requested,
                     Stream stream) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  BlockPtr NewBlock() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);  // fallible: block and nodes (or a recycled one)
+  // Fallible: a block and its nodes (or a recycled one).
+  BlockPtr NewBlock() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Keeps a block merged away for the next NewBlock (bounded), else deletes it.
   void RecycleBlock(Block* block) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DeleteBlock(Block* block) noexcept { PmrDelete(metadata_, block); }
@@ -215,15 +226,19 @@ class CachingAllocator final : public MemoryResource {
   // Releases fully free segments, least recently used first, until `enough`
   // bytes were released (or none is left). Returns the bytes released.
   // `exclude` (a segment being grown) is never touched.
-  std::size_t ReleaseFreeSegments(std::size_t enough, const Segment* exclude = nullptr) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::size_t ReleaseFreeSegments(std::size_t enough, const Segment* exclude = nullptr)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool ReleaseSegment(Segment* segment) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  std::size_t EffectiveLimit() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return limit_ ? limit_ : capacity_; }
+  std::size_t EffectiveLimit() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return limit_ ? limit_ : capacity_;
+  }
   // Releases free segments while reserved is above the limit.
   void EnforceLimitLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<Event> AcquireEvent() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RecycleEvent(Event event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DestroyEventQuietly(Event event) noexcept;  // teardown: errors and throws ignored
-  absl::Status OutOfMemoryError(std::size_t requested, std::size_t rounded, Stream stream) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status OutOfMemoryError(std::size_t requested, std::size_t rounded, Stream stream) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Applies a stats update to the totals and to the pool it happened in.
   template <typename Fn>
   void Account(bool small_pool, Fn fn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -243,12 +258,13 @@ class CachingAllocator final : public MemoryResource {
   FreeSet small_ ABSL_GUARDED_BY(mu_);
   FreeSet large_ ABSL_GUARDED_BY(mu_);
   LiveMap allocated_ ABSL_GUARDED_BY(mu_);
-  Segment* segments_ ABSL_GUARDED_BY(mu_) = nullptr;        // intrusive list, owned
-  Segment* expandable_[2] ABSL_GUARDED_BY(mu_) = {nullptr, nullptr};  // small, large pool (options_.expandable_segments)
+  Segment* segments_ ABSL_GUARDED_BY(mu_) = nullptr;  // intrusive list, owned
+  // The growable segment of the small and the large pool (expandable_segments).
+  Segment* expandable_[2] ABSL_GUARDED_BY(mu_) = {nullptr, nullptr};
   // Emptied expandable ranges whose release the backend refused: retried on
   // every release pass and at destruction, never forgotten.
   std::pmr::vector<PmrUniquePtr<ExpandableRange>> retired_ranges_ ABSL_GUARDED_BY(mu_);
-  Block* pending_ ABSL_GUARDED_BY(mu_) = nullptr;           // intrusive list of blocks awaiting events
+  Block* pending_ ABSL_GUARDED_BY(mu_) = nullptr;  // intrusive list of blocks awaiting events
   // Free markers (RMM's scheme, amortised): an event per stream that another
   // stream waits for (or checks) before it takes a block freed there, never
   // the freeing stream itself, which its user may destroy right after the

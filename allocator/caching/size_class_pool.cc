@@ -78,7 +78,8 @@ absl::StatusOr<Allocation> SizeClassPool::DoAllocate(std::size_t bytes, Stream s
     return a;
   }
   MutexLock lock(c->mu);
-  auto entry = PrepareInsert(c->live, std::uintptr_t{0}, LiveBlock{bytes, nullptr});  // fallible work first
+  // Fallible work first: the live entry, before anything changes.
+  auto entry = PrepareInsert(c->live, std::uintptr_t{0}, LiveBlock{bytes, nullptr});
   FreeBlock block{0, nullptr};
   auto free_list = c->free_by_stream.find(stream.handle);
   if (free_list != c->free_by_stream.end() && !free_list->second.empty()) {

@@ -53,7 +53,8 @@ class TraceRecorder final : public MemoryResource {
         threads_(metadata) {}
   absl::StatusOr<Allocation> DoAllocate(std::size_t bytes, Stream stream) override;
   absl::Status DoDeallocate(const Allocation& allocation, Stream stream) override;
-  void RecordLocked(TraceEvent::Action action, const Allocation& a, std::uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RecordLocked(TraceEvent::Action action, const Allocation& a, std::uint64_t id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status FlushLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const std::shared_ptr<MemoryResource> upstream_;

@@ -84,7 +84,8 @@ class TrackingAdaptor final : public MemoryResource {
   // were (Abseil's flat tables are left corrupt), and a failed free puts its
   // extracted nodes back without allocating.
   std::pmr::unordered_map<void*, Entry> live_ ABSL_GUARDED_BY(mu_);
-  std::pmr::unordered_map<void*, std::vector<void*>> stacks_ ABSL_GUARDED_BY(mu_);  // capture_stacks only
+  std::pmr::unordered_map<void*, std::vector<void*>> stacks_  // capture_stacks only
+      ABSL_GUARDED_BY(mu_);
   struct TagHash {
     using is_transparent = void;  // looked up by string_view, no copy
     std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
