@@ -1,5 +1,6 @@
 #include "allocator/context/context.h"
 
+#include <unordered_map>
 #include <utility>
 
 #include "absl/strings/str_format.h"
@@ -15,7 +16,8 @@ namespace {
 std::atomic<std::uint64_t> g_next_context_id{1};
 
 // Current device per thread, per context (keyed by a never-reused id).
-thread_local absl::flat_hash_map<std::uint64_t, Device> tls_device;
+// Node-based: a SetDevice whose insert throws leaves it as it was.
+thread_local std::unordered_map<std::uint64_t, Device> tls_device;
 
 }  // namespace
 

@@ -23,8 +23,9 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <unordered_map>
 
-#include "absl/container/flat_hash_map.h"
+#include "absl/hash/hash.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "allocator/backend/backend.h"
@@ -102,7 +103,10 @@ class Context {
   const ContextOptions options_;
   const std::uint64_t id_;
   mutable Mutex mu_;  // guards slots_ and backends_
-  absl::flat_hash_map<Device, std::shared_ptr<Slot>> slots_ ABSL_GUARDED_BY(mu_);
+  // Node-based: an insert that throws changes nothing (Abseil's flat tables
+  // are left corrupt by one).
+  std::unordered_map<Device, std::shared_ptr<Slot>, absl::Hash<Device>> slots_
+      ABSL_GUARDED_BY(mu_);
   std::array<std::shared_ptr<Backend>, kDeviceTypeCount> backends_ ABSL_GUARDED_BY(mu_);
   std::atomic<int> runtime_count_{0};
 };
