@@ -78,8 +78,7 @@ class ArenaResource final : public MemoryResource {
   ArenaResource(std::shared_ptr<MemoryResource> upstream, ArenaOptions options)
       : upstream_(std::move(upstream)),
         options_(options),
-        metadata_(options.metadata_resource != nullptr ? options.metadata_resource
-                                                       : std::pmr::new_delete_resource()),
+        metadata_(MetadataResourceOr(options.metadata_resource)),
         chunks_(metadata_),
         live_(metadata_) {}
   absl::StatusOr<Allocation> DoAllocate(std::size_t bytes, Stream stream) override;

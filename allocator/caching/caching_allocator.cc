@@ -51,8 +51,7 @@ CachingAllocator::CachingAllocator(std::shared_ptr<Backend> backend, DeviceIndex
       options_(options),
       capacity_(capacity),
       alignment_(alignment),
-      metadata_(options.metadata_resource != nullptr ? options.metadata_resource
-                                                     : std::pmr::new_delete_resource()),
+      metadata_(MetadataResourceOr(options.metadata_resource)),
       small_(FreeSet::allocator_type(metadata_)),
       large_(FreeSet::allocator_type(metadata_)),
       allocated_(LiveMap::allocator_type(metadata_)),
@@ -118,11 +117,8 @@ BlockPtr CachingAllocator::NewBlock() {
   BlockPtr block = MakePmrUnique<Block>(metadata_, metadata_);
   // Give the block its own FreeSet and LiveMap nodes now, while failing is
   // still harmless.
-  FreeSet scratch{FreeSet::allocator_type(metadata_)};
-  scratch.insert(block.get());
-  block->node = scratch.extract(scratch.begin());
-  LiveMap scratch_live{LiveMap::allocator_type(metadata_)};
-  block->live_node = scratch_live.extract(scratch_live.emplace(0, block.get()).first);
+  block->node = MakeNode(small_, block.get());
+  block->live_node = MakeNode(allocated_, std::uintptr_t{0}, block.get());
   return block;
 }
 

@@ -39,13 +39,20 @@ void ReserveOneMore(Map& map) {
   }
 }
 
+// A node for `container` (a map or a set) holding the element made from
+// `args`, made with the container's allocator. Touches only the allocator,
+// not the container. May throw.
+template <typename Container, typename... Args>
+typename Container::node_type MakeNode(const Container& container, Args&&... args) {
+  Container scratch(container.get_allocator());
+  return scratch.extract(scratch.emplace(std::forward<Args>(args)...).first);
+}
+
 // A node for `map` holding (key, value), made with the map's allocator, and
 // room in the map to link it. May throw; `map` is unchanged if it does.
 template <typename Map, typename K, typename V>
 typename Map::node_type PrepareInsert(Map& map, K&& key, V&& value) {
-  Map scratch(map.get_allocator());
-  typename Map::node_type node =
-      scratch.extract(scratch.emplace(std::forward<K>(key), std::forward<V>(value)).first);
+  typename Map::node_type node = MakeNode(map, std::forward<K>(key), std::forward<V>(value));
   ReserveOneMore(map);
   return node;
 }

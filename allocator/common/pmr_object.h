@@ -36,6 +36,12 @@ PmrUniquePtr<T> MakePmrUnique(std::pmr::memory_resource* resource, Args&&... arg
                          PmrDeleter<T>{resource});
 }
 
+// The metadata resource a component was given, or new/delete for null: the
+// default of every `metadata_resource` option.
+inline std::pmr::memory_resource* MetadataResourceOr(std::pmr::memory_resource* given) {
+  return given != nullptr ? given : std::pmr::new_delete_resource();
+}
+
 // Destroys and frees an object MakePmrUnique made and a unique_ptr released.
 template <typename T>
 void PmrDelete(std::pmr::memory_resource* resource, T* p) noexcept {

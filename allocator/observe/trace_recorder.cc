@@ -9,6 +9,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "allocator/common/pmr_object.h"
 
 namespace gpualloc {
 namespace {
@@ -200,7 +201,7 @@ absl::StatusOr<std::unique_ptr<TraceRecorder>> TraceRecorder::Create(
     return absl::InternalError(absl::StrFormat("trace recorder: cannot write %s", path));
   }
   return std::unique_ptr<TraceRecorder>(new TraceRecorder(
-      std::move(upstream), file, metadata != nullptr ? metadata : std::pmr::new_delete_resource()));
+      std::move(upstream), file, MetadataResourceOr(metadata)));
 }
 
 TraceRecorder::~TraceRecorder() {

@@ -11,6 +11,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "allocator/common/pmr_object.h"
 #include "allocator/policy/allocation_tag.h"
 
 namespace gpualloc {
@@ -53,18 +54,12 @@ std::string Bytes(std::size_t b) {
 
 }  // namespace
 
-namespace {
-std::pmr::memory_resource* MetadataOr(std::pmr::memory_resource* r) {
-  return r != nullptr ? r : std::pmr::new_delete_resource();
-}
-}  // namespace
-
 TrackingAdaptor::TrackingAdaptor(std::shared_ptr<MemoryResource> upstream, TrackingOptions options)
     : upstream_(std::move(upstream)),
       options_(options),
-      live_(MetadataOr(options.metadata_resource)),
-      stacks_(MetadataOr(options.metadata_resource)),
-      tags_(MetadataOr(options.metadata_resource)) {}
+      live_(MetadataResourceOr(options.metadata_resource)),
+      stacks_(MetadataResourceOr(options.metadata_resource)),
+      tags_(MetadataResourceOr(options.metadata_resource)) {}
 
 const std::string* TrackingAdaptor::InternLocked(absl::string_view tag) {
   static const std::string* const kUntagged = new std::string();

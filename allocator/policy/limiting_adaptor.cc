@@ -3,6 +3,7 @@
 #include <sstream>
 
 #include "absl/strings/str_format.h"
+#include "allocator/common/pmr_object.h"
 #include "allocator/policy/allocation_tag.h"
 
 namespace gpualloc {
@@ -26,8 +27,8 @@ LimitingAdaptor::LimitingAdaptor(std::shared_ptr<MemoryResource> upstream,
     : upstream_(std::move(upstream)),
       rules_(std::move(rules)),
       on_soft_limit_(std::move(on_soft_limit)),
-      usage_(rules_.size(), metadata != nullptr ? metadata : std::pmr::new_delete_resource()),
-      charged_to_(metadata != nullptr ? metadata : std::pmr::new_delete_resource()) {}
+      usage_(rules_.size(), MetadataResourceOr(metadata)),
+      charged_to_(MetadataResourceOr(metadata)) {}
 
 std::string LimitingAdaptor::KeyFor(const LimitRule& rule) const {
   switch (rule.scope) {
