@@ -851,6 +851,19 @@ TEST(CachingAllocator, EmptyCacheReleasesLeastRecentlyUsedFirstAndHonoursKeepByt
       << "the least recently used segment went first";
   ASSERT_TRUE(cache->EmptyCache().ok());
   EXPECT_TRUE(cache->Snapshot().segments.empty());
+  // Untouched since they were made: the segment made last was used last and
+  // stays (the segment list itself runs newest first, so an order of
+  // creation would give the other answer than an order of use above).
+  Allocation first = cache->Allocate(12 * kMiB).value();
+  Allocation second = cache->Allocate(12 * kMiB).value();
+  ASSERT_TRUE(cache->Deallocate(first).ok());
+  ASSERT_TRUE(cache->Deallocate(second).ok());
+  ASSERT_TRUE(cache->EmptyCache(/*keep_bytes=*/12 * kMiB).ok());
+  snap = cache->Snapshot();
+  ASSERT_EQ(snap.segments.size(), 1u);
+  EXPECT_EQ(reinterpret_cast<const void*>(snap.segments[0].address), second.ptr)
+      << "the segment used first went first";
+  ASSERT_TRUE(cache->EmptyCache().ok());
   EXPECT_EQ(sim->Accounting().devices[0].device_bytes, 0u);
 }
 
@@ -1232,6 +1245,24 @@ TEST(CachingAllocator, EveryMetadataAllocationFailureLeavesTheAllocatorAsItWas) 
     // segments, maps, event lists, an expandable range and its chunk lists.
     EXPECT_GE(k, 30u) << "the scenario must reach the metadata allocations it was written for";
   }
+}
+
+TEST(CachingAllocator, ARefusedAddressReservationGivesItsBookkeepingBack) {
+  auto sim = Sim();
+  auto faulty = std::make_shared<FailpointBackend>(sim, 1);
+  harness::FailingMemoryResource metadata;
+  {
+    CachingOptions options;
+    options.expandable_segments = true;
+    options.metadata_resource = &metadata;
+    auto cache = Cache(faulty, options);
+    faulty->AddRule(FaultRule::NthCall(BackendOp::kVmReserve, 1, FaultAction::kReturnError));
+    EXPECT_FALSE(cache->Allocate(8 * kKiB).ok());
+    Allocation a = cache->Allocate(8 * kKiB).value();  // the next reservation works
+    ASSERT_TRUE(cache->Deallocate(a).ok());
+  }
+  EXPECT_EQ(metadata.outstanding_bytes(), 0u) << "the refused range's object was kept";
+  EXPECT_TRUE(sim->Accounting().AllReleased()) << sim->Accounting().Describe();
 }
 
 TEST(CachingAllocator, HostBookkeepingComesFromTheMetadataResourceAndAllReturns) {
