@@ -8,15 +8,16 @@
 #include "absl/strings/str_format.h"
 #include "allocator/common/checked_math.h"
 #include "allocator/common/exception_boundary.h"
+#include "allocator/common/node_insert.h"
 
 namespace gpualloc {
 
-std::size_t PinnedRoundUp(std::size_t bytes) {
-  if (bytes <= 4096) return 4096;
-  const int exponent = 63 - std::countl_zero(bytes);  // 2^exponent <= bytes
-  const std::size_t step = std::size_t{1} << (exponent - 3);
-  return CheckedRoundUp(bytes, step).value_or(bytes);
-}
+namespace {
+
+std::uintptr_t Address(const void* p) { return reinterpret_cast<std::uintptr_t>(p); }
+void* Pointer(std::uintptr_t a) { return reinterpret_cast<void*>(a); }
+
+}  // namespace
 
 PinnedHostAllocator::PinnedHostAllocator(std::shared_ptr<Backend> backend,
                                          PinnedHostOptions options)
@@ -72,8 +73,15 @@ absl::Status PinnedHostAllocator::Flush(bool release_cache) {
 
 absl::StatusOr<PinnedBlock> PinnedHostAllocator::AllocateImpl(std::size_t bytes, DeviceIndex owner) {
   if (bytes == 0) return absl::InvalidArgumentError("pinned host allocator: zero-byte allocation");
-  const std::size_t size = PinnedRoundUp(bytes);
-  if (size < bytes) return absl::ResourceExhaustedError("pinned host allocator: size overflows");
+  const std::optional<std::size_t> rounded = CheckedRoundUp(bytes, kPinnedBlockAlignment);
+  if (!rounded) return absl::ResourceExhaustedError("pinned host allocator: size overflows");
+  const std::size_t size = *rounded;
+  const std::pair<std::size_t, bool> segment_for = SegmentFor(size);
+  const std::size_t segment_bytes = segment_for.first;  // not a structured binding:
+  const bool small = segment_for.second;                // lambdas below capture it
+  if (segment_bytes < size) {
+    return absl::ResourceExhaustedError("pinned host allocator: size overflows");
+  }
   const DeviceIndex current = CurrentDevice();
   if (current == owner) OnDeviceCurrent(owner);  // the owner is current: its queue can go
   {
@@ -84,42 +92,166 @@ absl::StatusOr<PinnedBlock> PinnedHostAllocator::AllocateImpl(std::size_t bytes,
   }
   {
     MutexLock lock(mu_);
-    Owner& o = owners_[owner];
-    // The best-fitting cached block, if it wastes at most 1/8 more.
-    auto it = o.by_size.lower_bound(size);
-    if (it != o.by_size.end() && it->first - size <= size / 8) {
-      const PinnedBlock block = *it->second;
-      live_.emplace(block.ptr, LiveBlock{block, {}});  // may throw: nothing changed yet
-      lru_.erase(it->second);
-      o.by_size.erase(it);
-      stats_.cached_bytes -= block.bytes;
-      stats_.live_bytes += block.bytes;
-      ++stats_.hits;
-      return block;
-    }
+    if (std::optional<PinnedBlock> hit = TakeCachedLocked(owner, size)) return *hit;
   }
   absl::StatusOr<void*> p =
-      CallAtBoundary("host alloc", [&] { return backend_->HostAlloc(owner, size); });
+      CallAtBoundary("host alloc", [&] { return backend_->HostAlloc(owner, segment_bytes); });
   if (!p.ok() && p.status().code() == absl::StatusCode::kResourceExhausted) {
     Flush(/*release_cache=*/true).IgnoreError();  // give the cache back, then retry once
-    p = CallAtBoundary("host alloc", [&] { return backend_->HostAlloc(owner, size); });
+    p = CallAtBoundary("host alloc", [&] { return backend_->HostAlloc(owner, segment_bytes); });
   }
   if (!p.ok()) return p.status();
-  const PinnedBlock block{*p, size, owner};
+  const PinnedBlock segment{*p, segment_bytes, owner};
   {
     MutexLock lock(mu_);
     try {
-      live_.emplace(block.ptr, LiveBlock{block, {}});
-      stats_.live_bytes += size;
-      ++stats_.misses;
-      return block;
+      return AddSegmentLocked(segment, size, small);
     } catch (...) {
       // Could not track it: it goes straight back (below, outside the lock).
     }
   }
-  CallAtBoundary("host free", [&] { return backend_->HostFree(owner, block.ptr); }).IgnoreError();
+  CallAtBoundary("host free", [&] { return backend_->HostFree(owner, segment.ptr); }).IgnoreError();
   return absl::ResourceExhaustedError(absl::StrFormat(
-      "pinned host allocator: no host memory to track a %d-byte block; it was returned", size));
+      "pinned host allocator: no host memory to track a %d-byte segment; it was returned",
+      segment_bytes));
+}
+
+std::pair<std::size_t, bool> PinnedHostAllocator::SegmentFor(std::size_t size) const {
+  if (size <= options_.small_request_max) {
+    return {std::max(size, options_.small_segment_bytes), true};
+  }
+  const std::size_t round = std::max(options_.large_segment_round, kPinnedBlockAlignment);
+  return {CheckedRoundUp(size, round).value_or(0), false};
+}
+
+// --- segments: carving, merging, retiring -------------------------------------------
+
+std::optional<PinnedBlock> PinnedHostAllocator::TakeCachedLocked(DeviceIndex owner,
+                                                                std::size_t size) {
+  auto o_it = owners_.find(owner);
+  if (o_it == owners_.end()) return std::nullopt;
+  Owner& o = o_it->second;
+  FreeIndex& index = o.free_index(size <= options_.small_request_max);
+  auto fit = index.lower_bound({size, 0});
+  if (fit == index.end()) return std::nullopt;
+  const std::uintptr_t at = fit->second;
+  auto range = o.ranges.find(at);  // exists: every free range is indexed by its range
+  Range& r = range->second;
+  const bool wholly_free = Pointer(at) == r.segment->ptr && r.bytes == r.segment->bytes;
+  const std::size_t rest = r.bytes - size;
+  const bool split = rest >= kPinnedBlockAlignment;
+  const PinnedBlock block{Pointer(at), split ? size : r.bytes, owner};
+  // What may throw first; then nothing that can. The live entry is
+  // emplaced directly: an unordered_map's single insert that throws has no
+  // effect, and a node made apart would cost a scratch table per call.
+  std::map<std::uintptr_t, Range>::node_type tail;
+  if (split && !o.spare.empty()) {
+    tail = std::move(o.spare);
+    tail.key() = at + size;
+    tail.mapped() = Range{rest, true, r.small, r.segment};
+  } else if (split) {
+    tail = MakeNode(o.ranges, at + size, Range{rest, true, r.small, r.segment});
+  }
+  live_.try_emplace(block.ptr, LiveBlock{block, {}});
+  FreeIndex::node_type entry = index.extract(fit);
+  if (split) {
+    entry.value() = {rest, at + size};  // the range's index node now names its tail
+    index.insert(std::move(entry));
+    o.ranges.insert(std::move(tail));
+    r.bytes = size;
+  }
+  r.free = false;
+  if (wholly_free) o.in_use.splice(o.in_use.end(), lru_, r.segment);
+  stats_.cached_bytes -= block.bytes;
+  stats_.live_bytes += block.bytes;
+  ++stats_.hits;
+  return block;
+}
+
+PinnedBlock PinnedHostAllocator::AddSegmentLocked(const PinnedBlock& segment, std::size_t size,
+                                                  bool small) {
+  const std::size_t rest = segment.bytes - size;
+  const bool split = rest >= kPinnedBlockAlignment;
+  const PinnedBlock block{segment.ptr, split ? size : segment.bytes, segment.owner};
+  const std::uintptr_t at = Address(segment.ptr);
+  // What may throw first; then nothing that can.
+  Owner& o = owners_[segment.owner];
+  std::list<PinnedBlock> node{segment};
+  auto head = MakeNode(o.ranges, at, Range{block.bytes, false, small, node.begin()});
+  std::map<std::uintptr_t, Range>::node_type tail;
+  FreeIndex::node_type entry;
+  if (split) {
+    tail = MakeNode(o.ranges, at + size, Range{rest, true, small, node.begin()});
+    entry = MakeNode(o.free_index(small), rest, at + size);
+  }
+  live_.try_emplace(block.ptr, LiveBlock{block, {}});  // the last that may throw
+  o.in_use.splice(o.in_use.end(), node);
+  o.ranges.insert(std::move(head));
+  if (split) {
+    o.ranges.insert(std::move(tail));
+    o.free_index(small).insert(std::move(entry));
+  }
+  stats_.cached_bytes += segment.bytes - block.bytes;
+  stats_.live_bytes += block.bytes;
+  stats_.reserved_bytes += segment.bytes;
+  stats_.peak_reserved_bytes = std::max(stats_.peak_reserved_bytes, stats_.reserved_bytes);
+  ++stats_.misses;
+  return block;
+}
+
+void PinnedHostAllocator::CacheLocked(const PinnedBlock& block) {
+  Owner& o = owners_.find(block.owner)->second;  // exists: the block was carved under it
+  auto range = o.ranges.find(Address(block.ptr));  // exists: the block is live or in flight
+  Range& r = range->second;
+  FreeIndex& index = o.free_index(r.small);
+  auto mergeable = [&](auto it) {
+    return it != o.ranges.end() && it->second.free && it->second.segment == r.segment;
+  };
+  auto next = std::next(range);
+  auto prev = range == o.ranges.begin() ? o.ranges.end() : std::prev(range);
+  const bool merge_next = mergeable(next);
+  const bool merge_prev = mergeable(prev);
+  // A free neighbour's index node is reused; only a block with none needs a
+  // new one, made before anything changes.
+  FreeIndex::node_type entry;
+  if (!merge_next && !merge_prev) entry = MakeNode(index, r.bytes, range->first);
+  stats_.cached_bytes += r.bytes;
+  std::uintptr_t at = range->first;
+  std::size_t bytes = r.bytes;
+  if (merge_next) {
+    entry = index.extract({next->second.bytes, next->first});
+    bytes += next->second.bytes;
+    o.spare = o.ranges.extract(next);
+  }
+  if (merge_prev) {
+    FreeIndex::node_type prev_entry = index.extract({prev->second.bytes, prev->first});
+    if (entry.empty()) entry = std::move(prev_entry);
+    at = prev->first;
+    bytes += prev->second.bytes;
+    o.spare = o.ranges.extract(range);
+    range = prev;
+  }
+  range->second.bytes = bytes;
+  range->second.free = true;
+  entry.value() = {bytes, at};
+  index.insert(std::move(entry));
+  const std::list<PinnedBlock>::iterator segment = range->second.segment;
+  if (Pointer(at) == segment->ptr && bytes == segment->bytes) {
+    lru_.splice(lru_.end(), o.in_use, segment);  // wholly free: most recently freed
+  }
+}
+
+void PinnedHostAllocator::RetireLocked(std::list<PinnedBlock>::iterator it) {
+  const PinnedBlock segment = *it;
+  Owner& o = owners_.find(segment.owner)->second;  // exists: the segment was made under it
+  auto range = o.ranges.find(Address(segment.ptr));  // its one range: wholly free
+  o.free_index(range->second.small).erase({segment.bytes, range->first});
+  o.ranges.erase(range);
+  // Owner not current: it waits, never dropped. Spliced: nothing allocates.
+  o.pending.splice(o.pending.end(), lru_, it);
+  stats_.cached_bytes -= segment.bytes;
+  ++stats_.pending_blocks;
+  stats_.max_pending_seen = std::max(stats_.max_pending_seen, o.pending.size());
 }
 
 absl::Status PinnedHostAllocator::RecordStreamImpl(const PinnedBlock& block, Stream stream) {
@@ -209,18 +341,6 @@ absl::Status PinnedHostAllocator::DeallocateImpl(const PinnedBlock& block) {
   RecycleEvents(events);  // what no in-flight entry took
   ReleaseAll(now);
   return refused;
-}
-
-void PinnedHostAllocator::CacheLocked(const PinnedBlock& block) {
-  Owner& o = owners_[block.owner];
-  lru_.push_back(block);
-  try {
-    o.by_size.emplace(block.bytes, std::prev(lru_.end()));
-  } catch (...) {
-    lru_.pop_back();
-    throw;
-  }
-  stats_.cached_bytes += block.bytes;
 }
 
 absl::StatusOr<Event> PinnedHostAllocator::AcquireEvent(DeviceIndex device) {
@@ -314,31 +434,19 @@ void PinnedHostAllocator::ReapInFlight(bool wait, std::vector<Batch>* now) {
 // --- eviction and release ------------------------------------------------------------
 
 void PinnedHostAllocator::EvictLocked(std::vector<Batch>* now) {
-  const DeviceIndex current = CurrentDevice();
   while (stats_.cached_bytes > options_.cache_limit_bytes && !lru_.empty()) {
-    const PinnedBlock victim = lru_.front();
-    auto owner = owners_.find(victim.owner);  // exists: the block was cached under it
-    Owner& o = owner->second;
-    for (auto it = o.by_size.find(victim.bytes); it != o.by_size.end(); ++it) {
-      if (it->second == lru_.begin()) {
-        o.by_size.erase(it);
-        break;
-      }
-    }
-    // Owner not current: it waits, never dropped. Spliced: nothing allocates.
-    o.pending.splice(o.pending.end(), lru_, lru_.begin());
-    stats_.cached_bytes -= victim.bytes;
-    ++stats_.pending_blocks;
-    stats_.max_pending_seen = std::max(stats_.max_pending_seen, o.pending.size());
+    RetireLocked(lru_.begin());
   }
+  // The current device, asked only when some queue is not empty: a runtime
+  // call the common free (nothing queued) does without.
+  std::optional<DeviceIndex> current;
   // Release now what we can: queues of the current device, and any queue
   // that reached its bound (one device switch for the whole batch). Refused
   // releases wait for Flush or the owner becoming current: never retried here.
   for (auto& [owner, o] : owners_) {
-    if (o.pending.empty() ||
-        (owner != current && o.pending.size() < options_.max_pending_per_owner)) {
-      continue;
-    }
+    if (o.pending.empty()) continue;
+    if (!current) current = CurrentDevice();
+    if (owner != *current && o.pending.size() < options_.max_pending_per_owner) continue;
     const std::size_t n = o.pending.size();
     try {
       now->emplace_back(owner, std::move(o.pending));  // strong: on a throw it stays queued
@@ -373,9 +481,12 @@ void PinnedHostAllocator::ReleaseBatch(DeviceIndex owner, std::list<PinnedBlock>
   if (switched) {
     CallAtBoundary("set device", [&] { return backend_->SetDevice(previous); }).IgnoreError();
   }
+  std::size_t released_bytes = 0;
+  for (const PinnedBlock& b : blocks) released_bytes += b.bytes;
   MutexLock lock(mu_);
   if (switched) ++stats_.batch_switches;
   stats_.releases += blocks.size();
+  stats_.reserved_bytes -= released_bytes;
   stats_.failed_releases += refused.size();
   stats_.pending_blocks += refused.size();
   stats_.refused_blocks += refused.size();
@@ -410,14 +521,7 @@ absl::Status PinnedHostAllocator::FlushImpl(bool release_cache) {
   {
     MutexLock lock(mu_);
     if (release_cache) {
-      while (!lru_.empty()) {
-        const DeviceIndex owner = lru_.front().owner;
-        Owner& o = owners_.find(owner)->second;  // exists: the block was cached under it
-        o.pending.splice(o.pending.end(), lru_, lru_.begin());
-        ++stats_.pending_blocks;
-      }
-      stats_.cached_bytes = 0;
-      for (auto& [owner, o] : owners_) o.by_size.clear();
+      while (!lru_.empty()) RetireLocked(lru_.begin());
     }
     for (auto& [owner, o] : owners_) {
       std::list<PinnedBlock> batch;

@@ -15,10 +15,20 @@
 //    block whose release the runtime refuses moves to the owner's refused
 //    list: it is retried by Flush(), OnDeviceCurrent() and the destructor,
 //    never on the free path, so a refusing runtime costs frees nothing.
-//  - The cache is bounded (`cache_limit_bytes`); beyond it the least recently
-//    cached blocks are evicted.
-//  - Rounding wastes at most 1/8 of a request: sizes round up to 8 steps per
-//    power of two (20 GiB stays 20 GiB, never 32).
+//  - Memory comes from the runtime in segments, and a request is carved
+//    out of a segment's free range (best fit, split); a freed block merges
+//    with its free neighbours. So a workload whose sizes vary reuses what it
+//    freed instead of asking the runtime again: a steady state makes almost
+//    no runtime calls. Requests of at most `small_request_max` share
+//    `small_segment_bytes` segments; larger ones get a segment of their own
+//    size (rounded to `large_segment_round`), whose free tail serves other
+//    large requests. Small and large never share a segment, so a long-lived
+//    small block cannot keep a large segment from being released.
+//  - Only a wholly free segment goes back to the runtime. The cache is
+//    bounded (`cache_limit_bytes` of free bytes); beyond it, wholly free
+//    segments are released, least recently freed first.
+//  - Blocks are 512-byte multiples at 512-byte alignment: a block wastes
+//    less than 512 bytes of its request.
 //  - Stream-aware, like PyTorch's CachingHostAllocator: a block used by
 //    device work (an async copy reading or writing it) must be named with
 //    RecordStream(block, stream). When it is freed, an event is recorded on
@@ -42,6 +52,8 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
+#include <set>
 #include <unordered_map>
 #include <vector>
 
@@ -52,11 +64,28 @@
 namespace gpualloc {
 
 struct PinnedHostOptions {
-  std::size_t cache_limit_bytes = std::size_t{256} << 20;
+  // Free bytes kept for reuse. Beyond it, wholly free segments are released,
+  // least recently freed first. Too small a bound and a moving live set
+  // makes the allocator release segments and ask for them again
+  // (docs/performance.md measures the effect).
+  std::size_t cache_limit_bytes = std::size_t{1} << 30;
   std::size_t max_pending_per_owner = 64;
+  // Requests of at most `small_request_max` bytes share segments of
+  // `small_segment_bytes` (or of the request, if larger). A larger request
+  // gets a segment of its size rounded up to `large_segment_round`. With
+  // small_request_max = 0 and large_segment_round = 512, every request
+  // gets a segment of its own rounded size.
+  std::size_t small_request_max = std::size_t{1} << 20;
+  std::size_t small_segment_bytes = std::size_t{2} << 20;
+  std::size_t large_segment_round = std::size_t{2} << 20;
 };
 
-// A pinned block: host-accessible pointer, its size and the owner device.
+// The size and alignment unit of a pinned block.
+inline constexpr std::size_t kPinnedBlockAlignment = 512;
+
+// A pinned block: host-accessible pointer, its size (the request rounded up
+// to kPinnedBlockAlignment, or a little more when the rest of a free range
+// is too small to split off) and the owner device.
 struct PinnedBlock {
   void* ptr = nullptr;
   std::size_t bytes = 0;
@@ -64,13 +93,15 @@ struct PinnedBlock {
 };
 
 struct PinnedHostStats {
-  std::uint64_t hits = 0;
-  std::uint64_t misses = 0;
-  std::uint64_t releases = 0;           // blocks given back to the runtime
+  std::uint64_t hits = 0;               // requests served from a cached free range
+  std::uint64_t misses = 0;             // requests that needed a new segment
+  std::uint64_t releases = 0;           // segments given back to the runtime
   std::uint64_t batch_switches = 0;     // device switches made to release a batch
-  std::size_t cached_bytes = 0;
+  std::size_t cached_bytes = 0;         // free bytes in segments held
   std::size_t live_bytes = 0;
-  std::size_t pending_blocks = 0;       // queued for release (refused ones included)
+  std::size_t reserved_bytes = 0;       // pinned bytes held from the runtime, queued ones too
+  std::size_t peak_reserved_bytes = 0;
+  std::size_t pending_blocks = 0;       // segments queued for release (refused ones included)
   std::size_t refused_blocks = 0;       // of those, releases the runtime refused
   std::size_t max_pending_seen = 0;
   std::uint64_t failed_releases = 0;    // kept and retried
@@ -78,9 +109,6 @@ struct PinnedHostStats {
   std::uint64_t stream_waits = 0;       // events recorded for freed blocks
   std::uint64_t host_waits = 0;         // fallbacks: streams synchronised on the host
 };
-
-// Rounds up so that the waste is at most 1/8 of `bytes` (and 4 KiB minimum).
-std::size_t PinnedRoundUp(std::size_t bytes);
 
 class PinnedHostAllocator {
  public:
@@ -124,12 +152,34 @@ class PinnedHostAllocator {
     PinnedBlock block;
     std::vector<Event> events;
   };
+  // A piece of a segment: a live block, a block in flight, or a free range.
+  // The ranges of a segment tile it, so two ranges of one segment that are
+  // neighbours in address order are adjacent in memory.
+  struct Range {
+    std::size_t bytes;
+    bool free;
+    bool small;  // of a small segment
+    // The segment's node: in its owner's `in_use` list, or in lru_ when the
+    // segment is wholly free. Lists, so a segment moves between them by
+    // splicing, which never allocates.
+    std::list<PinnedBlock>::iterator segment;
+  };
+  // Free ranges by (size, address): the first at or above a size is the
+  // best fit, lowest address first.
+  using FreeIndex = std::set<std::pair<std::size_t, std::uintptr_t>>;
   struct Owner {
-    std::multimap<std::size_t, std::list<PinnedBlock>::iterator> by_size;  // cached
+    std::map<std::uintptr_t, Range> ranges;  // every range of the segments held, by address
+    FreeIndex free_small;
+    FreeIndex free_large;
+    std::list<PinnedBlock> in_use;   // segments with a live or in-flight block
     // Lists, so blocks move between them by splicing, which never allocates:
-    // no block can be lost between two lists.
+    // no segment can be lost between two lists.
     std::list<PinnedBlock> pending;  // evicted, awaiting the owner current
     std::list<PinnedBlock> refused;  // releases the runtime refused: retried on Flush
+    // A range node kept from the last merge for the next split: a block
+    // taken and freed again in a loop then allocates no range node.
+    std::map<std::uintptr_t, Range>::node_type spare;
+    FreeIndex& free_index(bool small) { return small ? free_small : free_large; }
   };
   // A queue handed over for release: (owner, blocks).
   using Batch = std::pair<DeviceIndex, std::list<PinnedBlock>>;
@@ -146,8 +196,9 @@ class PinnedHostAllocator {
   // owner's refused list. Allocates nothing.
   void ReleaseBatch(DeviceIndex owner, std::list<PinnedBlock> blocks) noexcept;
   void ReleaseAll(std::vector<Batch>& batches) noexcept;
-  // Evicts LRU cached blocks beyond the limit into their owners' pending
-  // queues (by splicing); mu_ held. Appends the queues to release now (their
+  // Evicts wholly free segments, least recently freed first, while the cache
+  // is over its limit, into their owners' pending queues (by splicing); mu_
+  // held. Appends the queues to release now (their
   // owner is current, or they reached their bound) to `now`; a queue that
   // cannot be appended stays queued.
   void EvictLocked(std::vector<Batch>* now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -156,8 +207,23 @@ class PinnedHostAllocator {
   // (with `wait`, waits for them first), evicting as caching does. A block
   // stays in flight until it is cached, so a throw loses nothing.
   void ReapInFlight(bool wait, std::vector<Batch>* now);
-  // Caches a block that no device work uses any more; mu_ held. Strong.
+  // A block of `size` (a kPinnedBlockAlignment multiple) carved from the
+  // best-fitting free range of `owner`, or nullopt if none fits; mu_ held.
+  // Strong: if it throws, nothing changed.
+  std::optional<PinnedBlock> TakeCachedLocked(DeviceIndex owner, std::size_t size)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Adds a new segment from the runtime, `size` bytes of it live; mu_ held.
+  // Strong: if it throws, nothing changed (the caller returns the memory).
+  PinnedBlock AddSegmentLocked(const PinnedBlock& segment, std::size_t size, bool small)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Returns a block that no device work uses any more to its segment's free
+  // ranges, merged with its free neighbours; mu_ held. Strong.
   void CacheLocked(const PinnedBlock& block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Moves the wholly free segment at `it` (in lru_) to its owner's pending
+  // queue; mu_ held. Never allocates.
+  void RetireLocked(std::list<PinnedBlock>::iterator it) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The segment a request of `size` bytes gets, and whether it is small.
+  std::pair<std::size_t, bool> SegmentFor(std::size_t size) const;
   // Events are pooled per device, not destroyed after each use: fewer
   // runtime calls, and no event leaks when a destroy is refused (a lost
   // device) — the pool is destroyed at destruction.
@@ -169,7 +235,8 @@ class PinnedHostAllocator {
   const std::shared_ptr<Backend> backend_;
   const PinnedHostOptions options_;
   mutable Mutex mu_;
-  std::list<PinnedBlock> lru_ ABSL_GUARDED_BY(mu_);  // cached blocks, least recently cached first
+  // Wholly free segments, least recently freed first.
+  std::list<PinnedBlock> lru_ ABSL_GUARDED_BY(mu_);
   // std::unordered_map, not absl::flat_hash_map: its insert and rehash keep
   // the strong guarantee when allocation throws (Abseil's tables are left
   // inconsistent), which the error model above relies on.

@@ -31,12 +31,21 @@ namespace {
 // One script over every public method, with the N-th allocation failing.
 // Returns how many allocations the script made (so the sweep knows when
 // it has covered them all).
-std::int64_t RunScript(std::int64_t fail_at) {
+// With `shared_segments`, small blocks are carved from shared segments
+// (splits and merges); without, each block is a segment of its own (every
+// free a release, so evictions and queues).
+std::int64_t RunScript(std::int64_t fail_at, bool shared_segments) {
   auto backend = std::make_shared<testing_support::HostOnlyBackend>();
   {
     PinnedHostOptions options;
-    options.cache_limit_bytes = 16 * 1024;  // evictions and queues, too
+    options.cache_limit_bytes = 16 * 1024;
     options.max_pending_per_owner = 2;
+    if (!shared_segments) {
+      options.small_request_max = 0;
+      options.large_segment_round = kPinnedBlockAlignment;
+    } else {
+      options.small_segment_bytes = 64 * 1024;
+    }
     PinnedHostAllocator pinned(backend, options);
     std::vector<PinnedBlock> live;
     live.reserve(64);
@@ -83,20 +92,28 @@ std::int64_t RunScript(std::int64_t fail_at) {
   return -1;
 }
 
-TEST(PinnedHostAllocator, BookkeepingThatRunsOutOfMemoryThrowsNothingAndLosesNothing) {
+void Sweep(bool shared_segments) {
   std::int64_t n = 0;
   for (; n < 5000; ++n) {
     bool threw = false;
     try {
-      if (RunScript(n) >= 0) break;
+      if (RunScript(n, shared_segments) >= 0) break;
     } catch (...) {
       threw = true;
     }
     ASSERT_FALSE(threw) << "an exception escaped with allocation " << n << " failing";
-    if (HasFailure()) break;
+    if (::testing::Test::HasFailure()) break;
   }
   EXPECT_GT(n, 20) << "the sweep covered too few allocations to mean anything";
   EXPECT_LT(n, 5000) << "the script never ran to the end without a failure";
+}
+
+TEST(PinnedHostAllocator, BookkeepingThatRunsOutOfMemoryThrowsNothingAndLosesNothing) {
+  Sweep(/*shared_segments=*/false);
+}
+
+TEST(PinnedHostAllocator, SplitsAndMergesThatRunOutOfMemoryThrowNothingAndLoseNothing) {
+  Sweep(/*shared_segments=*/true);
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include <atomic>
 #include <barrier>
 #include <cstring>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -19,16 +20,14 @@ std::shared_ptr<SimBackend> Sim() {
   return std::make_shared<SimBackend>(SimOptions::WithDevices(2, 64 << 20));
 }
 
-TEST(PinnedRoundUp, WastesAtMostAnEighth) {
-  for (std::size_t n : {1ul, 4096ul, 4097ul, 5000ul, 65536ul, 100000ul, 3ul << 20, 20ul << 30,
-                        (20ul << 30) + 1}) {
-    const std::size_t r = PinnedRoundUp(n);
-    EXPECT_GE(r, n);
-    if (n > 4096) {
-      EXPECT_LE(r - n, n / 8) << n;
-    }
-  }
-  EXPECT_EQ(PinnedRoundUp(20ul << 30), 20ul << 30) << "20 GiB stays 20 GiB";
+// Every request its own segment: for the tests of queues and releases, which
+// count segments as blocks.
+PinnedHostOptions OneSegmentPerBlock(std::size_t cache_limit_bytes) {
+  PinnedHostOptions o;
+  o.cache_limit_bytes = cache_limit_bytes;
+  o.small_request_max = 0;
+  o.large_segment_round = kPinnedBlockAlignment;
+  return o;
 }
 
 TEST(PinnedHostAllocator, ReusesCachedBlocksWithoutCallingTheRuntime) {
@@ -61,7 +60,7 @@ TEST(PinnedHostAllocator, ABlockFreedWhileACopyReadsItIsNotReusedBeforeTheCopyIs
   ASSERT_TRUE(sim->MemcpyAsync(dev, a.ptr, n, CopyKind::kHostToDevice, s).ok());
   ASSERT_TRUE(pinned.RecordStream(a, s).ok());
   ASSERT_TRUE(pinned.Deallocate(a).ok());
-  EXPECT_EQ(pinned.stats().in_flight_blocks + pinned.stats().cached_bytes / n, 1u);
+  EXPECT_EQ(pinned.stats().live_bytes, 0u);
   PinnedBlock b = pinned.Allocate(n, 0).value();
   ASSERT_TRUE(sim->NoteHostAccess(b.ptr, n, AccessMode::kWrite).ok());
   std::memset(b.ptr, 2, n);
@@ -183,8 +182,7 @@ TEST(PinnedHostAllocator, NoEventIsLostWhenTheDeviceIsLostWhileOneIsGivenBack) {
 
 TEST(PinnedHostAllocator, CacheIsBoundedLeastRecentlyCachedFirst) {
   auto sim = Sim();
-  PinnedHostOptions o;
-  o.cache_limit_bytes = 160 << 10;  // holds the last two of 8 KiB .. 80 KiB
+  const PinnedHostOptions o = OneSegmentPerBlock(160 << 10);  // the last two of 8 .. 80 KiB
   PinnedHostAllocator pinned(sim, o);
   std::vector<PinnedBlock> blocks;
   for (int i = 1; i <= 10; ++i) blocks.push_back(pinned.Allocate(i * 8192, 0).value());
@@ -199,8 +197,7 @@ TEST(PinnedHostAllocator, CacheIsBoundedLeastRecentlyCachedFirst) {
 
 TEST(PinnedHostAllocator, CrossDeviceFreesFromManyThreadsAreReleasedExactlyOnceAndQueuesStayBounded) {
   auto sim = Sim();
-  PinnedHostOptions o;
-  o.cache_limit_bytes = 0;        // every free is released (or queued) at once
+  PinnedHostOptions o = OneSegmentPerBlock(0);  // every free is released (or queued) at once
   o.max_pending_per_owner = 16;
   auto pinned = std::make_unique<PinnedHostAllocator>(sim, o);
   constexpr int kThreads = 4, kPerThread = 200;
@@ -236,8 +233,7 @@ TEST(PinnedHostAllocator, CrossDeviceFreesFromManyThreadsAreReleasedExactlyOnceA
 
 TEST(PinnedHostAllocator, QueueIsReleasedWhenItsOwnerBecomesCurrent) {
   auto sim = Sim();
-  PinnedHostOptions o;
-  o.cache_limit_bytes = 0;
+  PinnedHostOptions o = OneSegmentPerBlock(0);
   o.max_pending_per_owner = 1000;
   PinnedHostAllocator pinned(sim, o);
   PinnedBlock a = pinned.Allocate(4096, 0).value();
@@ -276,8 +272,7 @@ TEST(PinnedHostAllocator, AReleaseTheRuntimeRefusesIsKeptAndRetried) {
 TEST(PinnedHostAllocator, RefusedReleasesAreNotRetriedOnTheFreePath) {
   auto sim = Sim();
   auto fp = std::make_shared<FailpointBackend>(sim, 1);
-  PinnedHostOptions o;
-  o.cache_limit_bytes = 0;  // every free evicts
+  PinnedHostOptions o = OneSegmentPerBlock(0);  // every free evicts
   o.max_pending_per_owner = 4;
   PinnedHostAllocator pinned(fp, o);
   ASSERT_TRUE(sim->SetDevice(0).ok());  // owner 1 is never current here
@@ -300,24 +295,101 @@ TEST(PinnedHostAllocator, RefusedReleasesAreNotRetriedOnTheFreePath) {
   EXPECT_EQ(sim->Accounting().devices[1].pinned_bytes, 0u);
 }
 
-// A cached block serves a smaller request if it wastes at most an eighth
-// more than the request, and not beyond.
-TEST(PinnedHostAllocator, ACachedBlockServesRequestsUpToAnEighthSmaller) {
+// Bug class: a cache of whole blocks, reused only for requests of about the
+// same size, asked the runtime again for most requests of a workload whose
+// sizes vary (422 calls per 1,000 operations in the random benchmark).
+TEST(PinnedHostAllocator, SmallRequestsAreCarvedFromOneSegmentAndFreedNeighboursMerge) {
   auto sim = Sim();
   PinnedHostAllocator pinned(sim);
-  const std::size_t request = PinnedRoundUp(8 * 4096);
-  const std::size_t eighth_more = PinnedRoundUp(request + request / 8);
-  ASSERT_EQ(eighth_more - request, request / 8) << "the test needs an exact eighth";
-  PinnedBlock a = pinned.Allocate(eighth_more, 0).value();
+  PinnedBlock a = pinned.Allocate(1000, 0).value();
+  PinnedBlock b = pinned.Allocate(3000, 0).value();
+  PinnedBlock c = pinned.Allocate(4096, 0).value();
+  EXPECT_EQ(a.bytes, 1024u) << "512-byte multiples";
+  EXPECT_EQ(b.bytes, 3072u);
+  EXPECT_EQ(static_cast<char*>(b.ptr), static_cast<char*>(a.ptr) + a.bytes) << "best fit, split";
+  EXPECT_EQ(static_cast<char*>(c.ptr), static_cast<char*>(b.ptr) + b.bytes);
+  EXPECT_EQ(sim->Accounting().calls_to(BackendOp::kHostAlloc), 1u) << "one segment for all three";
+  PinnedHostStats s = pinned.stats();
+  EXPECT_EQ(s.reserved_bytes, std::size_t{2} << 20);
+  EXPECT_EQ(s.live_bytes, 8192u);
+  EXPECT_EQ(s.cached_bytes, (std::size_t{2} << 20) - 8192);
+  // a and b merge into one 4 KiB range, which serves a 4 KiB request at a.
   ASSERT_TRUE(pinned.Deallocate(a).ok());
-  const std::uint64_t hits = pinned.stats().hits;
-  PinnedBlock b = pinned.Allocate(request, 0).value();
-  EXPECT_EQ(b.ptr, a.ptr) << "exactly an eighth more: reused";
-  EXPECT_EQ(pinned.stats().hits, hits + 1);
   ASSERT_TRUE(pinned.Deallocate(b).ok());
-  PinnedBlock c = pinned.Allocate(PinnedRoundUp(request - 4096), 0).value();
-  EXPECT_NE(c.ptr, a.ptr) << "more than an eighth more: a new block";
+  PinnedBlock d = pinned.Allocate(4096, 0).value();
+  EXPECT_EQ(d.ptr, a.ptr) << "the freed neighbours did not merge";
+  // Freeing c merges it with the tail, so a 1 MiB request fits at c (best
+  // fit would take the tail if c were a 4 KiB range of its own).
   ASSERT_TRUE(pinned.Deallocate(c).ok());
+  PinnedBlock e = pinned.Allocate(std::size_t{1} << 20, 0).value();
+  EXPECT_EQ(e.ptr, c.ptr) << "c did not merge with the free tail";
+  s = pinned.stats();
+  EXPECT_EQ(s.cached_bytes, (std::size_t{1} << 20) - 4096);
+  EXPECT_EQ(s.misses, 1u);
+  EXPECT_EQ(s.hits, 4u);
+  ASSERT_TRUE(pinned.Deallocate(d).ok());
+  ASSERT_TRUE(pinned.Deallocate(e).ok());
+  ASSERT_TRUE(pinned.Flush(/*release_cache=*/true).ok());
+  EXPECT_EQ(pinned.stats().reserved_bytes, 0u);
+  EXPECT_EQ(sim->Accounting().calls_to(BackendOp::kHostFree), 1u) << "one segment, released once";
+}
+
+// A large request gets a segment of its own; its free tail serves other large
+// requests, never small ones, so a long-lived small block cannot pin it.
+TEST(PinnedHostAllocator, LargeSegmentsServeLargeRequestsOnly) {
+  auto sim = Sim();
+  PinnedHostOptions o;
+  o.cache_limit_bytes = 0;  // a wholly free segment goes back at once
+  PinnedHostAllocator pinned(sim, o);
+  constexpr std::size_t kMiB = std::size_t{1} << 20;
+  PinnedBlock big = pinned.Allocate(4 * kMiB + 1, 0).value();  // a 6 MiB segment
+  EXPECT_EQ(big.bytes, 4 * kMiB + kPinnedBlockAlignment);
+  EXPECT_EQ(pinned.stats().reserved_bytes, 6 * kMiB);
+  PinnedBlock tail = pinned.Allocate(kMiB + 1, 0).value();  // large: from big's free tail
+  EXPECT_EQ(static_cast<char*>(tail.ptr), static_cast<char*>(big.ptr) + big.bytes);
+  EXPECT_EQ(pinned.stats().misses, 1u);
+  PinnedBlock small = pinned.Allocate(4096, 0).value();
+  EXPECT_EQ(pinned.stats().misses, 2u) << "a small request took a large segment's range";
+  ASSERT_TRUE(pinned.Deallocate(big).ok());
+  ASSERT_TRUE(pinned.Deallocate(tail).ok());
+  EXPECT_EQ(pinned.stats().reserved_bytes, 2 * kMiB) << "the large segment was released";
+  ASSERT_TRUE(pinned.Deallocate(small).ok());
+  EXPECT_EQ(pinned.stats().reserved_bytes, 0u);
+  EXPECT_EQ(sim->Accounting().devices[0].pinned_bytes, 0u);
+}
+
+// The steady state of a workload whose sizes vary: after a warm-up, the
+// allocator serves it from what it holds. Bug: no merge on free, or a free
+// range found by size only when it matches exactly, and the runtime is
+// asked again and again.
+TEST(PinnedHostAllocator, AVaryingWorkloadReachesASteadyStateWithoutRuntimeCalls) {
+  auto sim = std::make_shared<SimBackend>(SimOptions::WithDevices(1, 64 << 20));
+  PinnedHostAllocator pinned(sim);
+  std::mt19937_64 rng(7);
+  std::vector<PinnedBlock> live;
+  auto step = [&] {
+    if (live.size() < 32 && (live.empty() || rng() % 2 == 0)) {
+      // Log-uniform, 256 B .. 4 MiB.
+      const std::size_t bytes = std::size_t{256} << (rng() % 15);
+      live.push_back(pinned.Allocate(bytes + rng() % bytes, 0).value());
+    } else {
+      const std::size_t k = rng() % live.size();
+      ASSERT_TRUE(pinned.Deallocate(live[k]).ok());
+      live[k] = live.back();
+      live.pop_back();
+    }
+  };
+  for (int i = 0; i < 4000; ++i) step();
+  const std::uint64_t before = sim->Accounting().calls_to(BackendOp::kHostAlloc) +
+                               sim->Accounting().calls_to(BackendOp::kHostFree);
+  for (int i = 0; i < 4000; ++i) step();
+  const std::uint64_t calls = sim->Accounting().calls_to(BackendOp::kHostAlloc) +
+                              sim->Accounting().calls_to(BackendOp::kHostFree) - before;
+  EXPECT_LE(calls, 4u) << "runtime calls in 4,000 steady-state operations";
+  EXPECT_LE(pinned.stats().misses, 40u) << "segments asked for in all";
+  for (const PinnedBlock& b : live) ASSERT_TRUE(pinned.Deallocate(b).ok());
+  ASSERT_TRUE(pinned.Flush(/*release_cache=*/true).ok());
+  EXPECT_EQ(sim->Accounting().devices[0].pinned_bytes, 0u);
 }
 
 // Only running out of pinned memory gives the cache back for a retry; any
@@ -333,13 +405,13 @@ TEST(PinnedHostAllocator, OnlyOutOfMemoryFlushesTheCache) {
   FaultRule lost = FaultRule::EveryNth(BackendOp::kHostAlloc, 1, FaultAction::kReturnError);
   lost.code = absl::StatusCode::kInternal;
   faulty->AddRule(lost);
-  const absl::Status st = pinned.Allocate(1 << 20, 0).status();
+  const absl::Status st = pinned.Allocate(4 << 20, 0).status();  // a segment of its own
   EXPECT_EQ(st.code(), absl::StatusCode::kInternal) << st;
   EXPECT_EQ(pinned.stats().cached_bytes, cached) << "a non-OOM failure flushed the cache";
   EXPECT_EQ(faulty->calls(BackendOp::kHostAlloc), 2u) << "and was not retried";
   faulty->ClearRules();
   faulty->AddRule(FaultRule::NthCall(BackendOp::kHostAlloc, 3, FaultAction::kReturnError));
-  PinnedBlock big = pinned.Allocate(1 << 20, 0).value();  // OOM once: flushed, retried
+  PinnedBlock big = pinned.Allocate(4 << 20, 0).value();  // OOM once: flushed, retried
   EXPECT_EQ(pinned.stats().cached_bytes, 0u);
   ASSERT_TRUE(pinned.Deallocate(big).ok());
 }
@@ -376,6 +448,9 @@ TEST(PinnedHostAllocator, BadInputIsRejected) {
   EXPECT_FALSE(pinned.Deallocate(PinnedBlock{a.ptr, a.bytes, 1}).ok()) << "wrong owner";
   int local = 0;
   EXPECT_FALSE(pinned.Deallocate(PinnedBlock{&local, 4, 0}).ok()) << "foreign";
+  void* inside = static_cast<char*>(a.ptr) + kPinnedBlockAlignment;
+  EXPECT_FALSE(pinned.Deallocate(PinnedBlock{inside, a.bytes, 0}).ok())
+      << "inside a live block, or in its segment's free range";
   ASSERT_TRUE(pinned.Deallocate(a).ok());
   EXPECT_FALSE(pinned.Deallocate(a).ok()) << "double free";
 }

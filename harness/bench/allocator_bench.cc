@@ -18,7 +18,8 @@
 // Plus: tracking_pair_256B and tracking_random (TrackingAdaptor cost on the
 // cheapest operation and on workload 2), stats_read (one stats() call, as a
 // monitoring poll makes it), metadata_64KiB (our host bookkeeping per
-// managed byte).
+// managed byte), pinned_bound_<n>MiB (workload 2 on the pinned host
+// allocator with an n MiB cache bound: device calls against peak memory).
 //
 // Extra flags (before Google Benchmark's own): --markdown=FILE, --svg=FILE.
 #include <algorithm>
@@ -51,6 +52,9 @@ const std::vector<std::string> kWorkloads = {
     "random_2t",   "holes_4096",  "holes_16384",     "holes_65536",    "replay_training",
     "replay_serving", "tracking_pair_256B", "tracking_random", "stats_read",
     "metadata_64KiB"};
+// Cache bounds the pinned host allocator runs workload 2 with (its default,
+// PinnedHostOptions::cache_limit_bytes, among them).
+const std::vector<std::size_t> kPinnedBoundsMiB = {128, 256, 512, 1024, 4096};
 const std::vector<std::string> kPlotted = {"pair_256B", "pair_64KiB", "pair_4MiB", "random",
                                            "random_2t", "holes_65536", "replay_training",
                                            "replay_serving"};
@@ -292,6 +296,15 @@ void RegisterAll() {
     auto a = MakeOrSkip(s, MakeTrackedCaching(1));
     Sequence(s, a.get(), RandomSequence());
   });
+  // The pinned host allocator's cache bound against workload 2: device calls
+  // saved, peak pinned memory paid.
+  for (std::size_t mib : kPinnedBoundsMiB) {
+    benchmark::RegisterBenchmark(absl::StrCat("pinned_bound_", mib, "MiB/pinned_host").c_str(),
+                                 [mib](benchmark::State& s) {
+                                   auto a = MakePinnedWithBound(mib << 20);
+                                   Sequence(s, a.get(), RandomSequence());
+                                 });
+  }
   benchmark::RegisterBenchmark("stats_read/caching", [](benchmark::State& s) {
     auto a = MakeOrSkip(s, AllAllocators().front().make(1));
     if (a == nullptr) return;

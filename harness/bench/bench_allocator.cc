@@ -188,7 +188,8 @@ absl::StatusOr<std::unique_ptr<BenchAllocator>> MakeOnCuda(OnCuda kind, int stre
 
 class OurPinned final : public BenchAllocator {
  public:
-  explicit OurPinned(bool cuda_latency) : sim_(MakeSim(cuda_latency)), pinned_(sim_) {}
+  explicit OurPinned(bool cuda_latency, PinnedHostOptions options = {})
+      : sim_(MakeSim(cuda_latency)), pinned_(sim_, options) {}
   void* Allocate(std::size_t bytes, int) override {
     absl::StatusOr<PinnedBlock> b = pinned_.Allocate(bytes, 0);
     return b.ok() ? b->ptr : nullptr;
@@ -197,6 +198,9 @@ class OurPinned final : public BenchAllocator {
     pinned_.Deallocate(PinnedBlock{p, bytes, 0}).IgnoreError();
   }
   std::int64_t UpstreamCalls() const override { return DeviceCalls(*sim_); }
+  std::int64_t PeakReservedBytes() const override {
+    return static_cast<std::int64_t>(pinned_.stats().peak_reserved_bytes);
+  }
 
  private:
   std::shared_ptr<SimBackend> sim_;
@@ -254,6 +258,12 @@ absl::StatusOr<std::unique_ptr<BenchAllocator>> Make() {
 }
 
 }  // namespace
+
+std::unique_ptr<BenchAllocator> MakePinnedWithBound(std::size_t cache_limit_bytes) {
+  PinnedHostOptions options;
+  options.cache_limit_bytes = cache_limit_bytes;
+  return std::make_unique<OurPinned>(false, options);
+}
 
 const std::vector<AllocatorSpec>& AllAllocators() {
   static const auto* const kAll = new std::vector<AllocatorSpec>{

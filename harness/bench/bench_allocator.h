@@ -65,6 +65,10 @@ const std::vector<AllocatorSpec>& AllAllocators();
 // off), for the tracking-overhead comparison.
 absl::StatusOr<std::unique_ptr<BenchAllocator>> MakeTrackedCaching(int streams);
 
+// The pinned host allocator (zero-latency sim) with `cache_limit_bytes` as
+// its cache bound, for the bound's effect on workload 2.
+std::unique_ptr<BenchAllocator> MakePinnedWithBound(std::size_t cache_limit_bytes);
+
 // Must run before anything else in main: jemalloc needs static TLS space that
 // only exists if the process started with it, so main re-executes itself once
 // with the glibc tunable set. Returns only when the tunable is in place.

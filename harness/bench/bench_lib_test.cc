@@ -111,8 +111,13 @@ TEST(BenchReport, MoreThreadsThanTwoGetTheirOwnRows) {
 
 TEST(BenchReport, RatiosAndGoalsComeFromTheRunsGiven) {
   const std::vector<BenchResult> runs = {
-      R("pair_256B", "caching", 50), R("pair_256B", "mimalloc", 20),
-      R("pair_256B", "pmr_sync", 200), R("random", "caching", 300, {{"upstream_per_kop", 0.5}}),
+      R("pair_256B", "caching", 20), R("pair_256B", "mimalloc", 8),
+      R("pair_256B", "pmr_sync", 80), R("random", "caching", 300, {{"upstream_per_kop", 0.5}}),
+      R("random", "pinned_host", 700, {{"upstream_per_kop", 12.5}}),
+      R("pinned_bound_256MiB", "pinned_host", 900,
+        {{"upstream_per_kop", 21.25}, {"fragmentation", 1.5}}),
+      R("pinned_bound_1024MiB", "pinned_host", 250, {{"upstream_per_kop", 0}}),
+      R("holes_4096", "pmr_sync", 400),
       R("random_1t", "caching", 100), R("random_2t", "caching", 80),
       R("holes_4096", "caching", 100), R("holes_65536", "caching", 140),
       R("replay_training", "caching", 90, {{"fragmentation", 1.05}}),
@@ -121,9 +126,13 @@ TEST(BenchReport, RatiosAndGoalsComeFromTheRunsGiven) {
   };
   const std::string md = MarkdownReport(runs, {"pair_256B", "random", "metadata_64KiB"},
                                         {"caching", "mimalloc", "pmr_sync"});
-  EXPECT_TRUE(absl::StrContains(md, "| 1. pair, 256 B | caching | 50.0 | 2.50× | 0.25× |")) << md;
-  EXPECT_TRUE(absl::StrContains(md, "| cached pair, 256 B: ns per pair (caching) | 50 ns | < 60 ns | yes |"))
+  EXPECT_TRUE(absl::StrContains(md, "| 1. pair, 256 B | caching | 20.0 | 2.50× | 0.25× |")) << md;
+  EXPECT_TRUE(absl::StrContains(md, "| cached pair, 256 B: ns per pair (caching) | 20 ns | ≤ 25 ns | yes |"))
       << md;
+  EXPECT_TRUE(absl::StrContains(md, "4,096 holes: caching ÷ pmr_sync | 0.25× | ≤ 0.33× | yes |")) << md;
+  EXPECT_TRUE(absl::StrContains(md, "operations | 12.500 | < 10 | **no** |")) << md;
+  EXPECT_TRUE(absl::StrContains(md, "| 256 MiB | 900 | 21.250 | 1.50 |")) << md;
+  EXPECT_TRUE(absl::StrContains(md, "| 1024 MiB | 250 | 0.000 | — |")) << md;
   EXPECT_TRUE(absl::StrContains(md, "caching ÷ mimalloc | 2.50× | ≤ 2× | **no** |")) << md;
   EXPECT_TRUE(absl::StrContains(md, "caching ÷ pmr_sync | 0.25× | ≤ 0.33× | yes |")) << md;
   EXPECT_TRUE(absl::StrContains(md, "time at 4,096 (caching) | 1.40× | ≤ 1.5× | yes |")) << md;
