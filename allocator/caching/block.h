@@ -13,6 +13,7 @@
 #include <memory>
 #include <memory_resource>
 #include <set>
+#include <string>
 #include <tuple>
 #include <unordered_map>
 #include <vector>
@@ -67,6 +68,10 @@ struct Block {
   FreeSet::node_type node;
   // Its node for the LiveMap, held while the block is not live.
   LiveMap::node_type live_node;
+  // While live, with recording on (AllocationRecorder): its order (0: not
+  // recorded) and its interned allocation tag (null: none).
+  std::uint64_t sequence = 0;
+  const std::pmr::string* tag = nullptr;
 
   bool is_split() const { return prev != nullptr || next != nullptr; }
 };

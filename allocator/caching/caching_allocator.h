@@ -52,6 +52,8 @@
 #include <memory_resource>
 #include <mutex>
 #include <optional>
+#include <set>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
@@ -59,6 +61,7 @@
 #include "allocator/caching/block.h"
 #include "allocator/caching/caching_options.h"
 #include "allocator/common/mutex.h"
+#include "allocator/resource/allocation_recorder.h"
 #include "allocator/resource/memory_resource.h"
 #include "allocator/stats/memory_snapshot.h"
 
@@ -74,7 +77,7 @@ struct OomEvent {
 // are caught and count as false.
 using OomCallback = std::function<bool(const OomEvent&)>;
 
-class CachingAllocator final : public MemoryResource {
+class CachingAllocator final : public MemoryResource, public AllocationRecorder {
  public:
   // InvalidArgument for inconsistent options; the backend's error if the
   // device does not exist.
@@ -121,6 +124,15 @@ class CachingAllocator final : public MemoryResource {
   MemorySnapshot Snapshot() const;
   void ResetPeakStats();
 
+  // AllocationRecorder: once started, each allocation's order and its
+  // thread's allocation tag are kept in its block, under the lock the
+  // allocation holds anyway (a tag is interned once, in the metadata
+  // resource). TrackingAdaptor uses this instead of a table of its own.
+  AllocationRecorder* recorder() override { return this; }
+  void StartRecording() override;
+  std::vector<RecordedAllocation> RecordedLive() const override;
+  std::size_t recorded_live_count() const override;
+
  private:
   using Block = caching_detail::Block;
   using Segment = caching_detail::Segment;
@@ -158,6 +170,12 @@ class CachingAllocator final : public MemoryResource {
   absl::StatusOr<Allocation> NewSegment(FreeSet& pool, Stream stream, std::size_t rounded,
                                         std::size_t requested, bool* oom)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The device memory for a new segment of `size` bytes, with the ladder
+  // run when the device or the reserved limit refuses (out_of_memory.cc). May
+  // shrink `size` to `rounded` as its last rung, resizing `block` (and
+  // dropping `spare` if it no longer splits).
+  absl::StatusOr<void*> SegmentMemory(std::size_t& size, std::size_t rounded, Block& block,
+                                      BlockPtr& spare) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The expandable-segment path of NewSegment: grow the pool's segment.
   absl::StatusOr<Allocation> GrowExpandable(FreeSet& pool, Stream stream, std::size_t rounded,
                                             std::size_t requested, bool* oom)
@@ -239,6 +257,9 @@ class CachingAllocator final : public MemoryResource {
   void DestroyEventQuietly(Event event) noexcept;  // teardown: errors and throws ignored
   absl::Status OutOfMemoryError(std::size_t requested, std::size_t rounded, Stream stream) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The interned copy of `tag` (null for ""), for the allocation in
+  // progress. May throw; nothing else changes if it does.
+  const std::pmr::string* InternTagLocked(absl::string_view tag) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Applies a stats update to the totals and to the pool it happened in.
   template <typename Fn>
   void Account(bool small_pool, Fn fn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -308,6 +329,15 @@ class CachingAllocator final : public MemoryResource {
   // The release paths' list of candidates, with room for every segment, so
   // releasing never needs memory (and EmptyCache never fails for want of it).
   std::pmr::vector<Segment*> free_segments_ ABSL_GUARDED_BY(mu_);
+  // AllocationRecorder: on once started; the next sequence number; the tag
+  // DoAllocate interned for the allocation in progress (read by Register);
+  // the interned tags (a node-based set: stable addresses, and an insert that
+  // throws leaves it as it was), with the last one looked up.
+  bool recording_ ABSL_GUARDED_BY(mu_) = false;
+  std::uint64_t next_sequence_ ABSL_GUARDED_BY(mu_) = 1;
+  const std::pmr::string* record_tag_ ABSL_GUARDED_BY(mu_) = nullptr;
+  std::pmr::set<std::pmr::string, std::less<>> tags_ ABSL_GUARDED_BY(mu_);
+  const std::pmr::string* last_tag_ ABSL_GUARDED_BY(mu_) = nullptr;
   std::size_t limit_ ABSL_GUARDED_BY(mu_) = 0;
   std::uint64_t tick_ ABSL_GUARDED_BY(mu_) = 0;
   MemoryStats stats_ ABSL_GUARDED_BY(mu_);

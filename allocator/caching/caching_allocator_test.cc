@@ -10,6 +10,7 @@
 #include "absl/strings/str_format.h"
 #include "allocator/backend/failpoints/failpoint_backend.h"
 #include "allocator/backend/sim/sim_backend.h"
+#include "allocator/policy/allocation_tag.h"
 #include "gtest/gtest.h"
 #include "harness/invariants/invariants.h"
 #include "harness/testing/failing_memory_resource.h"
@@ -39,6 +40,61 @@ void ExpectConsistent(const CachingAllocator& cache) {
 }
 
 Stream S0() { return Stream::Default(0); }
+
+// The recorder (AllocationRecorder, what TrackingAdaptor reads): each live
+// allocation's order and tag, kept in its block. Interning a tag it has not
+// seen is the only bookkeeping it adds; when that fails, the allocation
+// fails and nothing changes.
+TEST(CachingAllocator, RecordsOrderAndTagAndAFailedTagInternChangesNothing) {
+  harness::FailingMemoryResource metadata;
+  CachingOptions options;
+  options.metadata_resource = &metadata;
+  auto sim = Sim();
+  auto cache = Cache(sim, options);
+  Allocation unrecorded = cache->Allocate(4096).value();
+  cache->StartRecording();
+  Allocation first = [&] {
+    ScopedAllocationTag tag("weights");
+    return cache->Allocate(4096).value();
+  }();
+  {
+    // Warm: the pair below allocates no block or node of its own.
+    ScopedAllocationTag tag("weights");
+    ASSERT_TRUE(cache->Deallocate(cache->Allocate(4096).value()).ok());
+  }
+  const MemorySnapshot before = cache->Snapshot();
+  metadata.FailAll();
+  {
+    ScopedAllocationTag tag("a new tag");
+    absl::StatusOr<Allocation> refused = cache->Allocate(4096);
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted) << refused.status();
+  }
+  EXPECT_EQ(cache->Snapshot().stats.allocated_bytes.current,
+            before.stats.allocated_bytes.current);
+  EXPECT_EQ(cache->Snapshot().segments.size(), before.segments.size());
+  Allocation second = [&] {
+    ScopedAllocationTag tag("weights");  // interned already: no memory needed
+    return cache->Allocate(4096).value();
+  }();
+  metadata.FailNone();
+  Allocation untagged = cache->Allocate(4096).value();
+  const std::vector<RecordedAllocation> live = cache->RecordedLive();
+  ASSERT_EQ(live.size(), 3u) << "the allocation made before recording is not listed";
+  EXPECT_EQ(cache->recorded_live_count(), 3u);
+  EXPECT_EQ(live[0].allocation, first);
+  EXPECT_EQ(live[1].allocation, second);
+  EXPECT_EQ(live[2].allocation, untagged);
+  EXPECT_EQ(live[0].tag, "weights");
+  EXPECT_EQ(live[1].tag, "weights");
+  EXPECT_EQ(live[2].tag, "");
+  EXPECT_LT(live[0].sequence, live[1].sequence);
+  EXPECT_LT(live[1].sequence, live[2].sequence);
+  for (const Allocation& a : {first, second, untagged, unrecorded}) {
+    ASSERT_TRUE(cache->Deallocate(a).ok());
+  }
+  EXPECT_EQ(cache->recorded_live_count(), 0u);
+  ExpectConsistent(*cache);
+}
 
 TEST(CachingAllocator, RoundsRequestsAndChoosesThePool) {
   auto sim = Sim();

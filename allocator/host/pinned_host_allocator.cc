@@ -137,7 +137,7 @@ std::optional<PinnedBlock> PinnedHostAllocator::TakeCachedLocked(DeviceIndex own
   const std::uintptr_t at = fit->second;
   auto range = o.ranges.find(at);  // exists: every free range is indexed by its range
   Range& r = range->second;
-  const bool wholly_free = Pointer(at) == r.segment->ptr && r.bytes == r.segment->bytes;
+  const bool wholly_free = r.bytes == r.segment->bytes;  // that large: the whole segment
   const std::size_t rest = r.bytes - size;
   const bool split = rest >= kPinnedBlockAlignment;
   const PinnedBlock block{Pointer(at), split ? size : r.bytes, owner};
@@ -145,12 +145,14 @@ std::optional<PinnedBlock> PinnedHostAllocator::TakeCachedLocked(DeviceIndex own
   // emplaced directly: an unordered_map's single insert that throws has no
   // effect, and a node made apart would cost a scratch table per call.
   std::map<std::uintptr_t, Range>::node_type tail;
-  if (split && !o.spare.empty()) {
-    tail = std::move(o.spare);
-    tail.key() = at + size;
-    tail.mapped() = Range{rest, true, r.small, r.segment};
-  } else if (split) {
-    tail = MakeNode(o.ranges, at + size, Range{rest, true, r.small, r.segment});
+  if (split) {
+    if (o.spare.empty()) {
+      tail = MakeNode(o.ranges, at + size, Range{rest, true, r.small, r.segment});
+    } else {
+      tail = std::move(o.spare);
+      tail.key() = at + size;
+      tail.mapped() = Range{rest, true, r.small, r.segment};
+    }
   }
   live_.try_emplace(block.ptr, LiveBlock{block, {}});
   FreeIndex::node_type entry = index.extract(fit);
@@ -205,27 +207,33 @@ void PinnedHostAllocator::CacheLocked(const PinnedBlock& block) {
   Range& r = range->second;
   FreeIndex& index = o.free_index(r.small);
   auto mergeable = [&](auto it) {
-    return it != o.ranges.end() && it->second.free && it->second.segment == r.segment;
+    if (it == o.ranges.end()) return false;
+    return it->second.free && it->second.segment == r.segment;
   };
   auto next = std::next(range);
   auto prev = range == o.ranges.begin() ? o.ranges.end() : std::prev(range);
   const bool merge_next = mergeable(next);
   const bool merge_prev = mergeable(prev);
-  // A free neighbour's index node is reused; only a block with none needs a
-  // new one, made before anything changes.
+  // The merged range's index node: a free neighbour's, taken out of the
+  // index; only a block with none needs a new one, made before anything
+  // changes (the one step that may throw).
   FreeIndex::node_type entry;
-  if (!merge_next && !merge_prev) entry = MakeNode(index, r.bytes, range->first);
+  if (merge_next) {
+    entry = index.extract({next->second.bytes, next->first});
+  } else if (merge_prev) {
+    entry = index.extract({prev->second.bytes, prev->first});
+  } else {
+    entry = MakeNode(index, r.bytes, range->first);
+  }
   stats_.cached_bytes += r.bytes;
   std::uintptr_t at = range->first;
   std::size_t bytes = r.bytes;
   if (merge_next) {
-    entry = index.extract({next->second.bytes, next->first});
     bytes += next->second.bytes;
     o.spare = o.ranges.extract(next);
   }
   if (merge_prev) {
-    FreeIndex::node_type prev_entry = index.extract({prev->second.bytes, prev->first});
-    if (entry.empty()) entry = std::move(prev_entry);
+    if (merge_next) index.erase({prev->second.bytes, prev->first});  // its node was not taken
     at = prev->first;
     bytes += prev->second.bytes;
     o.spare = o.ranges.extract(range);
@@ -236,8 +244,8 @@ void PinnedHostAllocator::CacheLocked(const PinnedBlock& block) {
   entry.value() = {bytes, at};
   index.insert(std::move(entry));
   const std::list<PinnedBlock>::iterator segment = range->second.segment;
-  if (Pointer(at) == segment->ptr && bytes == segment->bytes) {
-    lru_.splice(lru_.end(), o.in_use, segment);  // wholly free: most recently freed
+  if (bytes == segment->bytes) {  // that large: the whole segment, wholly free
+    lru_.splice(lru_.end(), o.in_use, segment);  // most recently freed last
   }
 }
 
@@ -449,11 +457,11 @@ void PinnedHostAllocator::EvictLocked(std::vector<Batch>* now) {
     if (owner != *current && o.pending.size() < options_.max_pending_per_owner) continue;
     const std::size_t n = o.pending.size();
     try {
-      now->emplace_back(owner, std::move(o.pending));  // strong: on a throw it stays queued
+      now->emplace_back(owner, std::list<PinnedBlock>());  // on a throw the queue stays
     } catch (const std::bad_alloc&) {
       break;
     }
-    o.pending.clear();
+    now->back().second.splice(now->back().second.end(), o.pending);  // never allocates
     stats_.pending_blocks -= n;
   }
 }
@@ -557,7 +565,9 @@ absl::Status PinnedHostAllocator::FlushImpl(bool release_cache) {
 
 PinnedHostStats PinnedHostAllocator::stats() const {
   MutexLock lock(mu_);
-  return stats_;
+  PinnedHostStats s = stats_;
+  s.free_segments = lru_.size();
+  return s;
 }
 
 }  // namespace gpualloc

@@ -101,6 +101,7 @@ struct PinnedHostStats {
   std::size_t live_bytes = 0;
   std::size_t reserved_bytes = 0;       // pinned bytes held from the runtime, queued ones too
   std::size_t peak_reserved_bytes = 0;
+  std::size_t free_segments = 0;        // wholly free segments cached (release candidates)
   std::size_t pending_blocks = 0;       // segments queued for release (refused ones included)
   std::size_t refused_blocks = 0;       // of those, releases the runtime refused
   std::size_t max_pending_seen = 0;

@@ -182,17 +182,23 @@ TEST(PinnedHostAllocator, NoEventIsLostWhenTheDeviceIsLostWhileOneIsGivenBack) {
 
 TEST(PinnedHostAllocator, CacheIsBoundedLeastRecentlyCachedFirst) {
   auto sim = Sim();
-  const PinnedHostOptions o = OneSegmentPerBlock(160 << 10);  // the last two of 8 .. 80 KiB
+  // Exactly the last two of 8 .. 80 KiB: a cache at its bound keeps both.
+  const PinnedHostOptions o = OneSegmentPerBlock((9 + 10) * 8192);
   PinnedHostAllocator pinned(sim, o);
   std::vector<PinnedBlock> blocks;
   for (int i = 1; i <= 10; ++i) blocks.push_back(pinned.Allocate(i * 8192, 0).value());
   for (const PinnedBlock& b : blocks) ASSERT_TRUE(pinned.Deallocate(b).ok());
   EXPECT_LE(pinned.stats().cached_bytes, o.cache_limit_bytes);
   EXPECT_GT(pinned.stats().releases, 0u);
-  // The most recently cached (the largest) survived.
+  // The most recently cached (the largest two) survived.
+  EXPECT_EQ(pinned.stats().cached_bytes, o.cache_limit_bytes);
+  EXPECT_EQ(pinned.stats().free_segments, 2u);
   PinnedBlock again = pinned.Allocate(10 * 8192, 0).value();
   EXPECT_EQ(again.ptr, blocks.back().ptr);
+  PinnedBlock ninth = pinned.Allocate(9 * 8192, 0).value();
+  EXPECT_EQ(ninth.ptr, blocks[8].ptr) << "evicted at the bound, not only beyond it";
   ASSERT_TRUE(pinned.Deallocate(again).ok());
+  ASSERT_TRUE(pinned.Deallocate(ninth).ok());
 }
 
 TEST(PinnedHostAllocator, CrossDeviceFreesFromManyThreadsAreReleasedExactlyOnceAndQueuesStayBounded) {
@@ -244,6 +250,7 @@ TEST(PinnedHostAllocator, QueueIsReleasedWhenItsOwnerBecomesCurrent) {
     ASSERT_TRUE(pinned.Deallocate(b).ok());
   }).join();
   EXPECT_EQ(pinned.stats().pending_blocks, 2u);
+  EXPECT_EQ(pinned.stats().max_pending_seen, 2u);
   const std::uint64_t switches = pinned.stats().batch_switches;
   pinned.OnDeviceCurrent(0);  // this thread's device is 0: no switch needed
   EXPECT_EQ(pinned.stats().pending_blocks, 0u);
@@ -332,6 +339,89 @@ TEST(PinnedHostAllocator, SmallRequestsAreCarvedFromOneSegmentAndFreedNeighbours
   ASSERT_TRUE(pinned.Flush(/*release_cache=*/true).ok());
   EXPECT_EQ(pinned.stats().reserved_bytes, 0u);
   EXPECT_EQ(sim->Accounting().calls_to(BackendOp::kHostFree), 1u) << "one segment, released once";
+  EXPECT_EQ(pinned.stats().peak_reserved_bytes, std::size_t{2} << 20);
+}
+
+// A free range at the start of a segment that still has a live block is
+// carved without taking the segment for a wholly free one.
+TEST(PinnedHostAllocator, OnlyAWhollyFreeSegmentIsAReleaseCandidate) {
+  auto sim = Sim();
+  PinnedHostAllocator pinned(sim);
+  PinnedBlock a = pinned.Allocate(8192, 0).value();
+  PinnedBlock b = pinned.Allocate(8192, 0).value();
+  ASSERT_TRUE(pinned.Deallocate(a).ok());
+  EXPECT_EQ(pinned.stats().free_segments, 0u) << "b is live in it";
+  PinnedBlock c = pinned.Allocate(4096, 0).value();  // from a's range, at the segment's start
+  EXPECT_EQ(c.ptr, a.ptr);
+  EXPECT_EQ(pinned.stats().free_segments, 0u);
+  ASSERT_TRUE(pinned.Deallocate(b).ok());
+  ASSERT_TRUE(pinned.Deallocate(c).ok());
+  EXPECT_EQ(pinned.stats().free_segments, 1u);
+  PinnedBlock d = pinned.Allocate(4096, 0).value();  // takes the wholly free segment again
+  EXPECT_EQ(pinned.stats().free_segments, 0u);
+  ASSERT_TRUE(pinned.Deallocate(d).ok());
+  EXPECT_EQ(pinned.stats().free_segments, 1u);
+}
+
+// The size rules at their edges: a request of exactly small_request_max is
+// small, and a rest of exactly one alignment unit is split off, on a new
+// segment and on a cached one.
+TEST(PinnedHostAllocator, SizeRulesHoldAtTheirEdges) {
+  auto sim = Sim();
+  PinnedHostAllocator pinned(sim);
+  constexpr std::size_t kMiB = std::size_t{1} << 20;
+  PinnedBlock edge = pinned.Allocate(kMiB, 0).value();
+  PinnedBlock small = pinned.Allocate(4096, 0).value();
+  EXPECT_EQ(pinned.stats().misses, 1u) << "1 MiB is small: both share one 2 MiB segment";
+  ASSERT_TRUE(pinned.Deallocate(edge).ok());
+  ASSERT_TRUE(pinned.Deallocate(small).ok());
+  // Small segments of 64 KiB: a request of 64 KiB - 512 leaves one unit.
+  PinnedHostOptions o;
+  o.small_request_max = 64 << 10;
+  o.small_segment_bytes = 64 << 10;
+  PinnedHostAllocator units(sim, o);
+  const std::size_t most = (64 << 10) - kPinnedBlockAlignment;
+  PinnedBlock fresh = units.Allocate(most, 0).value();  // a new segment, 512 bytes to spare
+  EXPECT_EQ(fresh.bytes, most);
+  PinnedBlock unit = units.Allocate(kPinnedBlockAlignment, 0).value();
+  EXPECT_EQ(static_cast<char*>(unit.ptr), static_cast<char*>(fresh.ptr) + most);
+  EXPECT_EQ(units.stats().misses, 1u);
+  ASSERT_TRUE(units.Deallocate(fresh).ok());
+  ASSERT_TRUE(units.Deallocate(unit).ok());
+  PinnedBlock cached = units.Allocate(most, 0).value();  // the cached segment, split again
+  EXPECT_EQ(cached.bytes, most);
+  PinnedBlock unit_again = units.Allocate(kPinnedBlockAlignment, 0).value();
+  EXPECT_EQ(static_cast<char*>(unit_again.ptr), static_cast<char*>(cached.ptr) + most);
+  EXPECT_EQ(units.stats().misses, 1u);
+  ASSERT_TRUE(units.Deallocate(cached).ok());
+  ASSERT_TRUE(units.Deallocate(unit_again).ok());
+}
+
+// Frees queued for owner 0 by a thread on another device go back, in one
+// batch and with no device switch, as soon as a thread whose device is 0
+// allocates for owner 0; an allocation from elsewhere leaves them queued.
+TEST(PinnedHostAllocator, AnAllocationOnTheOwnersDeviceReleasesItsQueue) {
+  auto sim = Sim();
+  PinnedHostOptions o = OneSegmentPerBlock(0);
+  o.max_pending_per_owner = 1000;
+  PinnedHostAllocator pinned(sim, o);
+  ASSERT_TRUE(sim->SetDevice(0).ok());
+  PinnedBlock a = pinned.Allocate(4096, 0).value();
+  PinnedBlock b = pinned.Allocate(4096, 0).value();
+  std::thread([&] {
+    ASSERT_TRUE(sim->SetDevice(1).ok());
+    ASSERT_TRUE(pinned.Deallocate(a).ok());
+    ASSERT_TRUE(pinned.Deallocate(b).ok());
+    PinnedBlock c = pinned.Allocate(4096, 0).value();  // owner 0 is not current here
+    EXPECT_EQ(pinned.stats().pending_blocks, 2u);
+    ASSERT_TRUE(pinned.Deallocate(c).ok());
+  }).join();
+  EXPECT_EQ(pinned.stats().pending_blocks, 3u);
+  const std::uint64_t switches = pinned.stats().batch_switches;
+  PinnedBlock d = pinned.Allocate(4096, 0).value();  // device 0 is current here
+  EXPECT_EQ(pinned.stats().pending_blocks, 0u);
+  EXPECT_EQ(pinned.stats().batch_switches, switches);
+  ASSERT_TRUE(pinned.Deallocate(d).ok());
 }
 
 // A large request gets a segment of its own; its free tail serves other large
@@ -443,6 +533,12 @@ TEST(PinnedHostAllocator, BadInputIsRejected) {
   auto sim = Sim();
   PinnedHostAllocator pinned(sim);
   EXPECT_FALSE(pinned.Allocate(0, 0).ok());
+  // The first overflows the block rounding, the second the segment rounding.
+  for (std::size_t absurd : {~std::size_t{0}, ~std::size_t{0} - 600}) {
+    EXPECT_EQ(pinned.Allocate(absurd, 0).status().code(), absl::StatusCode::kResourceExhausted)
+        << absurd;
+  }
+  EXPECT_EQ(sim->Accounting().calls_to(BackendOp::kHostAlloc), 0u) << "refused before the runtime";
   EXPECT_FALSE(pinned.Allocate(4096, 7).ok()) << "no such device";
   PinnedBlock a = pinned.Allocate(4096, 0).value();
   EXPECT_FALSE(pinned.Deallocate(PinnedBlock{a.ptr, a.bytes, 1}).ok()) << "wrong owner";

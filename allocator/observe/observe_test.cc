@@ -51,9 +51,87 @@ TEST(TrackingAdaptor, ReportsLeaksGroupedByTagAndSite) {
   EXPECT_EQ(tracked.Report(), "No leaks.\n");
 }
 
-TEST(TrackingAdaptor, ConcurrentUseKeepsTheTableExact) {
+// Over the caching allocator, with stacks off, the adaptor keeps no table:
+// the allocator records order and tag in its blocks, under its own lock.
+TEST(TrackingAdaptor, OverARecordingAllocatorItKeepsNoTableAndListsEveryLiveAllocation) {
   auto cache = Cache();
-  TrackingAdaptor tracked(cache);
+  Allocation before = cache->Allocate(4096).value();  // made before tracking: not listed
+  harness::FailingMemoryResource metadata;
+  metadata.FailAll();  // a table of the adaptor's own could not allocate a node
+  TrackingAdaptor tracked(cache, TrackingOptions{.metadata_resource = &metadata});
+  Allocation weights = [&] {
+    ScopedAllocationTag tag("weights");
+    return tracked.Allocate(1 << 20).value();
+  }();
+  Allocation untagged = tracked.Allocate(8192).value();
+  Allocation direct = [&] {
+    ScopedAllocationTag tag("kv-cache");
+    return cache->Allocate(3 << 20).value();  // on the allocator itself: listed too
+  }();
+  std::vector<TrackedAllocation> live = tracked.Live();
+  ASSERT_EQ(live.size(), 3u);
+  EXPECT_EQ(live[0].allocation, weights);
+  EXPECT_EQ(live[0].tag, "weights");
+  EXPECT_EQ(live[1].allocation, untagged);
+  EXPECT_EQ(live[1].tag, "");
+  EXPECT_EQ(live[2].allocation, direct);
+  EXPECT_EQ(live[2].tag, "kv-cache");
+  EXPECT_LT(live[0].sequence, live[1].sequence);
+  EXPECT_LT(live[1].sequence, live[2].sequence);
+  EXPECT_EQ(tracked.live_count(), 3u);
+  const std::string report = tracked.Report();
+  EXPECT_NE(report.find("3 leaked allocations (4.0 MiB)"), std::string::npos) << report;
+  EXPECT_NE(report.find("tag \"kv-cache\": 1 allocations, 3.0 MiB"), std::string::npos) << report;
+  int local = 0;
+  EXPECT_EQ(tracked.Deallocate(Allocation{&local, 4, Stream::Default(0)}).code(),
+            absl::StatusCode::kInvalidArgument)
+      << "a foreign free, rejected by the allocator";
+  ASSERT_TRUE(tracked.Deallocate(weights).ok());
+  EXPECT_EQ(tracked.Deallocate(weights).code(), absl::StatusCode::kInvalidArgument) << "twice";
+  ASSERT_TRUE(cache->Deallocate(direct).ok());
+  live = tracked.Live();
+  ASSERT_EQ(live.size(), 1u);
+  EXPECT_EQ(live[0].allocation, untagged);
+  // A block reused after a recorded free gets a new sequence number and tag.
+  Allocation again = [&] {
+    ScopedAllocationTag tag("activations");
+    return tracked.Allocate(1 << 20).value();
+  }();
+  live = tracked.Live();
+  ASSERT_EQ(live.size(), 2u);
+  EXPECT_EQ(live[1].allocation, again);
+  EXPECT_EQ(live[1].tag, "activations");
+  EXPECT_GT(live[1].sequence, live[0].sequence);
+  ASSERT_TRUE(tracked.Deallocate(again).ok());
+  ASSERT_TRUE(tracked.Deallocate(untagged).ok());
+  EXPECT_EQ(tracked.Report(), "No leaks.\n");
+  EXPECT_EQ(metadata.failures(), 0u) << "the adaptor allocated bookkeeping of its own";
+  ASSERT_TRUE(cache->Deallocate(before).ok());
+}
+
+// With own_table, the adaptor lists only what passes through it, whatever
+// the upstream can record.
+TEST(TrackingAdaptor, WithATableOfItsOwnItListsOnlyWhatPassesThroughIt) {
+  auto cache = Cache();
+  TrackingAdaptor tracked(cache, TrackingOptions{.own_table = true});
+  Allocation mine = tracked.Allocate(4096).value();
+  Allocation direct = cache->Allocate(4096).value();
+  const std::vector<TrackedAllocation> live = tracked.Live();
+  ASSERT_EQ(live.size(), 1u);
+  EXPECT_EQ(live[0].allocation, mine);
+  EXPECT_EQ(tracked.Deallocate(direct).code(), absl::StatusCode::kInvalidArgument)
+      << "not one it saw";
+  ASSERT_TRUE(cache->Deallocate(direct).ok());
+  ASSERT_TRUE(tracked.Deallocate(mine).ok());
+  EXPECT_EQ(tracked.live_count(), 0u);
+}
+
+class TrackingModes : public testing::TestWithParam<bool> {};
+
+TEST_P(TrackingModes, ConcurrentUseKeepsTheTableExact) {
+  auto cache = Cache();
+  // The allocator's recorder, or the adaptor's own table.
+  TrackingAdaptor tracked(cache, TrackingOptions{.own_table = GetParam()});
   std::atomic<bool> done{false};
   // A reader of the table (a leak report mid-run) races the writers.
   std::thread reader([&] {
@@ -77,6 +155,11 @@ TEST(TrackingAdaptor, ConcurrentUseKeepsTheTableExact) {
   reader.join();
   EXPECT_EQ(tracked.live_count(), 0u);
 }
+
+INSTANTIATE_TEST_SUITE_P(TrackingAdaptor, TrackingModes, testing::Values(false, true),
+                         [](const testing::TestParamInfo<bool>& p) {
+                           return p.param ? "OwnTable" : "AllocatorRecorder";
+                         });
 
 std::string ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

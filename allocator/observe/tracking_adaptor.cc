@@ -54,9 +54,22 @@ std::string Bytes(std::size_t b) {
 
 }  // namespace
 
+namespace {
+
+AllocationRecorder* RecorderToUse(MemoryResource& upstream, const TrackingOptions& options) {
+  if (options.capture_stacks || options.own_table) return nullptr;
+  AllocationRecorder* recorder = upstream.recorder();
+  if (recorder != nullptr) recorder->StartRecording();
+  return recorder;
+}
+
+}  // namespace
+
 TrackingAdaptor::TrackingAdaptor(std::shared_ptr<MemoryResource> upstream, TrackingOptions options)
     : upstream_(std::move(upstream)),
+      device_(upstream_->device()),
       options_(options),
+      recorder_(RecorderToUse(*upstream_, options)),
       live_(MetadataResourceOr(options.metadata_resource)),
       stacks_(MetadataResourceOr(options.metadata_resource)),
       tags_(MetadataResourceOr(options.metadata_resource)) {}
@@ -71,6 +84,8 @@ const std::string* TrackingAdaptor::InternLocked(absl::string_view tag) {
 }
 
 absl::StatusOr<Allocation> TrackingAdaptor::DoAllocate(std::size_t bytes, Stream stream) {
+  // It records. This call's checks and boundary cover the upstream's.
+  if (recorder_ != nullptr) return AllocateFromUpstream(*upstream_, bytes, stream);
   std::vector<void*> stack;
   if (options_.capture_stacks) {
     // How many frames the allocator's own layers take depends on inlining
@@ -99,6 +114,7 @@ absl::StatusOr<Allocation> TrackingAdaptor::DoAllocate(std::size_t bytes, Stream
 }
 
 absl::Status TrackingAdaptor::DoDeallocate(const Allocation& allocation, Stream stream) {
+  if (recorder_ != nullptr) return DeallocateToUpstream(*upstream_, allocation, stream);
   // The entries leave the tables as nodes, kept until the upstream free is
   // known to have worked: a failed free puts them back without allocating.
   decltype(live_)::node_type entry;
@@ -125,6 +141,14 @@ absl::Status TrackingAdaptor::DoDeallocate(const Allocation& allocation, Stream 
 
 std::vector<TrackedAllocation> TrackingAdaptor::Live() const {
   std::vector<TrackedAllocation> out;
+  if (recorder_ != nullptr) {
+    for (RecordedAllocation& r : recorder_->RecordedLive()) {
+      TrackedAllocation t;
+      static_cast<RecordedAllocation&>(t) = std::move(r);
+      out.push_back(std::move(t));
+    }
+    return out;  // oldest first already
+  }
   {
     MutexLock lock(mu_);
     out.reserve(live_.size());
@@ -143,6 +167,7 @@ std::vector<TrackedAllocation> TrackingAdaptor::Live() const {
 }
 
 std::size_t TrackingAdaptor::live_count() const {
+  if (recorder_ != nullptr) return recorder_->recorded_live_count();
   MutexLock lock(mu_);
   return live_.size();
 }

@@ -7,9 +7,20 @@
 //   std::cout << tracked->Report();   // leaks grouped by tag and call site
 //
 // Stacks cost a stack walk per allocation and are off by default; the
-// report then groups by tag alone. Thread-safe: one mutex around the table;
-// the upstream runs outside it, and an entry leaves the table before the
-// upstream free (no stale entry if the pointer is reused at once).
+// report then groups by tag alone.
+//
+// Over a resource that records its allocations itself (an AllocationRecorder:
+// the caching allocator), with stacks off, the adaptor keeps no table: it
+// starts the upstream's recorder and reads it, so tracking costs a few stores
+// per allocation under the lock the allocator takes anyway. It then lists
+// every allocation made on the upstream since the adaptor was created,
+// through the adaptor or not, and a foreign or double free is the upstream's
+// to reject. `own_table` keeps a table in the adaptor instead (only what
+// passes through it).
+//
+// Thread-safe: one mutex around the table; the upstream runs outside it, and
+// an entry leaves the table before the upstream free (no stale entry if the
+// pointer is reused at once).
 #ifndef GPUALLOC_ALLOCATOR_OBSERVE_TRACKING_ADAPTOR_H_
 #define GPUALLOC_ALLOCATOR_OBSERVE_TRACKING_ADAPTOR_H_
 
@@ -23,6 +34,7 @@
 #include <vector>
 
 #include "allocator/common/mutex.h"
+#include "allocator/resource/allocation_recorder.h"
 #include "allocator/resource/memory_resource.h"
 
 namespace gpualloc {
@@ -30,6 +42,9 @@ namespace gpualloc {
 struct TrackingOptions {
   bool capture_stacks = false;
   int max_frames = 12;
+  // A table of its own even over an upstream with a recorder: lists only the
+  // allocations made through this adaptor. (Stacks always need one.)
+  bool own_table = false;
   // Where the live table, the stack table and the tag set keep their nodes.
   // Null: new/delete. Must outlive the adaptor. If it throws
   // std::bad_alloc, Allocate fails with ResourceExhausted, gives the
@@ -38,10 +53,7 @@ struct TrackingOptions {
   std::pmr::memory_resource* metadata_resource = nullptr;
 };
 
-struct TrackedAllocation {
-  Allocation allocation;
-  std::string tag;
-  std::uint64_t sequence = 0;   // order of allocation
+struct TrackedAllocation : RecordedAllocation {
   std::vector<void*> stack;     // empty unless capture_stacks
 };
 
@@ -50,7 +62,7 @@ class TrackingAdaptor final : public MemoryResource {
   TrackingAdaptor(std::shared_ptr<MemoryResource> upstream, TrackingOptions options = {});
 
   absl::string_view name() const override { return "tracking"; }
-  DeviceIndex device() const override { return upstream_->device(); }
+  DeviceIndex device() const override { return device_; }
   std::size_t alignment() const override { return upstream_->alignment(); }
   MemoryStats stats() const override { return upstream_->stats(); }
 
@@ -78,7 +90,10 @@ class TrackingAdaptor final : public MemoryResource {
   const std::string* InternLocked(absl::string_view tag) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const std::shared_ptr<MemoryResource> upstream_;
+  const DeviceIndex device_;  // the upstream's: checked on every call
   const TrackingOptions options_;
+  // The upstream's recorder, when it is used instead of the tables below.
+  AllocationRecorder* const recorder_;
   mutable Mutex mu_;
   // Node-based standard tables: an insert that throws leaves them as they
   // were (Abseil's flat tables are left corrupt), and a failed free puts its

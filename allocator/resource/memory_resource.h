@@ -24,6 +24,8 @@
 
 namespace gpualloc {
 
+class AllocationRecorder;  // allocation_recorder.h
+
 // A live allocation. `bytes` is what was requested; `stream` the stream it
 // was allocated on (it may be used there immediately).
 struct Allocation {
@@ -71,6 +73,23 @@ class MemoryResource {
   virtual std::size_t alignment() const = 0;
   // A consistent snapshot; cheap.
   virtual MemoryStats stats() const = 0;
+  // Resources that record their live allocations themselves (see
+  // allocation_recorder.h) return their recorder; others null.
+  virtual AllocationRecorder* recorder() { return nullptr; }
+
+ protected:
+  // For an adaptor whose upstream serves the same device: runs the
+  // upstream's implementation directly, from inside this resource's own
+  // entry point, whose checks (size, device) and exception boundary already
+  // cover the call. Saves the second pass through them on every operation.
+  static absl::StatusOr<Allocation> AllocateFromUpstream(MemoryResource& upstream,
+                                                         std::size_t bytes, Stream stream) {
+    return upstream.DoAllocate(bytes, stream);
+  }
+  static absl::Status DeallocateToUpstream(MemoryResource& upstream,
+                                           const Allocation& allocation, Stream stream) {
+    return upstream.DoDeallocate(allocation, stream);
+  }
 
  private:
   virtual absl::StatusOr<Allocation> DoAllocate(std::size_t bytes, Stream stream) = 0;

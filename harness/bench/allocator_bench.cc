@@ -157,7 +157,12 @@ void SharedSequences(benchmark::State& state, const AllocatorSpec& spec,
   std::size_t i = 0;
   for (auto _ : state) {  // Google Benchmark holds every thread here until setup is done
     if (allocator == nullptr) {
-      if (!run->allocator) break;
+      if (!run->allocator) {
+        // Thread 0 could not make it (no device): every thread must say so
+        // before leaving the loop, or Google Benchmark aborts the run.
+        if (t != 0) state.SkipWithError("the allocator could not be made");
+        break;
+      }
       allocator = run->allocator.get();
       seq = &run->sequences[t];
       slots = &run->slots[t];
