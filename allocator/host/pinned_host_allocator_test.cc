@@ -381,20 +381,16 @@ TEST(PinnedHostAllocator, SizeRulesHoldAtTheirEdges) {
   o.small_segment_bytes = 64 << 10;
   PinnedHostAllocator units(sim, o);
   const std::size_t most = (64 << 10) - kPinnedBlockAlignment;
-  PinnedBlock fresh = units.Allocate(most, 0).value();  // a new segment, 512 bytes to spare
-  EXPECT_EQ(fresh.bytes, most);
-  PinnedBlock unit = units.Allocate(kPinnedBlockAlignment, 0).value();
-  EXPECT_EQ(static_cast<char*>(unit.ptr), static_cast<char*>(fresh.ptr) + most);
-  EXPECT_EQ(units.stats().misses, 1u);
-  ASSERT_TRUE(units.Deallocate(fresh).ok());
-  ASSERT_TRUE(units.Deallocate(unit).ok());
-  PinnedBlock cached = units.Allocate(most, 0).value();  // the cached segment, split again
-  EXPECT_EQ(cached.bytes, most);
-  PinnedBlock unit_again = units.Allocate(kPinnedBlockAlignment, 0).value();
-  EXPECT_EQ(static_cast<char*>(unit_again.ptr), static_cast<char*>(cached.ptr) + most);
-  EXPECT_EQ(units.stats().misses, 1u);
-  ASSERT_TRUE(units.Deallocate(cached).ok());
-  ASSERT_TRUE(units.Deallocate(unit_again).ok());
+  for (const char* from : {"a new segment", "the cached segment, split again"}) {
+    SCOPED_TRACE(from);
+    PinnedBlock block = units.Allocate(most, 0).value();
+    EXPECT_EQ(block.bytes, most);
+    PinnedBlock unit = units.Allocate(kPinnedBlockAlignment, 0).value();
+    EXPECT_EQ(static_cast<char*>(unit.ptr), static_cast<char*>(block.ptr) + most);
+    EXPECT_EQ(units.stats().misses, 1u);
+    ASSERT_TRUE(units.Deallocate(block).ok());
+    ASSERT_TRUE(units.Deallocate(unit).ok());
+  }
 }
 
 // Frees queued for owner 0 by a thread on another device go back, in one
