@@ -1303,6 +1303,34 @@ TEST(CachingAllocator, EveryMetadataAllocationFailureLeavesTheAllocatorAsItWas) 
   }
 }
 
+// Releasing never needs memory: the list of release candidates always has
+// room for every segment. Bug: room reserved one segment short (or only
+// once the list was already full), so with n segments and no host memory
+// left, EmptyCache failed half-way and kept segments it meant to release.
+TEST(CachingAllocator, EmptyCacheReleasesEverySegmentWithNoHostMemoryLeft) {
+  for (int n = 1; n <= 8; ++n) {
+    SCOPED_TRACE(testing::Message() << n << " segments");
+    harness::FailingMemoryResource metadata;
+    CachingOptions options;
+    options.metadata_resource = &metadata;
+    auto sim = Sim();
+    {
+      auto cache = Cache(sim, options);
+      std::vector<Allocation> live;
+      for (int i = 0; i < n; ++i) live.push_back(cache->Allocate(12 * kMiB).value());  // own segments
+      ASSERT_EQ(cache->stats().segments.current, n);
+      for (const Allocation& a : live) ASSERT_TRUE(cache->Deallocate(a).ok());
+      metadata.FailAll();
+      const absl::Status st = cache->EmptyCache();
+      metadata.FailNone();
+      EXPECT_TRUE(st.ok()) << st;
+      EXPECT_EQ(cache->stats().segments.current, 0);
+      EXPECT_EQ(cache->stats().reserved_bytes.current, 0);
+    }
+    EXPECT_EQ(metadata.outstanding_bytes(), 0u);
+  }
+}
+
 TEST(CachingAllocator, ARefusedAddressReservationGivesItsBookkeepingBack) {
   auto sim = Sim();
   auto faulty = std::make_shared<FailpointBackend>(sim, 1);
