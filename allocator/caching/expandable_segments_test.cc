@@ -2,7 +2,10 @@
 
 #include "allocator/backend/failpoints/failpoint_backend.h"
 #include "allocator/backend/sim/sim_backend.h"
+#include "allocator/backend/testing/mock_backend.h"
 #include "allocator/caching/caching_allocator.h"
+#include "allocator/caching/expandable_range.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "harness/invariants/invariants.h"
 
@@ -244,6 +247,59 @@ TEST(ExpandableSegments, NeedVirtualMemoryAndSaySo) {
       CachingAllocator::Create(sim, 0, Expandable());
   ASSERT_FALSE(cache.ok());
   EXPECT_NE(cache.status().message().find("virtual memory"), absl::string_view::npos);
+}
+
+// A runtime's answers an address range cannot be made from: no virtual
+// memory, no granularity (a driver too old for the query), a size of zero,
+// or one too large to round to the granularity. Each is refused with what
+// was wrong, before any address space is reserved.
+std::shared_ptr<testing::NiceMock<MockBackend>> BackendWith(bool vm, std::size_t granularity) {
+  auto mock = std::make_shared<testing::NiceMock<MockBackend>>();
+  DeviceProperties props;
+  props.total_bytes = 64 * kMiB;
+  props.alignment = 512;
+  props.supports_virtual_memory = vm;
+  props.vm_granularity = granularity;
+  ON_CALL(*mock, name()).WillByDefault(testing::Return("mock"));
+  ON_CALL(*mock, GetDeviceProperties(0)).WillByDefault(testing::Return(props));
+  EXPECT_CALL(*mock, VmReserve(testing::_, testing::_)).Times(0);
+  return mock;
+}
+
+TEST(ExpandableRange, WhatCannotBeReservedIsRefusedBeforeAnyAddressSpaceIsTaken) {
+  struct Case {
+    bool vm;
+    std::size_t granularity;
+    std::size_t max_bytes;
+    absl::StatusCode code;
+    const char* says;
+  };
+  for (const Case& c : {Case{false, 2 * kMiB, 64 * kMiB, absl::StatusCode::kUnimplemented,
+                             "no virtual-memory API"},
+                        Case{true, 0, 64 * kMiB, absl::StatusCode::kUnimplemented,
+                             "no virtual-memory API"},
+                        Case{true, 2 * kMiB, 0, absl::StatusCode::kInvalidArgument, "bad size"},
+                        Case{true, 2 * kMiB, ~std::size_t{0}, absl::StatusCode::kInvalidArgument,
+                             "bad size"}}) {
+    SCOPED_TRACE(testing::Message() << "vm " << c.vm << ", granularity " << c.granularity
+                                    << ", max " << c.max_bytes);
+    auto mock = BackendWith(c.vm, c.granularity);
+    absl::StatusOr<PmrUniquePtr<ExpandableRange>> range =
+        ExpandableRange::Reserve(mock, 0, c.max_bytes, std::pmr::new_delete_resource());
+    ASSERT_FALSE(range.ok());
+    EXPECT_EQ(range.status().code(), c.code) << range.status();
+    EXPECT_NE(range.status().message().find(c.says), absl::string_view::npos) << range.status();
+  }
+}
+
+// Through the allocator: a backend that claims virtual memory with no
+// granularity passes creation, and the first growth says what is missing.
+TEST(ExpandableSegments, ABackendWithoutAGranularityFailsTheGrowthAndSaysWhy) {
+  auto mock = BackendWith(true, 0);
+  auto cache = CachingAllocator::Create(mock, 0, Expandable()).value();
+  const absl::Status st = cache->Allocate(4096).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kUnimplemented) << st;
+  EXPECT_EQ(cache->stats().reserved_bytes.current, 0);
 }
 
 }  // namespace
