@@ -6,12 +6,15 @@
 #include <dlfcn.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <barrier>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -113,6 +116,42 @@ TEST(TorchPluggableAllocator, ServesTheCallersStreamsAndReusesAcrossThem) {
   EXPECT_EQ(after[9], before[9] + 1) << "by another stream: each handle is a stream of its own";
   abi.free_fn(b, size_t{1} << 20, 1, copy);
   EXPECT_EQ(abi.errors(), errors_before) << "no call failed";
+  EXPECT_EQ(abi.allocated(0), 0);
+  EXPECT_EQ(abi.allocated(1), 0);
+  ASSERT_EQ(abi.empty_cache(), 0);
+}
+
+// PyTorch calls in from many threads, each on streams of its own: on the
+// sim, the first sight of each handle adds it to one table of streams, which
+// must be taken under its lock (a dropped lock there survived the mutation
+// run: no test had threads meet in it).
+TEST(TorchPluggableAllocator, ThreadsOnStreamsOfTheirOwnMeetInOneStreamTable) {
+  const TorchAbi abi = Load();
+  ASSERT_NE(abi.malloc_fn, nullptr);
+  const long long errors_before = abi.errors();
+  constexpr int kThreads = 4, kStreamsEach = 24;
+  std::atomic<int> failures{0};
+  std::barrier each_new_stream(kThreads);  // first sights at the same moment
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kStreamsEach; ++i) {
+        each_new_stream.arrive_and_wait();
+        void* stream = reinterpret_cast<void*>(std::uintptr_t{0x70000} + 0x100 * (t * 64 + i));
+        for (int round = 0; round < 2; ++round) {  // first sight, then found again
+          void* p = abi.malloc_fn(4096, t % 2, stream);
+          if (p == nullptr) {
+            ++failures;
+            continue;
+          }
+          abi.free_fn(p, 4096, t % 2, stream);
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(abi.errors(), errors_before);
   EXPECT_EQ(abi.allocated(0), 0);
   EXPECT_EQ(abi.allocated(1), 0);
   ASSERT_EQ(abi.empty_cache(), 0);
