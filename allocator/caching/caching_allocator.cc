@@ -128,10 +128,7 @@ absl::StatusOr<Allocation> CachingAllocator::DoAllocate(std::size_t bytes, Strea
     }
     if (!rounded) return absl::ResourceExhaustedError("caching allocator: size overflows");
     // Before the first change: interning a new tag may throw.
-    if (recording_) {
-      const absl::string_view tag = CurrentAllocationTag();
-      record_tag_ = tag.empty() ? nullptr : InternTagLocked(tag);
-    }
+    if (recording_) record_tag_ = tags_.Intern(CurrentAllocationTag());
     bool oom = false;
     absl::StatusOr<Allocation> result = TryAllocateLocked(*rounded, bytes, stream, &oom);
     if (result.ok() || !oom) return result;
@@ -478,16 +475,6 @@ void CachingAllocator::StartRecording() {
   recording_ = true;
 }
 
-const std::pmr::string* CachingAllocator::InternTagLocked(absl::string_view tag) {
-  if (tag.empty()) return nullptr;
-  const std::string_view key(tag.data(), tag.size());
-  if (last_tag_ != nullptr && *last_tag_ == key) return last_tag_;  // the common case
-  auto it = tags_.find(key);
-  if (it == tags_.end()) it = tags_.emplace(key).first;  // strong: unchanged if it throws
-  last_tag_ = &*it;
-  return last_tag_;
-}
-
 std::vector<RecordedAllocation> CachingAllocator::RecordedLive() const {
   std::vector<RecordedAllocation> out;
   {
@@ -496,7 +483,7 @@ std::vector<RecordedAllocation> CachingAllocator::RecordedLive() const {
       if (block->sequence == 0) continue;  // made before recording started
       out.push_back(RecordedAllocation{
           Allocation{reinterpret_cast<void*>(address), block->requested, block->stream},
-          block->tag != nullptr ? std::string(*block->tag) : std::string(), block->sequence});
+          TagInterner::Text(block->tag), block->sequence});
     }
   }
   std::sort(out.begin(), out.end(), [](const RecordedAllocation& a, const RecordedAllocation& b) {

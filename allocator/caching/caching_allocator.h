@@ -61,6 +61,7 @@
 #include "allocator/caching/block.h"
 #include "allocator/caching/caching_options.h"
 #include "allocator/common/mutex.h"
+#include "allocator/policy/tag_interner.h"
 #include "allocator/resource/allocation_recorder.h"
 #include "allocator/resource/memory_resource.h"
 #include "allocator/stats/memory_snapshot.h"
@@ -257,9 +258,6 @@ class CachingAllocator final : public MemoryResource, public AllocationRecorder 
   void DestroyEventQuietly(Event event) noexcept;  // teardown: errors and throws ignored
   absl::Status OutOfMemoryError(std::size_t requested, std::size_t rounded, Stream stream) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // The interned copy of `tag` (null for ""), for the allocation in
-  // progress. May throw; nothing else changes if it does.
-  const std::pmr::string* InternTagLocked(absl::string_view tag) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Applies a stats update to the totals and to the pool it happened in.
   template <typename Fn>
   void Account(bool small_pool, Fn fn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -331,13 +329,11 @@ class CachingAllocator final : public MemoryResource, public AllocationRecorder 
   std::pmr::vector<Segment*> free_segments_ ABSL_GUARDED_BY(mu_);
   // AllocationRecorder: on once started; the next sequence number; the tag
   // DoAllocate interned for the allocation in progress (read by Register);
-  // the interned tags (a node-based set: stable addresses, and an insert that
-  // throws leaves it as it was), with the last one looked up.
+  // the interned tags.
   bool recording_ ABSL_GUARDED_BY(mu_) = false;
   std::uint64_t next_sequence_ ABSL_GUARDED_BY(mu_) = 1;
   const std::pmr::string* record_tag_ ABSL_GUARDED_BY(mu_) = nullptr;
-  std::pmr::set<std::pmr::string, std::less<>> tags_ ABSL_GUARDED_BY(mu_);
-  const std::pmr::string* last_tag_ ABSL_GUARDED_BY(mu_) = nullptr;
+  TagInterner tags_ ABSL_GUARDED_BY(mu_);
   std::size_t limit_ ABSL_GUARDED_BY(mu_) = 0;
   std::uint64_t tick_ ABSL_GUARDED_BY(mu_) = 0;
   MemoryStats stats_ ABSL_GUARDED_BY(mu_);

@@ -74,15 +74,6 @@ TrackingAdaptor::TrackingAdaptor(std::shared_ptr<MemoryResource> upstream, Track
       stacks_(MetadataResourceOr(options.metadata_resource)),
       tags_(MetadataResourceOr(options.metadata_resource)) {}
 
-const std::string* TrackingAdaptor::InternLocked(absl::string_view tag) {
-  static const std::string* const kUntagged = new std::string();
-  if (tag.empty()) return kUntagged;
-  const std::string_view key(tag.data(), tag.size());
-  auto it = tags_.find(key);
-  if (it == tags_.end()) it = tags_.emplace(key).first;  // strong: unchanged if it throws
-  return &*it;
-}
-
 absl::StatusOr<Allocation> TrackingAdaptor::DoAllocate(std::size_t bytes, Stream stream) {
   // It records. This call's checks and boundary cover the upstream's.
   if (recorder_ != nullptr) return AllocateFromUpstream(*upstream_, bytes, stream);
@@ -101,7 +92,7 @@ absl::StatusOr<Allocation> TrackingAdaptor::DoAllocate(std::size_t bytes, Stream
   if (!a.ok()) return a;
   MutexLock lock(mu_);
   try {
-    const Entry entry{*a, next_sequence_, InternLocked(tag)};
+    const Entry entry{*a, next_sequence_, tags_.Intern(tag)};
     if (options_.capture_stacks) stacks_.emplace(a->ptr, std::move(stack));
     live_.emplace(a->ptr, entry);
   } catch (...) {
@@ -155,7 +146,7 @@ std::vector<TrackedAllocation> TrackingAdaptor::Live() const {
     for (const auto& [ptr, entry] : live_) {
       TrackedAllocation t;
       t.allocation = entry.allocation;
-      t.tag = *entry.tag;
+      t.tag = TagInterner::Text(entry.tag);
       t.sequence = entry.sequence;
       if (auto s = stacks_.find(ptr); s != stacks_.end()) t.stack = s->second;
       out.push_back(std::move(t));

@@ -28,12 +28,11 @@
 #include <memory_resource>
 #include <mutex>
 #include <string>
-#include <string_view>
 #include <unordered_map>
-#include <unordered_set>
 #include <vector>
 
 #include "allocator/common/mutex.h"
+#include "allocator/policy/tag_interner.h"
 #include "allocator/resource/allocation_recorder.h"
 #include "allocator/resource/memory_resource.h"
 
@@ -84,10 +83,8 @@ class TrackingAdaptor final : public MemoryResource {
   struct Entry {
     Allocation allocation;
     std::uint64_t sequence = 0;
-    const std::string* tag = nullptr;  // owned by tags_
+    const std::pmr::string* tag = nullptr;  // owned by tags_; null: untagged
   };
-  // The interned copy of `tag`; mu_ held. May throw (a new tag).
-  const std::string* InternLocked(absl::string_view tag) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const std::shared_ptr<MemoryResource> upstream_;
   const DeviceIndex device_;  // the upstream's: checked on every call
@@ -101,12 +98,7 @@ class TrackingAdaptor final : public MemoryResource {
   std::pmr::unordered_map<void*, Entry> live_ ABSL_GUARDED_BY(mu_);
   std::pmr::unordered_map<void*, std::vector<void*>> stacks_  // capture_stacks only
       ABSL_GUARDED_BY(mu_);
-  struct TagHash {
-    using is_transparent = void;  // looked up by string_view, no copy
-    std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
-  };
-  std::pmr::unordered_set<std::string, TagHash, std::equal_to<>> tags_
-      ABSL_GUARDED_BY(mu_);  // nodes: stable addresses
+  TagInterner tags_ ABSL_GUARDED_BY(mu_);
   std::uint64_t next_sequence_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
