@@ -47,6 +47,11 @@ std::string Cell(const BenchResult* r) {
   return Ns(r->ns_per_op);
 }
 
+// A counter with `digits` decimals, or a dash when the run has none.
+std::string Fixed(std::optional<double> value, int digits) {
+  return value ? absl::StrFormat("%.*f", digits, *value) : "—";
+}
+
 std::string Ratio(const BenchResult* r, const BenchResult* ref) {
   if (r == nullptr || ref == nullptr || ref->ns_per_op <= 0) return "—";
   return absl::StrFormat("%.2f×", r->ns_per_op / ref->ns_per_op);
@@ -224,12 +229,9 @@ std::string MarkdownReport(const std::vector<BenchResult>& results,
     for (const std::string& a : allocators) {
       const BenchResult* r = Find(results, w, a);
       if (r == nullptr) continue;
-      auto up = Counter(r, "upstream_per_kop");
-      auto frag = Counter(r, "fragmentation");
-      absl::StrAppend(&md, "| ", Title(w), " | ", a, " | ", Cell(r), " | ",
-                      Ratio(r, mi), " | ", Ratio(r, pmr), " | ",
-                      up ? absl::StrFormat("%.3f", *up) : "—", " | ",
-                      frag ? absl::StrFormat("%.3f", *frag) : "—", " |\n");
+      absl::StrAppend(&md, "| ", Title(w), " | ", a, " | ", Cell(r), " | ", Ratio(r, mi), " | ",
+                      Ratio(r, pmr), " | ", Fixed(Counter(r, "upstream_per_kop"), 3), " | ",
+                      Fixed(Counter(r, "fragmentation"), 3), " |\n");
     }
   }
   std::string skipped;
@@ -246,11 +248,9 @@ std::string MarkdownReport(const std::vector<BenchResult>& results,
                           &mib)) {
       continue;
     }
-    auto up = Counter(&r, "upstream_per_kop");
-    auto frag = Counter(&r, "fragmentation");
     absl::StrAppend(&bounds, "| ", mib, " MiB | ", Cell(&r), " | ",
-                    up ? absl::StrFormat("%.3f", *up) : "—", " | ",
-                    frag ? absl::StrFormat("%.2f", *frag) : "—", " |\n");
+                    Fixed(Counter(&r, "upstream_per_kop"), 3), " | ",
+                    Fixed(Counter(&r, "fragmentation"), 2), " |\n");
   }
   if (!bounds.empty()) {
     absl::StrAppend(&md,
