@@ -17,6 +17,10 @@ namespace {
 std::uintptr_t Address(const void* p) { return reinterpret_cast<std::uintptr_t>(p); }
 void* Pointer(std::uintptr_t a) { return reinterpret_cast<void*>(a); }
 
+// Whether what a block leaves of its free range is split off as a range of
+// its own (one unit or more), or stays with the block.
+bool SplitsOff(std::size_t rest) { return rest >= kPinnedBlockAlignment; }
+
 }  // namespace
 
 PinnedHostAllocator::PinnedHostAllocator(std::shared_ptr<Backend> backend,
@@ -139,7 +143,7 @@ std::optional<PinnedBlock> PinnedHostAllocator::TakeCachedLocked(DeviceIndex own
   Range& r = range->second;
   const bool wholly_free = r.bytes == r.segment->bytes;  // that large: the whole segment
   const std::size_t rest = r.bytes - size;
-  const bool split = rest >= kPinnedBlockAlignment;
+  const bool split = SplitsOff(rest);
   const PinnedBlock block{Pointer(at), split ? size : r.bytes, owner};
   // What may throw first; then nothing that can. The live entry is
   // emplaced directly: an unordered_map's single insert that throws has no
@@ -173,7 +177,7 @@ std::optional<PinnedBlock> PinnedHostAllocator::TakeCachedLocked(DeviceIndex own
 PinnedBlock PinnedHostAllocator::AddSegmentLocked(const PinnedBlock& segment, std::size_t size,
                                                   bool small) {
   const std::size_t rest = segment.bytes - size;
-  const bool split = rest >= kPinnedBlockAlignment;
+  const bool split = SplitsOff(rest);
   const PinnedBlock block{segment.ptr, split ? size : segment.bytes, segment.owner};
   const std::uintptr_t at = Address(segment.ptr);
   // What may throw first; then nothing that can.
