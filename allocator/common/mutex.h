@@ -7,6 +7,13 @@
 // the harness explores the interleavings of allocator calls from a seed.
 // Elsewhere the addition costs one thread-local load.
 //
+// A contended lock() spins briefly (on a host with more than one CPU) before
+// it sleeps in the kernel: our critical sections last a few hundred
+// nanoseconds, and a futex sleep and wake cost more than that (far more in a
+// VM, where each is an exit to the hypervisor). Abseil's Mutex spins the same
+// way. Measured on workload 3 with two threads (2-core VM): 1.1-1.4 us per
+// operation without the spin, 0.35-0.6 us with it.
+//
 // Hold it with MutexLock (or ReleasableMutexLock where a scope must let go
 // of it for a while): they carry the thread-safety annotations, so clang's
 // -Wthread-safety (the fuzz build, see .bazelrc) checks every member marked
@@ -16,6 +23,7 @@
 #define GPUALLOC_ALLOCATOR_COMMON_MUTEX_H_
 
 #include <mutex>
+#include <thread>
 
 #include "absl/base/optimization.h"
 #include "absl/base/thread_annotations.h"
@@ -35,12 +43,29 @@ class ABSL_LOCKABLE Mutex {
       LockScheduled(*scheduler);
       return;
     }
+    for (int spins = SpinsBeforeSleeping(); spins > 0; --spins) {
+      if (mu_.try_lock()) return;
+      Pause();
+    }
     mu_.lock();
   }
   bool try_lock() ABSL_EXCLUSIVE_TRYLOCK_FUNCTION(true) { return mu_.try_lock(); }
   void unlock() ABSL_UNLOCK_FUNCTION() { mu_.unlock(); }
 
  private:
+  // On one CPU the holder cannot run while we spin: sleep at once.
+  static int SpinsBeforeSleeping() {
+    static const int spins = std::thread::hardware_concurrency() > 1 ? 1000 : 0;
+    return spins;
+  }
+  static void Pause() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    asm volatile("yield");
+#endif
+  }
+
   void LockScheduled(CooperativeScheduler& scheduler) {
     scheduler.Yield();
     while (!mu_.try_lock()) {
