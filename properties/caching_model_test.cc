@@ -60,6 +60,8 @@ struct OpCommand : Command {
         break;
       case OpKind::kEnqueueWork:
       case OpKind::kPinnedCopy:  // the flag bits too (write, order back, direction)
+      case OpKind::kStagingReadback:  // in flight or checked
+      case OpKind::kKeyedReduce:
         op.a = *rc::gen::inRange<std::uint64_t>(0, 1 << 13);
         op.b = *rc::gen::inRange<std::uint64_t>(0, 1 << 13);
         break;
@@ -99,7 +101,8 @@ void CheckRandomCommandSequences(CrossStreamReuse policy,
                        OpCommand<OpKind::kSharedView>, OpCommand<OpKind::kEnqueueWork>,
                        OpCommand<OpKind::kEnqueueWork>, OpCommand<OpKind::kWaitEvent>,
                        OpCommand<OpKind::kFreeInFlight>, OpCommand<OpKind::kHostSync>,
-                       OpCommand<OpKind::kPinnedCopy>>());
+                       OpCommand<OpKind::kPinnedCopy>, OpCommand<OpKind::kStagingReadback>,
+                       OpCommand<OpKind::kKeyedReduce>>());
   const absl::Status st = sut.Finish();
   if (!st.ok()) RC_FAIL(std::string(st.message()));
 }

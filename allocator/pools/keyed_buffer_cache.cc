@@ -18,16 +18,6 @@ struct CachedBuffer::Entry {
   PinnedBuffer results;         // result slots, made on the first Read
 };
 
-namespace {
-
-// Makes `to` wait, on the device, for the work queued on `from` so far.
-absl::Status OrderAfter(const std::shared_ptr<Backend>& backend, Stream from, Stream to) {
-  GPUALLOC_ASSIGN_OR_RETURN(Completion done, Completion::Record(backend, from));
-  return done.Then(to);
-}
-
-}  // namespace
-
 // --- CachedBuffer ----------------------------------------------------------------------
 
 CachedBuffer::CachedBuffer(std::shared_ptr<KeyedBufferCache> cache, std::unique_ptr<Entry> entry,
@@ -72,8 +62,9 @@ absl::Status CachedBuffer::RecordStream(Stream stream) {
 
 absl::Status CachedBuffer::Zero() {
   if (empty()) return absl::FailedPreconditionError("CachedBuffer: empty buffer");
-  const DeviceSpan span{data(), size_bytes(), entry_->stream.device};
-  return cache_->transfers_.Fill(span, 0, 0, size_bytes(), entry_->stream).status();
+  return CallAtBoundary("memset async", [&] {
+    return cache_->events_.backend().MemsetAsync(data(), 0, size_bytes(), entry_->stream);
+  });
 }
 
 absl::Status CachedBuffer::Read(std::size_t offset, void* dst, std::size_t n) {
@@ -88,11 +79,23 @@ absl::Status CachedBuffer::Read(std::size_t offset, void* dst, std::size_t n) {
     GPUALLOC_ASSIGN_OR_RETURN(e.results,
                               PinnedBuffer::Create(cache_->pinned_, size_bytes(), e.stream.device));
   }
-  const DeviceSpan span{data(), size_bytes(), e.stream.device};
+  Backend& backend = cache_->events_.backend();
   void* slot = static_cast<char*>(e.results.data()) + offset;
-  GPUALLOC_ASSIGN_OR_RETURN(Completion copied,
-                            cache_->transfers_.ToHost(slot, span, offset, n, e.stream));
-  if (absl::Status waited = copied.Wait(); !waited.ok()) {
+  GPUALLOC_RETURN_IF_ERROR(CallAtBoundary("memcpy async", [&] {
+    return backend.MemcpyAsync(slot, static_cast<char*>(data()) + offset, n,
+                               CopyKind::kDeviceToHost, e.stream);
+  }));
+  // Waits for the copy (and what was queued before it), not for the stream.
+  absl::StatusOr<Event> copied = cache_->events_.Acquire();
+  absl::Status waited = copied.status();
+  if (copied.ok()) {
+    waited = CallAtBoundary("event record", [&] { return backend.RecordEvent(*copied, e.stream); });
+    if (waited.ok()) {
+      waited = CallAtBoundary("event synchronize", [&] { return backend.SynchronizeEvent(*copied); });
+    }
+    cache_->events_.Recycle(*copied);
+  }
+  if (!waited.ok()) {
     // The copy may still be running: the pinned allocator must order the
     // slots' release after it.
     e.results.RecordStream(e.stream).IgnoreError();
@@ -130,7 +133,8 @@ KeyedBufferCache::KeyedBufferCache(std::shared_ptr<MemoryResource> device_memory
       pinned_(pinned),
       options_(options),
       // The pinned allocator's backend, kept alive by the allocator itself.
-      transfers_(std::shared_ptr<Backend>(pinned, &pinned->backend())) {}
+      transfers_(std::shared_ptr<Backend>(pinned, &pinned->backend())),
+      events_(transfers_.backend(), device_memory_->device()) {}
 
 KeyedBufferCache::~KeyedBufferCache() { Trim().IgnoreError(); }
 
@@ -190,10 +194,10 @@ absl::StatusOr<CachedBuffer> KeyedBufferCache::AcquireImpl(const BufferKey& key,
 
 absl::Status KeyedBufferCache::HandOff(Entry& entry, Stream stream) noexcept {
   if (entry.stream != stream) {
-    GPUALLOC_RETURN_IF_ERROR(OrderAfter(transfers_.backend(), entry.stream, stream));
+    GPUALLOC_RETURN_IF_ERROR(events_.Order(entry.stream, stream));
   }
   for (Stream s : entry.others) {
-    if (s != stream) GPUALLOC_RETURN_IF_ERROR(OrderAfter(transfers_.backend(), s, stream));
+    if (s != stream) GPUALLOC_RETURN_IF_ERROR(events_.Order(s, stream));
   }
   // Everything queued on the old streams now comes before `stream`'s work:
   // freeing it on `stream` later is ordered after all of it.
@@ -236,7 +240,7 @@ absl::Status KeyedBufferCache::Free(std::unique_ptr<Entry> entry) noexcept {
   // The other streams' work comes before the free on the buffer's stream:
   // ordered on the device, or waited for on the host when it cannot be.
   for (Stream s : entry->others) {
-    absl::Status ordered = OrderAfter(transfers_.backend(), s, entry->stream);
+    absl::Status ordered = events_.Order(s, entry->stream);
     if (!ordered.ok()) {
       ordered = CallAtBoundary("stream synchronize",
                                [&] { return transfers_.backend()->SynchronizeStream(s); });

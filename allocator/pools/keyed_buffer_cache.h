@@ -52,6 +52,7 @@
 #include "allocator/buffer/host_buffers.h"
 #include "allocator/common/mutex.h"
 #include "allocator/host/pinned_host_allocator.h"
+#include "allocator/transfer/event_pool.h"
 #include "allocator/transfer/transfers.h"
 
 namespace gpualloc {
@@ -218,6 +219,7 @@ class KeyedBufferCache : public std::enable_shared_from_this<KeyedBufferCache> {
   const std::shared_ptr<PinnedHostAllocator> pinned_;
   const KeyedCacheOptions options_;
   const Transfers transfers_;  // over the pinned allocator's backend
+  EventPool events_;           // the events that order handoffs between streams
   mutable Mutex mu_;
   absl::flat_hash_map<BufferKey, std::vector<std::unique_ptr<Entry>>> idle_ ABSL_GUARDED_BY(mu_);
   KeyedCacheStats stats_ ABSL_GUARDED_BY(mu_);

@@ -122,9 +122,18 @@ StagingBufferPool::StagingBufferPool(std::shared_ptr<PinnedHostAllocator> pinned
       owner_(owner),
       options_(options),
       // The pinned allocator's backend, kept alive by the allocator itself.
-      transfers_(std::shared_ptr<Backend>(pinned, &pinned->backend())) {}
+      transfers_(std::shared_ptr<Backend>(pinned, &pinned->backend())),
+      events_(transfers_.backend(), owner) {}
 
-StagingBufferPool::~StagingBufferPool() { Trim().IgnoreError(); }
+StagingBufferPool::~StagingBufferPool() {
+  Trim().IgnoreError();
+  std::vector<Idle> retained;
+  {
+    MutexLock lock(mu_);
+    retained.swap(retained_);
+  }
+  for (Idle& i : retained) GiveUp(std::move(i));
+}
 
 absl::StatusOr<StagingBuffer> StagingBufferPool::Acquire(std::size_t bytes) {
   return CallAtBoundary("staging pool: acquire", [&] { return AcquireImpl(bytes); });
@@ -165,16 +174,7 @@ std::optional<PinnedBuffer> StagingBufferPool::TakeIdle(std::size_t bytes) {
   for (Idle& idle : idle_) {
     if (idle.buffer.size() < bytes) continue;
     if (best != nullptr && best->buffer.size() <= idle.buffer.size()) continue;
-    // Done only once every event recorded at its return has completed; a
-    // failed query proves nothing, so the buffer waits like a busy one.
-    bool done = true;
-    for (const Completion& c : idle.pending) {
-      absl::StatusOr<bool> finished = c.Done();
-      if (!finished.ok() || !*finished) {
-        done = false;
-        break;
-      }
-    }
+    const bool done = WorkDone(idle);
     if (!done) {
       ++stats_.busy_skips;
       continue;
@@ -182,6 +182,7 @@ std::optional<PinnedBuffer> StagingBufferPool::TakeIdle(std::size_t bytes) {
     best = &idle;
   }
   if (best == nullptr) return std::nullopt;
+  RecycleEvents(*best);
   PinnedBuffer out = std::move(best->buffer);
   stats_.idle_bytes -= out.size();
   *best = std::move(idle_.back());  // order does not matter: eviction goes by returned_at
@@ -190,40 +191,66 @@ std::optional<PinnedBuffer> StagingBufferPool::TakeIdle(std::size_t bytes) {
   return out;
 }
 
+bool StagingBufferPool::WorkDone(const Idle& idle) const {
+  for (const Pending& p : idle.pending) {
+    absl::StatusOr<bool> done =
+        CallAtBoundary("event query", [&] { return events_.backend().QueryEvent(p.event); });
+    if (!done.ok() || !*done) return false;
+  }
+  return true;
+}
+
+void StagingBufferPool::RecycleEvents(Idle& idle) noexcept {
+  for (const Pending& p : idle.pending) events_.Recycle(p.event);
+  idle.pending.clear();
+}
+
 absl::Status StagingBufferPool::Return(PinnedBuffer buffer,
                                        const std::vector<Stream>& streams) noexcept {
-  std::vector<Completion> pending;
+  Idle back{std::move(buffer), {}, {}, 0};
   absl::Status recorded = CallAtBoundary("staging pool: record the buffer's streams", [&] {
-    pending.reserve(streams.size());
+    back.pending.reserve(streams.size());
     for (Stream s : streams) {
-      GPUALLOC_ASSIGN_OR_RETURN(Completion c, Completion::Record(backend(), s));
-      pending.push_back(std::move(c));
+      GPUALLOC_ASSIGN_OR_RETURN(Event e, events_.Acquire());
+      absl::Status st = CallAtBoundary("event record", [&] { return backend()->RecordEvent(e, s); });
+      if (!st.ok()) {
+        events_.Recycle(e);
+        return st;
+      }
+      back.pending.push_back(Pending{e, s});  // room reserved
     }
     return absl::OkStatus();
   });
+  absl::Status st = absl::OkStatus();
   if (!recorded.ok()) {
     // No events: wait for the streams on the host instead, so the buffer is
     // idle for sure when it is kept.
-    pending.clear();
-    absl::Status synced = absl::OkStatus();
-    for (Stream s : streams) {
-      synced = CallAtBoundary("stream synchronize", [&] { return backend()->SynchronizeStream(s); });
-      if (!synced.ok()) break;
-    }
+    RecycleEvents(back);
     {
       MutexLock lock(mu_);
       ++stats_.host_waits;
     }
-    if (!synced.ok()) {
-      // Its work cannot be shown done: the pinned allocator orders its reuse
-      // after those streams itself, or reports that it cannot.
-      for (Stream s : streams) buffer.RecordStream(s).IgnoreError();
-      {
-        MutexLock lock(mu_);
-        --stats_.in_use;
+    for (Stream s : streams) {
+      absl::Status synced =
+          CallAtBoundary("stream synchronize", [&] { return backend()->SynchronizeStream(s); });
+      if (!synced.ok()) {
+        // Its work cannot be shown done: kept out of use, retried by Trim.
+        {
+          MutexLock lock(mu_);
+          --stats_.in_use;
+        }
+        absl::Status copied = CallAtBoundary("staging pool: keep the buffer's streams", [&] {
+          back.unsynced = streams;
+          return absl::OkStatus();
+        });
+        if (copied.ok()) {
+          Retain(std::move(back));
+        } else {
+          for (Stream u : streams) back.buffer.RecordStream(u).IgnoreError();
+          GiveUp(std::move(back));
+        }
+        return synced;
       }
-      absl::Status released = Release(std::move(buffer), {});
-      return released.ok() ? synced : released;
     }
   }
   std::optional<Idle> evicted;
@@ -240,41 +267,72 @@ absl::Status StagingBufferPool::Return(PinnedBuffer buffer,
         *oldest = std::move(idle_.back());
         idle_.pop_back();
       }
-      stats_.idle_bytes += buffer.size();
-      idle_.push_back(Idle{std::move(buffer), std::move(pending), ++tick_});  // capacity reserved
+      stats_.idle_bytes += back.buffer.size();
+      back.returned_at = ++tick_;
+      idle_.push_back(std::move(back));  // capacity reserved
       stats_.idle_buffers = idle_.size();
     }
   }
   // Outside the lock: waits, and the pinned allocator may call the runtime.
-  absl::Status st = absl::OkStatus();
-  if (evicted) st = Release(std::move(evicted->buffer), evicted->pending);
-  if (buffer.data() != nullptr) {  // not kept: max_buffers is 0
-    absl::Status released = Release(std::move(buffer), pending);
+  if (evicted) st = Release(std::move(*evicted));
+  if (back.buffer.data() != nullptr) {  // not kept: max_buffers is 0
+    absl::Status released = Release(std::move(back));
     if (st.ok()) st = released;
   }
   return st;
 }
 
-absl::Status StagingBufferPool::Release(PinnedBuffer buffer,
-                                        const std::vector<Completion>& pending) noexcept {
+absl::Status StagingBufferPool::WaitFor(const Idle& idle) noexcept {
+  for (const Pending& p : idle.pending) {
+    GPUALLOC_RETURN_IF_ERROR(CallAtBoundary(
+        "event synchronize", [&] { return events_.backend().SynchronizeEvent(p.event); }));
+  }
+  for (Stream s : idle.unsynced) {
+    GPUALLOC_RETURN_IF_ERROR(
+        CallAtBoundary("stream synchronize", [&] { return backend()->SynchronizeStream(s); }));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status StagingBufferPool::Release(Idle idle) noexcept {
   // The pinned allocator knows nothing of the buffer's streams (they may be
   // destroyed by now): its work must be done before it goes back.
-  absl::Status waited = absl::OkStatus();
-  for (const Completion& c : pending) {
-    absl::Status w = c.Wait();
-    if (!w.ok() && waited.ok()) waited = w;
+  if (absl::Status waited = WaitFor(idle); !waited.ok()) {
+    Retain(std::move(idle));
+    return waited;
   }
-  if (!waited.ok()) {
-    for (const Completion& c : pending) buffer.RecordStream(c.stream()).IgnoreError();
-  }
-  absl::Status st = buffer.Reset();  // reports its own failure
+  RecycleEvents(idle);
+  absl::Status st = idle.buffer.Reset();  // work done: only the runtime can refuse, and the
+                                          // pinned allocator keeps and retries what it refuses
   MutexLock lock(mu_);
   ++stats_.releases;
-  return waited.ok() ? st : waited;
+  return st;
+}
+
+void StagingBufferPool::Retain(Idle idle) noexcept {
+  const std::size_t bytes = idle.buffer.size();
+  absl::Status kept = CallAtBoundary("staging pool: retain a buffer", [&] {
+    MutexLock lock(mu_);
+    retained_.push_back(std::move(idle));  // strong guarantee: on a throw `idle` is intact
+    ++stats_.retained_buffers;
+    stats_.retained_bytes += bytes;
+    return absl::OkStatus();
+  });
+  if (!kept.ok()) GiveUp(std::move(idle));
+}
+
+void StagingBufferPool::GiveUp(Idle idle) noexcept {
+  // The pinned allocator orders the release after the buffer's streams
+  // itself, or reports that it cannot; nothing is lost silently.
+  for (const Pending& p : idle.pending) idle.buffer.RecordStream(p.stream).IgnoreError();
+  for (Stream s : idle.unsynced) idle.buffer.RecordStream(s).IgnoreError();
+  RecycleEvents(idle);  // nothing waits on them: re-recording them later is harmless
+  idle.buffer.Reset().IgnoreError();  // reports its own failure
 }
 
 absl::Status StagingBufferPool::Trim() {
   std::vector<Idle> idle;
+  std::vector<Idle> retained;
   GPUALLOC_RETURN_IF_ERROR(CallAtBoundary("staging pool: trim", [&] {
     idle.reserve(options_.max_buffers);  // the most there can be
     return absl::OkStatus();
@@ -283,13 +341,18 @@ absl::Status StagingBufferPool::Trim() {
     MutexLock lock(mu_);
     for (Idle& i : idle_) idle.push_back(std::move(i));
     idle_.clear();
+    retained.swap(retained_);
     stats_.idle_buffers = 0;
     stats_.idle_bytes = 0;
+    stats_.retained_buffers = 0;
+    stats_.retained_bytes = 0;
   }
   absl::Status st = absl::OkStatus();
-  for (Idle& i : idle) {
-    absl::Status released = Release(std::move(i.buffer), i.pending);
-    if (st.ok()) st = released;
+  for (std::vector<Idle>* list : {&idle, &retained}) {
+    for (Idle& i : *list) {
+      absl::Status released = Release(std::move(i));  // retained again if it still fails
+      if (st.ok()) st = released;
+    }
   }
   return st;
 }

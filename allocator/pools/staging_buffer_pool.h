@@ -25,6 +25,8 @@
 //    (eviction, Trim, destruction) only after its events have completed:
 //    the pinned allocator never hears of the pool's streams, so a stream
 //    may be destroyed once its work is done, with its buffers still pooled.
+//    A buffer whose work cannot be shown done (a wait fails: the device is
+//    failing) is retained, out of use, and released by a later Trim.
 //  - Bounded: at most `max_buffers` idle buffers. A buffer that comes back
 //    to a full pool evicts the least recently returned idle one, which goes
 //    back to the pinned allocator. Buffers in use are not limited: Acquire
@@ -52,6 +54,7 @@
 #include "allocator/buffer/host_buffers.h"
 #include "allocator/common/mutex.h"
 #include "allocator/host/pinned_host_allocator.h"
+#include "allocator/transfer/event_pool.h"
 #include "allocator/transfer/transfers.h"
 
 namespace gpualloc {
@@ -72,6 +75,10 @@ struct StagingPoolStats {
   std::uint64_t busy_skips = 0;  // idle buffers passed over: device work on them not done
   std::uint64_t releases = 0;    // buffers given back to the pinned allocator
   std::uint64_t host_waits = 0;  // returns whose events could not be recorded
+  // Buffers whose work could not be shown done (the device failing): kept out
+  // of use, never reused, released by a later Trim once it can be.
+  std::size_t retained_buffers = 0;
+  std::size_t retained_bytes = 0;
   std::size_t idle_buffers = 0;
   std::size_t idle_bytes = 0;
   std::size_t in_use = 0;        // buffers handed out and not yet back
@@ -153,9 +160,15 @@ class StagingBufferPool : public std::enable_shared_from_this<StagingBufferPool>
 
  private:
   friend class StagingBuffer;
+  // An event recorded on a stream that used a buffer, when it came back.
+  struct Pending {
+    Event event;
+    Stream stream;
+  };
   struct Idle {
     PinnedBuffer buffer;
-    std::vector<Completion> pending;  // device work on it when it came back
+    std::vector<Pending> pending;     // one per stream that used it
+    std::vector<Stream> unsynced;     // streams to wait for on the host (no event recorded)
     std::uint64_t returned_at = 0;    // for least-recently-returned eviction
   };
   StagingBufferPool(std::shared_ptr<PinnedHostAllocator> pinned, DeviceIndex owner,
@@ -164,21 +177,33 @@ class StagingBufferPool : public std::enable_shared_from_this<StagingBufferPool>
   absl::StatusOr<StagingBuffer> AcquireImpl(std::size_t bytes);
   // Takes the smallest idle buffer of at least `bytes` whose work is done.
   std::optional<PinnedBuffer> TakeIdle(std::size_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether every event of `idle` has completed (a failed query: not yet).
+  bool WorkDone(const Idle& idle) const;
+  void RecycleEvents(Idle& idle) noexcept;
   // A buffer back from use on `streams`. Never throws.
   absl::Status Return(PinnedBuffer buffer, const std::vector<Stream>& streams) noexcept
       ABSL_LOCKS_EXCLUDED(mu_);
-  // Gives `buffer` back to the pinned allocator once `pending` completed (a
-  // host wait); counts it. Never throws.
-  absl::Status Release(PinnedBuffer buffer, const std::vector<Completion>& pending) noexcept
-      ABSL_LOCKS_EXCLUDED(mu_);
+  // Waits on the host until the work on `idle` is done.
+  absl::Status WaitFor(const Idle& idle) noexcept;
+  // Gives `idle` back to the pinned allocator once its work is done, or
+  // retains it if that cannot be shown. Never throws.
+  absl::Status Release(Idle idle) noexcept ABSL_LOCKS_EXCLUDED(mu_);
+  void Retain(Idle idle) noexcept ABSL_LOCKS_EXCLUDED(mu_);
+  // The last resort (destruction, no memory to retain it): frees `idle`
+  // through the pinned allocator with its streams recorded there.
+  void GiveUp(Idle idle) noexcept;
   const std::shared_ptr<Backend>& backend() const { return transfers_.backend(); }
 
   const std::shared_ptr<PinnedHostAllocator> pinned_;
   const DeviceIndex owner_;
   const StagingPoolOptions options_;
   const Transfers transfers_;  // over the pinned allocator's backend
+  mutable EventPool events_;  // the events recorded when buffers come back
   mutable Mutex mu_;
   std::vector<Idle> idle_ ABSL_GUARDED_BY(mu_);  // capacity max_buffers: never reallocates
+  // Buffers whose work could not be shown done (a failing device): out of
+  // use, retried by Trim.
+  std::vector<Idle> retained_ ABSL_GUARDED_BY(mu_);
   std::uint64_t tick_ ABSL_GUARDED_BY(mu_) = 0;
   StagingPoolStats stats_ ABSL_GUARDED_BY(mu_);
 };

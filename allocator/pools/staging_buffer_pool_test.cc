@@ -30,6 +30,10 @@ struct Env {
     pinned = std::make_shared<PinnedHostAllocator>(faulty, p);
     cache = CachingAllocator::Create(sim, 0, {}).value();
   }
+  void ExpectNothingRaced() {
+    absl::Status st = sim->CheckStreamOrder();
+    EXPECT_TRUE(st.ok()) << st;
+  }
   std::shared_ptr<StagingBufferPool> Pool(StagingPoolOptions o = {}) {
     return StagingBufferPool::Create(pinned, 0, o).value();
   }
@@ -230,6 +234,44 @@ TEST(StagingBufferPool, ABufferLeavesThePoolOnlyOnceItsCopyIsDone) {
   // Destroyed with a buffer still pooled: the pool's own events outlive it.
   ASSERT_TRUE(env.sim->DestroyStream(s).ok());
   ASSERT_TRUE(pool->Trim().ok());
+}
+
+// Bug: when the wait for an evicted buffer's copy failed (a failing device),
+// the buffer went back to the pinned allocator anyway, or was dropped.
+TEST(StagingBufferPool, ABufferWhoseCopyCannotBeWaitedForIsRetainedUntilATrimCan) {
+  Env env(SimOptions::WithDevices(2, 64 << 20), PinnedHostOptions{});
+  StagingPoolOptions o;
+  o.max_buffers = 1;
+  auto pool = env.Pool(o);
+  const Stream s = env.sim->CreateStream(0).value();
+  constexpr std::size_t n = 64 * 1024;
+  DeviceBuffer dev = DeviceBuffer::Create(env.cache, n, s).value();
+  StagingBuffer a = pool->Acquire(n).value();
+  StagingBuffer b = pool->Acquire(n).value();
+  void* retained = a.data();
+  ASSERT_TRUE(env.sim->LaunchKernel(s, {{dev.data(), n, AccessMode::kWrite, 0}}, 2'000'000).ok());
+  ASSERT_TRUE(a.ReadBack(Span(dev), 0, n, s).ok());
+  ASSERT_TRUE(a.Reset().ok());
+  env.faulty->AddRule(
+      FaultRule::EveryNth(BackendOp::kEventSynchronize, 1, FaultAction::kReturnError));
+  EXPECT_FALSE(b.Reset().ok()) << "evicting `a` needs a wait that fails";
+  StagingPoolStats st = pool->stats();
+  EXPECT_EQ(st.retained_buffers, 1u);
+  EXPECT_EQ(st.retained_bytes, n);
+  EXPECT_EQ(st.releases, 0u);
+  EXPECT_EQ(env.pinned->stats().live_bytes, 2 * n) << "still the pool's, not the allocator's";
+  // Never handed out while retained.
+  StagingBuffer c = pool->Acquire(n).value();
+  EXPECT_NE(c.data(), retained);
+  c.Reset().IgnoreError();
+  env.faulty->ClearRules();
+  ASSERT_TRUE(pool->Trim().ok());
+  st = pool->stats();
+  EXPECT_EQ(st.retained_buffers, 0u);
+  EXPECT_EQ(env.pinned->stats().live_bytes, 0u);
+  env.ExpectNothingRaced();
+  dev.Reset().IgnoreError();
+  ASSERT_TRUE(env.sim->DestroyStream(s).ok());
 }
 
 TEST(StagingBufferPool, OutOfPinnedMemoryGivesBackIdleBuffersAndTriesAgain) {

@@ -6,6 +6,7 @@
 #include "allocator/backend/failpoints/failpoint_backend.h"
 #include "allocator/backend/sim/sim_backend.h"
 #include "allocator/caching/caching_allocator.h"
+#include "allocator/transfer/event_pool.h"
 #include "allocator/transfer/staging_pipeline.h"
 #include "allocator/transfer/transfers.h"
 #include "gtest/gtest.h"
@@ -196,6 +197,58 @@ TEST(StagingPipeline, StreamsBatchesToTheHostWhileTheNextOnesCompute) {
   input.Reset().IgnoreError();
   big.Reset().IgnoreError();
   ASSERT_TRUE(env.sim->DestroyStream(compute).ok());
+}
+
+}  // namespace
+}  // namespace gpualloc
+
+namespace gpualloc {
+namespace {
+
+TEST(EventPool, ReusesItsEventsAndDestroysThemOnlyWithThePool) {
+  auto sim = std::make_shared<SimBackend>(SimOptions::WithDevices(1, 64 << 20));
+  {
+    EventPool events(sim, 0);
+    Event a = events.Acquire().value();
+    events.Recycle(a);
+    EXPECT_EQ(events.spares(), 1u);
+    Event b = events.Acquire().value();
+    EXPECT_EQ(b.handle, a.handle);
+    Event c = events.Acquire().value();
+    EXPECT_NE(c.handle, a.handle);
+    events.Recycle(b);
+    events.Recycle(c);
+    EXPECT_EQ(sim->Accounting().calls_to(BackendOp::kEventCreate), 2u);
+    EXPECT_EQ(sim->Accounting().calls_to(BackendOp::kEventDestroy), 0u);
+  }
+  EXPECT_EQ(sim->Accounting().calls_to(BackendOp::kEventDestroy), 2u);
+  EXPECT_TRUE(sim->Accounting().AllReleased()) << sim->Accounting().Describe();
+}
+
+// Bug: Order recycled the event before the stream wait, or waited on the
+// wrong stream: the second stream's kernel raced the first one's.
+TEST(EventPool, OrderMakesTheSecondStreamWaitForTheFirstOnTheDevice) {
+  auto sim = std::make_shared<SimBackend>(SimOptions::WithDevices(1, 64 << 20));
+  const Stream s1 = sim->CreateStream(0).value();
+  const Stream s2 = sim->CreateStream(0).value();
+  void* p = sim->Malloc(0, 4096).value();
+  {
+    EventPool events(sim, 0);
+    for (int i = 0; i < 3; ++i) {  // one event, recorded again each time
+      const Stream from = i % 2 == 0 ? s1 : s2;
+      const Stream to = i % 2 == 0 ? s2 : s1;
+      ASSERT_TRUE(sim->LaunchKernel(from, {{p, 4096, AccessMode::kWrite, 0}}, 1'000'000).ok());
+      ASSERT_TRUE(events.Order(from, to).ok());
+      ASSERT_TRUE(sim->LaunchKernel(to, {{p, 4096, AccessMode::kWrite, 0}}, 1'000).ok());
+    }
+    EXPECT_EQ(sim->Accounting().calls_to(BackendOp::kEventCreate), 1u);
+    absl::Status st = sim->CheckStreamOrder();
+    EXPECT_TRUE(st.ok()) << st;
+    ASSERT_TRUE(sim->DeviceSynchronize(0).ok());
+  }
+  ASSERT_TRUE(sim->Free(0, p).ok());
+  ASSERT_TRUE(sim->DestroyStream(s1).ok());
+  ASSERT_TRUE(sim->DestroyStream(s2).ok());
 }
 
 }  // namespace

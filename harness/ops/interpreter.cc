@@ -54,6 +54,16 @@ OpInterpreter::OpInterpreter(InterpreterOptions options)
   pinned.cache_limit_bytes = 2 << 20;
   pinned.max_pending_per_owner = 4;
   pinned_ = std::make_unique<PinnedHostAllocator>(faulty_, pinned);
+  staging_pinned_ = std::make_shared<PinnedHostAllocator>(faulty_, pinned);
+  StagingPoolOptions staging;
+  staging.max_buffers = 4;
+  staging_ = StagingBufferPool::Create(staging_pinned_, 0, staging).value();
+  keyed_memory_ = CachingAllocator::Create(faulty_, 0, options_.caching).value();
+  keyed_pinned_ = std::make_shared<PinnedHostAllocator>(faulty_, pinned);
+  KeyedCacheOptions keyed;
+  keyed.max_per_key = 2;
+  keyed.max_idle_buffers = 8;
+  keyed_ = KeyedBufferCache::Create(keyed_memory_, keyed_pinned_, keyed).value();
   streams_.push_back(Stream::Default(0));
   for (int i = 1; i < options_.streams; ++i) streams_.push_back(device_->CreateStream(0).value());
   if (!sim_) {
@@ -114,6 +124,31 @@ absl::Status OpInterpreter::Check() {
         "pinned model disagrees: %d bytes live, the pinned allocator reports %d", pinned_bytes,
         pinned_->stats().live_bytes));
   }
+  // Between ops no pool buffer is in use: the pools' memory is what they keep idle.
+  const StagingPoolStats staging = staging_->stats();
+  if (staging.in_use != 0 ||
+      staging_pinned_->stats().live_bytes != staging.idle_bytes + staging.retained_bytes ||
+      staging.idle_buffers > 4 || staging.acquires != staging.hits + staging.misses) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "staging pool disagrees: %d in use, %d idle buffers of %d bytes, %d retained of %d "
+        "bytes, %d pinned bytes live, %d acquires = %d hits + %d misses",
+        staging.in_use, staging.idle_buffers, staging.idle_bytes, staging.retained_buffers,
+        staging.retained_bytes,
+        staging_pinned_->stats().live_bytes, staging.acquires, staging.hits, staging.misses));
+  }
+  const KeyedCacheStats keyed = keyed_->stats();
+  const MemoryStats keyed_memory = keyed_memory_->stats();
+  if (keyed.in_use != 0 || keyed.idle_buffers > 8 ||
+      keyed_memory.active_blocks.current != static_cast<std::int64_t>(keyed.idle_buffers) ||
+      keyed_memory.requested_bytes.current != static_cast<std::int64_t>(keyed.idle_bytes) ||
+      keyed_pinned_->stats().live_bytes > keyed.idle_buffers * (64 * 4 + kPinnedBlockAlignment)) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "keyed buffer cache disagrees: %d in use, %d idle buffers of %d bytes; its allocator has "
+        "%d live of %d bytes, its result slots %d pinned bytes",
+        keyed.in_use, keyed.idle_buffers, keyed.idle_bytes, keyed_memory.active_blocks.current,
+        keyed_memory.requested_bytes.current, keyed_pinned_->stats().live_bytes));
+  }
+  GPUALLOC_RETURN_IF_ERROR(CheckSnapshot(keyed_memory_->Snapshot()));
   // Over the limit is allowed only while live allocations hold it there: no
   // wholly free segment may stay cached then. (A release the backend refused
   // under an injected fault suspends this until the next fault-free
@@ -388,6 +423,67 @@ absl::Status OpInterpreter::Apply(const Op& op) {
       if (result.ok()) p.used_on = on;
       break;
     }
+    case OpKind::kStagingReadback: {
+      if (live_.empty()) break;
+      const Live& l = live_[op.a % live_.size()];
+      const std::size_t cookie = std::min(kCookieBytes, l.allocation.bytes);
+      const std::size_t n = std::min<std::size_t>(
+          l.allocation.bytes, std::max<std::size_t>(cookie, (op.b % 64) * 4096));
+      const Stream on = l.allocation.stream;  // after every write to it (others join back)
+      absl::StatusOr<StagingBuffer> buf = staging_->Acquire(n);
+      if (!buf.ok()) {
+        if (!ExpectedFailure(buf.status())) result = buf.status();
+        break;
+      }
+      const DeviceSpan from{l.allocation.ptr, l.allocation.bytes, l.allocation.device()};
+      absl::StatusOr<Completion> copied = buf->ReadBack(from, 0, n, on);
+      if (!copied.ok()) {
+        if (!ExpectedFailure(copied.status())) result = copied.status();
+        break;
+      }
+      if ((op.a >> 12) % 2 == 1) break;  // back to the pool with the copy queued
+      result = copied->Wait();
+      std::vector<unsigned char> seen(cookie);
+      if (result.ok()) result = buf->HostRead(0, seen.data(), cookie);
+      if (result.ok()) result = CheckCookieBytes(l.allocation, l.cookie, seen.data(), cookie);
+      if (!result.ok() && ExpectedFailure(result)) result = absl::OkStatus();
+      break;
+    }
+    case OpKind::kKeyedReduce: {
+      const std::size_t count = op.a % 64 + 1;
+      const std::uint32_t purpose = (op.a >> 6) % 2;
+      const Stream on = StreamAt(op.b);
+      absl::StatusOr<KeyedBuffer<std::uint32_t>> b =
+          keyed_->Acquire<std::uint32_t>(count, purpose, on);
+      if (!b.ok()) {
+        if (!ExpectedFailure(b.status())) result = b.status();
+        break;
+      }
+      result = b->Zero();
+      if (result.ok()) {
+        result = Work(on, b->data(), count * sizeof(std::uint32_t), AccessMode::kWrite, kWorkNs,
+                      "reduce");
+      }
+      if (result.ok() && (op.a >> 12) % 2 == 0) {
+        // The result lands in the last slot after the kernel, in stream order.
+        const std::uint32_t value = static_cast<std::uint32_t>(next_cookie_++);
+        Transfers transfers(device_);
+        absl::StatusOr<Completion> written = transfers.ToDevice(
+            b->span(), (count - 1) * sizeof(value), &value, sizeof(value), on);
+        result = written.ok() ? written->Wait() : written.status();
+        absl::StatusOr<std::uint32_t> seen =
+            result.ok() ? b->ReadResult(count - 1) : absl::StatusOr<std::uint32_t>(result);
+        if (!seen.ok()) {
+          result = seen.status();
+        } else if (*seen != value) {
+          result = absl::FailedPreconditionError(absl::StrFormat(
+              "keyed buffer result slot %d read %#x, the device was given %#x", count - 1, *seen,
+              value));
+        }
+      }
+      if (!result.ok() && ExpectedFailure(result)) result = absl::OkStatus();
+      break;  // back to the cache, its kernel maybe still in flight
+    }
     case OpKind::kCount:
       break;
   }
@@ -420,6 +516,15 @@ absl::Status OpInterpreter::Finish() {
   }
   pinned_live_.clear();
   if (result.ok()) result = Check();
+  // The pools give their buffers back (after their copies and kernels).
+  if (absl::Status st = staging_->Trim(); !st.ok() && result.ok()) result = st;
+  if (absl::Status st = keyed_->Trim(); !st.ok() && result.ok()) result = st;
+  staging_.reset();
+  keyed_.reset();
+  if (absl::Status st = keyed_memory_->EmptyCache(); !st.ok() && result.ok()) result = st;
+  keyed_memory_.reset();
+  staging_pinned_.reset();
+  keyed_pinned_.reset();
   pinned_.reset();  // releases every queued and cached block
   top_.reset();     // a pool or arena gives its slabs and chunks back to the cache
   if (absl::Status st = cache_->EmptyCache(); !st.ok() && result.ok()) result = st;

@@ -9,8 +9,9 @@
 // its allocation stream's order, used on other streams after an event and a
 // stream wait (then RecordStream, or an event back), freed with kernels still
 // queued, pinned blocks used as async copy sources and destinations and freed
-// while the copies are in flight. The sim's stream-order checker's verdict is
-// part of every Check().
+// while the copies are in flight, staging buffers and keyed buffers returned
+// to their pools with copies and kernels in flight and handed to other
+// streams. The sim's stream-order checker's verdict is part of every Check().
 //
 // Expected failures (out of memory, an injected fault surfacing, a limit
 // refusing) are not violations: the model simply records no change, and the
@@ -29,6 +30,8 @@
 #include "allocator/backend/sim/sim_backend.h"
 #include "allocator/caching/caching_allocator.h"
 #include "allocator/host/pinned_host_allocator.h"
+#include "allocator/pools/keyed_buffer_cache.h"
+#include "allocator/pools/staging_buffer_pool.h"
 #include "harness/invariants/device_reads.h"
 #include "harness/invariants/invariants.h"
 #include "harness/ops/ops.h"
@@ -110,6 +113,13 @@ class OpInterpreter {
   std::shared_ptr<CachingAllocator> cache_;
   std::shared_ptr<MemoryResource> top_;  // what allocations go through
   std::unique_ptr<PinnedHostAllocator> pinned_;
+  // The pools, each over allocators of its own, so the models of the cache
+  // and of pinned_ stay exact; their own memory is checked against them.
+  std::shared_ptr<PinnedHostAllocator> staging_pinned_;
+  std::shared_ptr<StagingBufferPool> staging_;
+  std::shared_ptr<CachingAllocator> keyed_memory_;
+  std::shared_ptr<PinnedHostAllocator> keyed_pinned_;
+  std::shared_ptr<KeyedBufferCache> keyed_;
   std::vector<LivePinned> pinned_live_;
   std::vector<Stream> streams_;
   std::vector<Live> live_;

@@ -36,6 +36,13 @@ enum class OpKind : std::uint8_t {
   kHostSync,           // the host waits for the whole device
   kPinnedCopy,         // a: live pinned index, b: live index (bit 12: device to host):
                        // an async copy between them, the pinned block recorded on it
+  // The pools (allocator/pools):
+  kStagingReadback,    // a: live index (bit 12: return the staging buffer with the copy
+                       // in flight, unchecked), b: how much to read (x 4 KiB, at least the
+                       // cookie): a readback through the staging pool, the cookie checked
+  kKeyedReduce,        // a: element count - 1 (mod 64; bit 6: the purpose; bit 12: return
+                       // with the kernel in flight), b: stream index: a keyed buffer
+                       // zeroed, written by a kernel and a copy, its result slot checked
   kCount,
 };
 
