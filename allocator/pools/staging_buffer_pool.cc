@@ -68,18 +68,22 @@ absl::Status StagingBuffer::CheckRange(const char* what, std::size_t offset, std
 }
 
 absl::StatusOr<Completion> StagingBuffer::ReadBack(DeviceSpan src, std::size_t src_offset,
-                                                   std::size_t bytes, Stream stream) {
-  GPUALLOC_RETURN_IF_ERROR(CheckRange("StagingBuffer::ReadBack", 0, bytes));
+                                                   std::size_t bytes, Stream stream,
+                                                   std::size_t offset) {
+  GPUALLOC_RETURN_IF_ERROR(CheckRange("StagingBuffer::ReadBack", offset, bytes));
   // Recorded first: if the copy is enqueued, the pool knows of it.
   GPUALLOC_RETURN_IF_ERROR(RecordStream(stream));
-  return pool_->transfers_.ToHost(data(), src, src_offset, bytes, stream);
+  return pool_->transfers_.ToHost(static_cast<char*>(data()) + offset, src, src_offset, bytes,
+                                  stream);
 }
 
 absl::StatusOr<Completion> StagingBuffer::Upload(DeviceSpan dst, std::size_t dst_offset,
-                                                 std::size_t bytes, Stream stream) {
-  GPUALLOC_RETURN_IF_ERROR(CheckRange("StagingBuffer::Upload", 0, bytes));
+                                                 std::size_t bytes, Stream stream,
+                                                 std::size_t offset) {
+  GPUALLOC_RETURN_IF_ERROR(CheckRange("StagingBuffer::Upload", offset, bytes));
   GPUALLOC_RETURN_IF_ERROR(RecordStream(stream));
-  return pool_->transfers_.ToDevice(dst, dst_offset, data(), bytes, stream);
+  return pool_->transfers_.ToDevice(dst, dst_offset, static_cast<char*>(data()) + offset, bytes,
+                                    stream);
 }
 
 absl::Status StagingBuffer::HostWrite(std::size_t offset, const void* src, std::size_t n) const {

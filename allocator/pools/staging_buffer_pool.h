@@ -112,15 +112,15 @@ class StagingBuffer {
   // it): the pool will not reuse it before that work completes.
   // InvalidArgument for a stream of another device than owner().
   absl::Status RecordStream(Stream stream);
-  // Enqueues a copy of `bytes` of `src` (from `src_offset`) into the start of
-  // the buffer on `stream`, and records the stream. OutOfRange if `bytes`
-  // exceeds size(), or the source range its buffer.
+  // Enqueues a copy of `bytes` of `src` (from `src_offset`) into the buffer
+  // at `offset` on `stream`, and records the stream. OutOfRange if the range
+  // passes size(); InvalidArgument if the source range passes its buffer.
   absl::StatusOr<Completion> ReadBack(DeviceSpan src, std::size_t src_offset, std::size_t bytes,
-                                      Stream stream);
-  // Enqueues a copy of the buffer's first `bytes` into `dst` (from
+                                      Stream stream, std::size_t offset = 0);
+  // Enqueues a copy of the buffer's [offset, offset+bytes) into `dst` (from
   // `dst_offset`) on `stream`, and records the stream.
   absl::StatusOr<Completion> Upload(DeviceSpan dst, std::size_t dst_offset, std::size_t bytes,
-                                    Stream stream);
+                                    Stream stream, std::size_t offset = 0);
   // Host access to [offset, offset+n) of the first size() bytes, announced
   // to the backend like PinnedBuffer's. Wait for the copies first.
   absl::Status HostWrite(std::size_t offset, const void* src, std::size_t n) const;

@@ -121,6 +121,15 @@ TEST(StagingBufferPool, ReadBackAndUploadRoundTripThroughTheBuffer) {
   std::vector<unsigned char> out(n);
   ASSERT_TRUE(down.HostRead(0, out.data(), n).ok());
   EXPECT_EQ(out, in);
+  // At an offset in the buffer: the second half of the device buffer lands
+  // at the start, the first half after it.
+  ASSERT_TRUE(down.ReadBack(Span(dev), n / 2, n / 2, s).ok());
+  ASSERT_TRUE(down.ReadBack(Span(dev), 0, n / 2, s, n / 2).value().Wait().ok());
+  ASSERT_TRUE(down.HostRead(0, out.data(), n).ok());
+  EXPECT_TRUE(std::equal(out.begin(), out.begin() + n / 2, in.begin() + n / 2));
+  EXPECT_TRUE(std::equal(out.begin() + n / 2, out.end(), in.begin()));
+  EXPECT_EQ(down.ReadBack(Span(dev), 0, 2, s, n - 1).status().code(),
+            absl::StatusCode::kOutOfRange);
   absl::Status order = env.sim->CheckStreamOrder();
   EXPECT_TRUE(order.ok()) << order;
   down.Reset().IgnoreError();

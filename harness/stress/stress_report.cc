@@ -76,6 +76,12 @@ std::string ReportText(const StressReport& r) {
                         "changes racing queued work, %d pinned staging blocks freed with copies "
                         "in flight\n",
                         r.used_elsewhere, r.limit_changes, r.pinned.stream_waits);
+  absl::StrAppendFormat(&out,
+                        "pools        staging: %d buffers acquired, hit rate %.2f%%, %d passed "
+                        "over with copies in flight; keyed: %d reductions, hit rate %.2f%%, %d "
+                        "stream handoffs\n",
+                        r.staging.acquires, 100.0 * r.staging.hit_rate(), r.staging.busy_skips,
+                        r.reductions, 100.0 * r.keyed.hit_rate(), r.keyed.stream_handoffs);
   absl::StrAppendFormat(&out, "checks       %d invariant checks during the run, leak check at the end %s\n",
                         r.invariant_checks, r.leak_check_passed ? "passed" : "failed");
   if (r.stream_order_checked) {
@@ -161,6 +167,19 @@ std::string ReportJson(const StressReport& r) {
       {"used_elsewhere", r.used_elsewhere},
       {"limit_changes", r.limit_changes},
       {"pinned_stream_waits", r.pinned.stream_waits},
+      {"staging",
+       {{"acquires", r.staging.acquires},
+        {"hits", r.staging.hits},
+        {"hit_rate", r.staging.hit_rate()},
+        {"busy_skips", r.staging.busy_skips},
+        {"releases", r.staging.releases}}},
+      {"keyed",
+       {{"reductions", r.reductions},
+        {"acquires", r.keyed.acquires},
+        {"hits", r.keyed.hits},
+        {"hit_rate", r.keyed.hit_rate()},
+        {"stream_handoffs", r.keyed.stream_handoffs},
+        {"dropped", r.keyed.dropped}}},
       {"invariant_checks", r.invariant_checks},
       {"leak_check", r.leak_check_passed ? "passed" : "failed"},
       {"stream_order",

@@ -24,6 +24,9 @@
 #include "allocator/context/context.h"
 #include "allocator/host/pinned_host_allocator.h"
 #include "allocator/observe/tracking_adaptor.h"
+#include "allocator/pools/keyed_buffer_cache.h"
+#include "allocator/pools/staging_buffer_pool.h"
+#include "allocator/transfer/transfers.h"
 #include "harness/invariants/device_reads.h"
 #include "harness/invariants/invariants.h"
 #include "harness/testing/planted_bug_resource.h"
@@ -92,11 +95,16 @@ class Campaign {
   void UnregisterLive(const Allocation& a);
   // The workload's side of stream order, as a GPU program does it (through
   // the raw backend: the harness's own calls are never faulted):
-  // cookies staged through a pinned block, copied asynchronously on the
-  // allocation's stream, the pinned block freed while the copies run.
+  // cookies staged through a pinned block, or a buffer of the staging pool
+  // (every other allocation), copied asynchronously on the allocation's
+  // stream, the block freed (the buffer returned) while the copies run.
   absl::Status WriteCookies(const Live& l);
-  // Read back on the allocation's stream into pinned memory, then checked.
+  // Read back on the allocation's stream into pinned memory (a block, or a
+  // staging pool's buffer), then checked.
   absl::Status VerifyCookies(const Live& l);
+  // A reduction's round trip through the keyed buffer cache on `stream`: a
+  // buffer zeroed, read by a kernel, given a value, its result slot checked.
+  absl::Status Reduce(DeviceIndex device, Stream stream, std::uint64_t seed);
   // Used on `other` after an event and a stream wait; the allocator then
   // hears of it by RecordStream, or the allocation's stream waits for it.
   absl::Status UseElsewhere(const Live& l, Stream other, bool record);
@@ -116,7 +124,9 @@ class Campaign {
   std::unique_ptr<Context> context_;
   DeviceType device_type_ = DeviceType::kSim;
   std::vector<std::shared_ptr<CachingAllocator>> allocators_;
-  std::unique_ptr<PinnedHostAllocator> pinned_;  // cookie staging, stream-aware
+  std::shared_ptr<PinnedHostAllocator> pinned_;  // cookie staging, stream-aware
+  std::vector<std::shared_ptr<StagingBufferPool>> staging_;  // per device, over pinned_
+  std::vector<std::shared_ptr<KeyedBufferCache>> keyed_;     // per device, over resources_
   // What allocations go through: the allocator, or a tracker over it.
   std::vector<std::shared_ptr<MemoryResource>> resources_;
   std::vector<std::shared_ptr<TrackingAdaptor>> trackers_;
@@ -183,7 +193,7 @@ absl::Status Campaign::SetUp() {
   caching.expandable_segments = config_.expandable_segments;
   PinnedHostOptions pinned;
   pinned.cache_limit_bytes = std::size_t{64} << 20;
-  pinned_ = std::make_unique<PinnedHostAllocator>(raw_, pinned);
+  pinned_ = std::make_shared<PinnedHostAllocator>(raw_, pinned);
   handoff_mu_ = std::vector<std::mutex>(config_.devices);
   handoff_.resize(config_.devices);
   for (int d = 0; d < config_.devices; ++d) {
@@ -211,6 +221,14 @@ absl::Status Campaign::SetUp() {
     planted->Arm();
     resources_[0] = std::move(planted);
   }
+  for (int d = 0; d < config_.devices; ++d) {
+    GPUALLOC_ASSIGN_OR_RETURN(std::shared_ptr<StagingBufferPool> staging,
+                              StagingBufferPool::Create(pinned_, d));
+    staging_.push_back(std::move(staging));
+    GPUALLOC_ASSIGN_OR_RETURN(std::shared_ptr<KeyedBufferCache> keyed,
+                              KeyedBufferCache::Create(resources_[d], pinned_));
+    keyed_.push_back(std::move(keyed));
+  }
   report_.config = config_;
   start_ = Clock::now();
   return absl::OkStatus();
@@ -227,12 +245,24 @@ absl::Status Campaign::Kernel(Stream stream, void* ptr, std::size_t bytes) {
 absl::Status Campaign::WriteCookies(const Live& l) {
   const std::size_t n = CookieBytes(l);
   const Stream s = l.allocation.stream;
+  const std::vector<unsigned char> head = CookiePattern(l.cookie, n);
+  const std::vector<unsigned char> tail = CookiePattern(~l.cookie, n);
+  if (l.cookie % 2 == 1) {
+    // Through the staging pool: returned with both copies queued, so the
+    // pool must not hand the buffer to another thread before they are done.
+    GPUALLOC_ASSIGN_OR_RETURN(StagingBuffer staging,
+                              staging_[l.allocation.device()]->Acquire(2 * n));
+    const DeviceSpan to{l.allocation.ptr, l.allocation.bytes, l.allocation.device()};
+    GPUALLOC_RETURN_IF_ERROR(staging.HostWrite(0, head.data(), n));
+    GPUALLOC_RETURN_IF_ERROR(staging.HostWrite(n, tail.data(), n));
+    GPUALLOC_RETURN_IF_ERROR(staging.Upload(to, 0, n, s).status());
+    GPUALLOC_RETURN_IF_ERROR(staging.Upload(to, l.allocation.bytes - n, n, s, n).status());
+    return staging.Reset();
+  }
   GPUALLOC_ASSIGN_OR_RETURN(PinnedBlock staging, pinned_->Allocate(2 * n, l.allocation.device()));
   auto* bytes = static_cast<unsigned char*>(staging.ptr);
   absl::Status st = raw_->NoteHostAccess(bytes, 2 * n, AccessMode::kWrite);
   if (st.ok()) {
-    const std::vector<unsigned char> head = CookiePattern(l.cookie, n);
-    const std::vector<unsigned char> tail = CookiePattern(~l.cookie, n);
     std::memcpy(bytes, head.data(), n);
     std::memcpy(bytes + n, tail.data(), n);
     st = raw_->MemcpyAsync(l.allocation.ptr, bytes, n, CopyKind::kHostToDevice, s);
@@ -247,6 +277,23 @@ absl::Status Campaign::WriteCookies(const Live& l) {
 absl::Status Campaign::VerifyCookies(const Live& l) {
   const std::size_t n = CookieBytes(l);
   const Stream s = l.allocation.stream;
+  Allocation tail = l.allocation;
+  tail.ptr = TailOf(l);
+  if ((l.cookie >> 1) % 2 == 1) {
+    // Read back through the staging pool, as an application reads results.
+    GPUALLOC_ASSIGN_OR_RETURN(StagingBuffer back,
+                              staging_[l.allocation.device()]->Acquire(2 * n));
+    const DeviceSpan from{l.allocation.ptr, l.allocation.bytes, l.allocation.device()};
+    GPUALLOC_RETURN_IF_ERROR(back.ReadBack(from, 0, n, s).status());
+    GPUALLOC_ASSIGN_OR_RETURN(Completion read,
+                              back.ReadBack(from, l.allocation.bytes - n, n, s, n));
+    GPUALLOC_RETURN_IF_ERROR(read.Wait());
+    std::vector<unsigned char> seen(2 * n);
+    GPUALLOC_RETURN_IF_ERROR(back.HostRead(0, seen.data(), 2 * n));
+    GPUALLOC_RETURN_IF_ERROR(CheckCookieBytes(l.allocation, l.cookie, seen.data(), n));
+    GPUALLOC_RETURN_IF_ERROR(CheckCookieBytes(tail, ~l.cookie, seen.data() + n, n));
+    return back.Reset();
+  }
   GPUALLOC_ASSIGN_OR_RETURN(PinnedBlock back, pinned_->Allocate(2 * n, l.allocation.device()));
   auto* bytes = static_cast<unsigned char*>(back.ptr);
   absl::Status st = raw_->MemcpyAsync(bytes, l.allocation.ptr, n, CopyKind::kDeviceToHost, s);
@@ -255,13 +302,29 @@ absl::Status Campaign::VerifyCookies(const Live& l) {
   if (st.ok()) st = raw_->SynchronizeStream(s);
   if (st.ok()) st = raw_->NoteHostAccess(bytes, 2 * n, AccessMode::kRead);
   if (st.ok()) st = CheckCookieBytes(l.allocation, l.cookie, bytes, n);
-  if (st.ok()) {
-    Allocation tail = l.allocation;
-    tail.ptr = TailOf(l);
-    st = CheckCookieBytes(tail, ~l.cookie, bytes + n, n);
-  }
+  if (st.ok()) st = CheckCookieBytes(tail, ~l.cookie, bytes + n, n);
   absl::Status freed = pinned_->Deallocate(back);
   return st.ok() ? freed : st;
+}
+
+absl::Status Campaign::Reduce(DeviceIndex device, Stream stream, std::uint64_t seed) {
+  const std::size_t count = seed % 16 + 1;
+  GPUALLOC_ASSIGN_OR_RETURN(KeyedBuffer<std::uint64_t> b,
+                            keyed_[device]->Acquire<std::uint64_t>(count, (seed >> 4) % 2, stream));
+  GPUALLOC_RETURN_IF_ERROR(b.Zero());
+  GPUALLOC_RETURN_IF_ERROR(Kernel(stream, b.data(), count * sizeof(std::uint64_t)));
+  const Transfers transfers(raw_);
+  GPUALLOC_ASSIGN_OR_RETURN(Completion written,
+                            transfers.ToDevice(b.span(), (count - 1) * sizeof(seed), &seed,
+                                               sizeof(seed), stream));
+  GPUALLOC_RETURN_IF_ERROR(written.Wait());
+  GPUALLOC_ASSIGN_OR_RETURN(std::uint64_t seen, b.ReadResult(count - 1));
+  if (seen != seed) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "device %d: keyed buffer %p's result slot %d read %#x, the device was given %#x", device,
+        static_cast<void*>(b.data()), count - 1, seen, seed));
+  }
+  return b.Reset();
 }
 
 absl::Status Campaign::UseElsewhere(const Live& l, Stream other, bool record) {
@@ -331,7 +394,8 @@ void Campaign::Worker(int t) {
   std::vector<Live> live;
   LatencyHistogram alloc_hist, free_hist;
   std::uint64_t allocations = 0, frees = 0, oom = 0, faults = 0, xthread = 0, xstream = 0,
-                switches = 0, flushes = 0, checks = 0, elsewhere = 0, limit_changes = 0;
+                switches = 0, flushes = 0, checks = 0, elsewhere = 0, limit_changes = 0,
+                reductions = 0;
   if (!context_->SetDevice(Device{device_type_, t % config_.devices}).ok()) ++faults;
   const auto deadline = start_ + std::chrono::duration_cast<Clock::duration>(
                                      std::chrono::duration<double>(config_.duration_s));
@@ -441,6 +505,18 @@ void Campaign::Worker(int t) {
         if (absl::Status st = CheckStreamOrder(*sim_); !st.ok()) Violation(std::string(st.message()));
       }
     }
+    if (coin(rng) < 0.02) {
+      absl::Status st = Reduce(device, streams[rng() % streams.size()], rng());
+      ++reductions;
+      if (IsInjected(st)) {
+        ++faults;
+      } else if (st.code() == absl::StatusCode::kResourceExhausted) {
+        ++oom;
+      } else if (!st.ok()) {
+        Violation(absl::StrFormat("a reduction through the keyed buffer cache failed: %s",
+                                  st.message()));
+      }
+    }
     if (coin(rng) < 0.0005) {
       if (cache.EmptyCache(config_.max_size).ok()) ++flushes;
     }
@@ -468,6 +544,7 @@ void Campaign::Worker(int t) {
   report_.fault_errors += faults;
   report_.cross_thread_frees += xthread;
   report_.cross_stream_frees += xstream;
+  report_.reductions += reductions;
   report_.device_switches += switches;
   report_.cache_flushes += flushes;
   report_.invariant_checks += checks;
@@ -548,6 +625,32 @@ absl::StatusOr<StressReport> Campaign::Finish() {
   for (const auto& a : allocators_) {
     a->SetReservedLimit(config_.limit_mb << 20).IgnoreError();  // as the campaign began
   }
+  // The pools give their buffers back (the keyed cache's to the allocators,
+  // before the leak check).
+  for (const auto& pool : staging_) {
+    if (absl::Status st = pool->Trim(); !st.ok()) {
+      report_.violations.push_back(absl::StrCat("the staging pool: ", st.message()));
+    }
+    const StagingPoolStats s = pool->stats();
+    report_.staging.acquires += s.acquires;
+    report_.staging.hits += s.hits;
+    report_.staging.misses += s.misses;
+    report_.staging.busy_skips += s.busy_skips;
+    report_.staging.releases += s.releases;
+  }
+  for (const auto& cache : keyed_) {
+    if (absl::Status st = cache->Trim(); !st.ok()) {
+      report_.violations.push_back(absl::StrCat("the keyed buffer cache: ", st.message()));
+    }
+    const KeyedCacheStats s = cache->stats();
+    report_.keyed.acquires += s.acquires;
+    report_.keyed.hits += s.hits;
+    report_.keyed.misses += s.misses;
+    report_.keyed.stream_handoffs += s.stream_handoffs;
+    report_.keyed.dropped += s.dropped;
+  }
+  staging_.clear();
+  keyed_.clear();
   if (absl::Status st = pinned_->Flush(/*release_cache=*/true); !st.ok()) {
     report_.violations.push_back(absl::StrCat("the pinned staging allocator: ", st.message()));
   }

@@ -12,6 +12,8 @@
 #include "absl/status/statusor.h"
 #include "allocator/backend/sim/stream_order_checker.h"
 #include "allocator/host/pinned_host_allocator.h"
+#include "allocator/pools/keyed_buffer_cache.h"
+#include "allocator/pools/staging_buffer_pool.h"
 #include "allocator/stats/memory_snapshot.h"
 #include "harness/stress/latency_histogram.h"
 #include "harness/stress/stress_config.h"
@@ -52,6 +54,9 @@ struct StressReport {
   std::uint64_t used_elsewhere = 0;       // allocations also used on another stream
   std::uint64_t limit_changes = 0;        // reserved limits moved under the workload
   PinnedHostStats pinned;                 // the pinned blocks that staged the cookies
+  StagingPoolStats staging;               // the staging pools' (summed over devices)
+  KeyedCacheStats keyed;                  // the keyed buffer caches' (summed over devices)
+  std::uint64_t reductions = 0;           // round trips through the keyed buffer caches
   bool stream_order_checked = false;      // the sim's checker was on
   StreamOrderStats stream_order;          // what it checked and found
   LatencyHistogram allocate_ns;

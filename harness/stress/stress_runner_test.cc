@@ -115,8 +115,16 @@ TEST(StressRunner, TheWorkloadUsesItsMemoryOnStreamsAndTheCheckerSeesAllOfIt) {
   EXPECT_GT(r->stream_order.operations, 3 * r->allocations);
   EXPECT_GT(r->stream_order.accesses_checked, r->stream_order.operations);
   EXPECT_GT(r->used_elsewhere, r->allocations / 20);  // a fifth, on the other of two streams
-  EXPECT_EQ(r->pinned.stream_waits, 2 * r->allocations)
+  // Each allocation stages two cookie transfers, each through a pinned block
+  // freed with its copies queued or a staging pool buffer.
+  EXPECT_EQ(r->pinned.stream_waits + r->staging.acquires, 2 * r->allocations)
       << "every staging block, for a cookie write or a check, was freed with its copies queued";
+  EXPECT_GT(r->pinned.stream_waits, r->allocations / 2);
+  EXPECT_GT(r->staging.acquires, r->allocations / 2);
+  EXPECT_GT(r->staging.hits, r->staging.acquires / 2) << "the staging pool reuses its buffers";
+  EXPECT_GT(r->reductions, 0u);
+  EXPECT_EQ(r->keyed.acquires, r->reductions);
+  EXPECT_GT(r->keyed.hits, 0u);
   EXPECT_NE(ReportText(*r).find("stream order"), std::string::npos);
   const nlohmann::json json = nlohmann::json::parse(ReportJson(*r));
   EXPECT_EQ(json["stream_order"]["checked"], true);
