@@ -254,7 +254,7 @@ absl::Status KeyedBufferCache::Free(std::unique_ptr<Entry> entry) noexcept {
 }
 
 absl::Status KeyedBufferCache::Trim() {
-  absl::flat_hash_map<BufferKey, std::vector<std::unique_ptr<Entry>>> taken;
+  IdleMap taken;
   {
     MutexLock lock(mu_);
     taken.swap(idle_);

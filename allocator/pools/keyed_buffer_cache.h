@@ -43,10 +43,11 @@
 #include <memory>
 #include <type_traits>
 #include <typeindex>
+#include <unordered_map>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/container/flat_hash_map.h"
+#include "absl/hash/hash.h"
 #include "absl/status/statusor.h"
 #include "allocator/buffer/device_buffer.h"
 #include "allocator/buffer/host_buffers.h"
@@ -221,7 +222,11 @@ class KeyedBufferCache : public std::enable_shared_from_this<KeyedBufferCache> {
   const Transfers transfers_;  // over the pinned allocator's backend
   EventPool events_;           // the events that order handoffs between streams
   mutable Mutex mu_;
-  absl::flat_hash_map<BufferKey, std::vector<std::unique_ptr<Entry>>> idle_ ABSL_GUARDED_BY(mu_);
+  // A standard map: Abseil's tables are left inconsistent by a failed
+  // allocation, and an insert here may fail (Return then frees the buffer).
+  using IdleMap =
+      std::unordered_map<BufferKey, std::vector<std::unique_ptr<Entry>>, absl::Hash<BufferKey>>;
+  IdleMap idle_ ABSL_GUARDED_BY(mu_);
   KeyedCacheStats stats_ ABSL_GUARDED_BY(mu_);
 };
 
