@@ -77,6 +77,21 @@ class Backend {
 
   // --- streams and events ------------------------------------------------------
   virtual absl::StatusOr<Stream> CreateStream(DeviceIndex device) = 0;
+  // A non-blocking stream of `priority`, between the device's
+  // stream_priority_least and stream_priority_greatest (DeviceProperties);
+  // a priority outside them is clamped to the nearer one, as CUDA and HIP
+  // do. A backend without priorities accepts only its default priority.
+  virtual absl::StatusOr<Stream> CreateStreamWithPriority(DeviceIndex device, int priority) {
+    if (priority != 0) {
+      return absl::UnimplementedError("this backend has no stream priorities");
+    }
+    return CreateStream(device);
+  }
+  // The priority `stream` was created with (the default stream's: 0).
+  virtual absl::StatusOr<int> GetStreamPriority(Stream stream) {
+    (void)stream;
+    return 0;
+  }
   // Waits for the stream's work, then destroys it. The default stream cannot
   // be destroyed.
   virtual absl::Status DestroyStream(Stream stream) = 0;

@@ -61,6 +61,18 @@ struct DeviceProperties {
   bool supports_virtual_memory = false;
   // Granularity of VmReserve/VmCreate sizes; 0 when VMM is unsupported.
   std::size_t vm_granularity = 0;
+  // Stream priorities: lower numbers are higher priorities (the CUDA and HIP
+  // convention). `least` is the default; equal bounds: no priorities.
+  int stream_priority_least = 0;
+  int stream_priority_greatest = 0;
+  // How host and device see each other's memory (what a transfer strategy
+  // is chosen from): the device uses managed memory while the host does
+  // (cudaDevAttrConcurrentManagedAccess), reaches pageable host memory
+  // directly (PageableMemoryAccess), and the link supports native atomics
+  // (HostNativeAtomicSupported).
+  bool concurrent_managed_access = false;
+  bool pageable_memory_access = false;
+  bool host_native_atomics = false;
 };
 
 struct MemoryInfo {

@@ -33,6 +33,8 @@ class UnavailableBackend final : public Backend {
   absl::Status Prefetch(const void*, std::size_t, DeviceIndex, Stream) override { return Err(); }
   absl::StatusOr<Stream> CreateStream(DeviceIndex) override { return Err(); }
   absl::Status DestroyStream(Stream) override { return Err(); }
+  absl::StatusOr<Stream> CreateStreamWithPriority(DeviceIndex, int) override { return Err(); }
+  absl::StatusOr<int> GetStreamPriority(Stream) override { return Err(); }
   absl::Status SynchronizeStream(Stream) override { return Err(); }
   absl::Status StreamWaitEvent(Stream, Event) override { return Err(); }
   absl::StatusOr<Event> CreateEvent(DeviceIndex) override { return Err(); }

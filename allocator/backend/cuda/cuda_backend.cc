@@ -306,6 +306,20 @@ class CudaBackend final : public Backend {
     (void)cudaDeviceGetAttribute(&managed, cudaDevAttrManagedMemory, device);
     p.supports_stream_ordered_alloc = pools != 0;
     p.supports_managed_memory = managed != 0;
+    int concurrent = 0, pageable = 0, atomics = 0;
+    (void)cudaDeviceGetAttribute(&concurrent, cudaDevAttrConcurrentManagedAccess, device);
+    (void)cudaDeviceGetAttribute(&pageable, cudaDevAttrPageableMemoryAccess, device);
+    (void)cudaDeviceGetAttribute(&atomics, cudaDevAttrHostNativeAtomicSupported, device);
+    p.concurrent_managed_access = concurrent != 0;
+    p.pageable_memory_access = pageable != 0;
+    p.host_native_atomics = atomics != 0;
+    {
+      GPUALLOC_ON_DEVICE(device);  // the range is the current device's
+      GPUALLOC_RETURN_IF_ERROR(
+          Check(cudaDeviceGetStreamPriorityRange(&p.stream_priority_least,
+                                                 &p.stream_priority_greatest),
+                "cudaDeviceGetStreamPriorityRange"));
+    }
     const DriverVmm& vmm = Vmm();
     CUdevice dev = 0;
     int vm = 0;
@@ -408,6 +422,22 @@ class CudaBackend final : public Backend {
     GPUALLOC_RETURN_IF_ERROR(
         Check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate"));
     return Stream{reinterpret_cast<std::uintptr_t>(s), device};
+  }
+
+  absl::StatusOr<Stream> CreateStreamWithPriority(DeviceIndex device, int priority) override {
+    GPUALLOC_ON_DEVICE(device);
+    cudaStream_t s = nullptr;
+    GPUALLOC_RETURN_IF_ERROR(
+        Check(cudaStreamCreateWithPriority(&s, cudaStreamNonBlocking, priority),
+              "cudaStreamCreateWithPriority"));
+    return Stream{reinterpret_cast<std::uintptr_t>(s), device};
+  }
+
+  absl::StatusOr<int> GetStreamPriority(Stream stream) override {
+    int priority = 0;
+    GPUALLOC_RETURN_IF_ERROR(
+        Check(cudaStreamGetPriority(Raw(stream), &priority), "cudaStreamGetPriority"));
+    return priority;
   }
 
   absl::Status DestroyStream(Stream stream) override {

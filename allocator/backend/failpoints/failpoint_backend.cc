@@ -191,6 +191,13 @@ absl::Status FailpointBackend::Prefetch(const void* ptr, std::size_t bytes,
 absl::StatusOr<Stream> FailpointBackend::CreateStream(DeviceIndex device) {
   GPUALLOC_FORWARD((BackendOp::kStreamCreate, device), CreateStream(device));
 }
+absl::StatusOr<Stream> FailpointBackend::CreateStreamWithPriority(DeviceIndex device,
+                                                                  int priority) {
+  GPUALLOC_FORWARD((BackendOp::kStreamCreate, device), CreateStreamWithPriority(device, priority));
+}
+absl::StatusOr<int> FailpointBackend::GetStreamPriority(Stream stream) {
+  return inner_->GetStreamPriority(stream);  // a query: no fault site of its own
+}
 absl::Status FailpointBackend::DestroyStream(Stream stream) {
   GPUALLOC_FORWARD((BackendOp::kStreamDestroy, stream.device), DestroyStream(stream));
 }

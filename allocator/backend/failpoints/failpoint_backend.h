@@ -59,6 +59,8 @@ class FailpointBackend final : public Backend {
   absl::Status Prefetch(const void* ptr, std::size_t bytes, DeviceIndex destination,
                         Stream stream) override;
   absl::StatusOr<Stream> CreateStream(DeviceIndex device) override;
+  absl::StatusOr<Stream> CreateStreamWithPriority(DeviceIndex device, int priority) override;
+  absl::StatusOr<int> GetStreamPriority(Stream stream) override;
   absl::Status DestroyStream(Stream stream) override;
   absl::Status SynchronizeStream(Stream stream) override;
   absl::Status StreamWaitEvent(Stream stream, Event event) override;

@@ -168,6 +168,19 @@ class HipBackend final : public Backend {
     (void)Hip().hipDeviceGetAttribute(&managed, hipDeviceAttributeManagedMemory, device);
     p.supports_stream_ordered_alloc = pools != 0;
     p.supports_managed_memory = managed != 0;
+    int concurrent = 0, pageable = 0, atomics = 0;
+    (void)Hip().hipDeviceGetAttribute(&concurrent, hipDeviceAttributeConcurrentManagedAccess, device);
+    (void)Hip().hipDeviceGetAttribute(&pageable, hipDeviceAttributePageableMemoryAccess, device);
+    (void)Hip().hipDeviceGetAttribute(&atomics, hipDeviceAttributeHostNativeAtomicSupported, device);
+    p.concurrent_managed_access = concurrent != 0;
+    p.pageable_memory_access = pageable != 0;
+    p.host_native_atomics = atomics != 0;
+    {
+      GPUALLOC_ON_DEVICE(device);  // the range is the current device's
+      GPUALLOC_RETURN_IF_ERROR(Check(
+          Hip().hipDeviceGetStreamPriorityRange(&p.stream_priority_least, &p.stream_priority_greatest),
+          "hipDeviceGetStreamPriorityRange"));
+    }
     return p;
   }
 
@@ -253,6 +266,22 @@ class HipBackend final : public Backend {
     hipStream_t s = nullptr;
     GPUALLOC_RETURN_IF_ERROR(Check(Hip().hipStreamCreateWithFlags(&s, hipStreamNonBlocking), "hipStreamCreate"));
     return Stream{reinterpret_cast<std::uintptr_t>(s), device};
+  }
+
+  absl::StatusOr<Stream> CreateStreamWithPriority(DeviceIndex device, int priority) override {
+    GPUALLOC_ON_DEVICE(device);
+    hipStream_t s = nullptr;
+    GPUALLOC_RETURN_IF_ERROR(Check(
+        Hip().hipStreamCreateWithPriority(&s, hipStreamNonBlocking, priority),
+        "hipStreamCreateWithPriority"));
+    return Stream{reinterpret_cast<std::uintptr_t>(s), device};
+  }
+
+  absl::StatusOr<int> GetStreamPriority(Stream stream) override {
+    int priority = 0;
+    GPUALLOC_RETURN_IF_ERROR(
+        Check(Hip().hipStreamGetPriority(Raw(stream), &priority), "hipStreamGetPriority"));
+    return priority;
   }
 
   absl::Status DestroyStream(Stream stream) override {

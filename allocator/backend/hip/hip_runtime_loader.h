@@ -47,6 +47,9 @@ namespace gpualloc {
   X(hipPointerGetAttributes, hipError_t, (hipPointerAttribute_t*, const void*))               \
   X(hipSetDevice, hipError_t, (int))                                                          \
   X(hipStreamCreateWithFlags, hipError_t, (hipStream_t*, unsigned int))                       \
+  X(hipStreamCreateWithPriority, hipError_t, (hipStream_t*, unsigned int, int))               \
+  X(hipStreamGetPriority, hipError_t, (hipStream_t, int*))                                    \
+  X(hipDeviceGetStreamPriorityRange, hipError_t, (int*, int*))                                \
   X(hipStreamDestroy, hipError_t, (hipStream_t))                                              \
   X(hipStreamSynchronize, hipError_t, (hipStream_t))                                          \
   X(hipStreamWaitEvent, hipError_t, (hipStream_t, hipEvent_t, unsigned int))

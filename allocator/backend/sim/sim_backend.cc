@@ -140,6 +140,11 @@ absl::StatusOr<DeviceProperties> SimBackend::GetDeviceProperties(DeviceIndex dev
   p.supports_managed_memory = options_.managed_memory;
   p.supports_virtual_memory = options_.virtual_memory;
   p.vm_granularity = options_.virtual_memory ? c.vm_granularity : 0;
+  p.stream_priority_least = c.stream_priority_least;
+  p.stream_priority_greatest = c.stream_priority_greatest;
+  p.concurrent_managed_access = c.concurrent_managed_access;
+  p.pageable_memory_access = c.pageable_memory_access;
+  p.host_native_atomics = c.host_native_atomics;
   return p;
 }
 

@@ -163,6 +163,8 @@ class SimBackend final : public Backend {
                         Stream stream) override;
 
   absl::StatusOr<Stream> CreateStream(DeviceIndex device) override;
+  absl::StatusOr<Stream> CreateStreamWithPriority(DeviceIndex device, int priority) override;
+  absl::StatusOr<int> GetStreamPriority(Stream stream) override;
   absl::Status DestroyStream(Stream stream) override;
   absl::Status SynchronizeStream(Stream stream) override;
   absl::Status StreamWaitEvent(Stream stream, Event event) override;
@@ -273,6 +275,7 @@ class SimBackend final : public Backend {
   absl::flat_hash_map<std::uintptr_t, std::shared_ptr<SimStreamWorker>> streams_;
   // Handles of destroyed streams: naming one again is reported to the checker.
   absl::flat_hash_set<std::uintptr_t> destroyed_streams_;
+  absl::flat_hash_map<std::uintptr_t, int> stream_priorities_;  // those not 0
   absl::flat_hash_map<std::uintptr_t, std::unique_ptr<EventState>> events_;
   std::map<std::uintptr_t, Reservation> reservations_;  // by base address
   ChunkMap chunks_;

@@ -23,6 +23,16 @@ struct SimDeviceConfig {
   std::size_t granularity = 512;
   // Granularity of the virtual-memory API (2 MiB like CUDA's minimum).
   std::size_t vm_granularity = std::size_t{2} << 20;
+  // Stream priorities, as a recent NVIDIA GPU reports them (0 down to -5).
+  // The sim records them; its streams run side by side whatever they are.
+  int stream_priority_least = 0;
+  int stream_priority_greatest = -5;
+  // What the device reports of host/device visibility: a discrete GPU on
+  // Linux by default (managed memory used concurrently; no access to
+  // pageable memory; no native atomics over PCIe).
+  bool concurrent_managed_access = true;
+  bool pageable_memory_access = false;
+  bool host_native_atomics = false;
 };
 
 // Latency of each kind of call, in nanoseconds. Zero everywhere by default,

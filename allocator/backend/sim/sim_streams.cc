@@ -130,8 +130,14 @@ absl::StatusOr<std::shared_ptr<SimStreamWorker>> SimBackend::WorkerFor(Stream st
 }
 
 absl::StatusOr<Stream> SimBackend::CreateStream(DeviceIndex device) {
+  return CreateStreamWithPriority(device, 0);
+}
+
+absl::StatusOr<Stream> SimBackend::CreateStreamWithPriority(DeviceIndex device, int priority) {
   Count(BackendOp::kStreamCreate);
   GPUALLOC_RETURN_IF_ERROR(CheckDevice(device));
+  const SimDeviceConfig& c = options_.devices[device];
+  priority = std::clamp(priority, c.stream_priority_greatest, c.stream_priority_least);
   std::uintptr_t handle;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -141,7 +147,16 @@ absl::StatusOr<Stream> SimBackend::CreateStream(DeviceIndex device) {
                             NewWorker(Stream{handle, device}));
   std::lock_guard<std::mutex> lock(mu_);
   streams_.emplace(handle, std::move(worker));
+  if (priority != 0) stream_priorities_.emplace(handle, priority);
   return Stream{handle, device};
+}
+
+absl::StatusOr<int> SimBackend::GetStreamPriority(Stream stream) {
+  if (stream.is_default()) return 0;
+  GPUALLOC_RETURN_IF_ERROR(WorkerFor(stream).status());
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = stream_priorities_.find(stream.handle);
+  return it == stream_priorities_.end() ? 0 : it->second;
 }
 
 absl::Status SimBackend::DestroyStream(Stream stream) {
@@ -154,6 +169,7 @@ absl::Status SimBackend::DestroyStream(Stream stream) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     streams_.erase(stream.handle);
+    stream_priorities_.erase(stream.handle);
     destroyed_streams_.insert(stream.handle);
   }
   worker->Drain();

@@ -79,6 +79,31 @@ TEST_P(BackendContract, AsyncCopiesRunInStreamOrderAndEventsTrackThem) {
 // A host function is either run in stream order or refused: a backend that
 // said yes and never ran it would leave a caller (the GPU tests' stream
 // gates) waiting for nothing.
+TEST_P(BackendContract, StreamsOfEveryPriorityInTheRangeWorkAndReportTheirPriority) {
+  auto props = backend_->GetDeviceProperties(0);
+  ASSERT_TRUE(props.ok()) << props.status();
+  const int least = props->stream_priority_least;
+  const int greatest = props->stream_priority_greatest;
+  EXPECT_LE(greatest, least) << "lower numbers are higher priorities";
+  for (int priority : {least, greatest, (least + greatest) / 2}) {
+    auto stream = backend_->CreateStreamWithPriority(0, priority);
+    ASSERT_TRUE(stream.ok()) << stream.status();
+    EXPECT_EQ(backend_->GetStreamPriority(*stream).value_or(-1000), priority);
+    auto dev = backend_->Malloc(0, 4096);
+    ASSERT_TRUE(dev.ok());
+    EXPECT_TRUE(backend_->MemsetAsync(*dev, 1, 4096, *stream).ok());
+    EXPECT_TRUE(backend_->SynchronizeStream(*stream).ok());
+    EXPECT_TRUE(backend_->Free(0, *dev).ok());
+    EXPECT_TRUE(backend_->DestroyStream(*stream).ok());
+  }
+  // Beyond the range: clamped, as the runtimes do.
+  auto beyond = backend_->CreateStreamWithPriority(0, greatest - 100);
+  ASSERT_TRUE(beyond.ok()) << beyond.status();
+  EXPECT_EQ(backend_->GetStreamPriority(*beyond).value_or(-1000), greatest);
+  EXPECT_TRUE(backend_->DestroyStream(*beyond).ok());
+  EXPECT_EQ(backend_->GetStreamPriority(Stream::Default(0)).value_or(-1000), 0);
+}
+
 TEST_P(BackendContract, HostFunctionsRunInStreamOrderOrAreRefused) {
   absl::StatusOr<Stream> stream = backend_->CreateStream(0);
   ASSERT_TRUE(stream.ok()) << stream.status();
