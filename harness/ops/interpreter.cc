@@ -65,7 +65,15 @@ OpInterpreter::OpInterpreter(InterpreterOptions options)
   keyed.max_idle_buffers = 8;
   keyed_ = KeyedBufferCache::Create(keyed_memory_, keyed_pinned_, keyed).value();
   streams_.push_back(Stream::Default(0));
-  for (int i = 1; i < options_.streams; ++i) streams_.push_back(device_->CreateStream(0).value());
+  // The other streams come from a stream pool, of both priorities: to the
+  // allocators they are ordinary streams.
+  StreamPoolOptions pool;
+  pool.streams_per_priority = std::max(1, options_.streams);
+  stream_pool_ = StreamPool::Create(device_, pool).value();
+  for (int i = 1; i < options_.streams; ++i) {
+    streams_.push_back(
+        stream_pool_->Next(0, i % 2 == 0 ? StreamPriority::kHigh : StreamPriority::kDefault).value());
+  }
   if (!sim_) {
     free_before_ = device_->GetMemoryInfo(0).value().free_bytes;
     reads_ = std::make_unique<DeviceReads>(*device_, std::size_t{1} << 20);
@@ -529,9 +537,7 @@ absl::Status OpInterpreter::Finish() {
   top_.reset();     // a pool or arena gives its slabs and chunks back to the cache
   if (absl::Status st = cache_->EmptyCache(); !st.ok() && result.ok()) result = st;
   cache_.reset();
-  for (Stream s : streams_) {
-    if (!s.is_default()) device_->DestroyStream(s).IgnoreError();
-  }
+  stream_pool_.reset();  // destroys the streams, each after its work
   reads_.reset();  // frees their scratch before the leak check
   if (sim_) {
     if (result.ok()) result = CheckStreamOrder(*sim_);

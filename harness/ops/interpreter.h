@@ -32,6 +32,7 @@
 #include "allocator/host/pinned_host_allocator.h"
 #include "allocator/pools/keyed_buffer_cache.h"
 #include "allocator/pools/staging_buffer_pool.h"
+#include "allocator/streams/stream_pool.h"
 #include "harness/invariants/device_reads.h"
 #include "harness/invariants/invariants.h"
 #include "harness/ops/ops.h"
@@ -121,6 +122,7 @@ class OpInterpreter {
   std::shared_ptr<PinnedHostAllocator> keyed_pinned_;
   std::shared_ptr<KeyedBufferCache> keyed_;
   std::vector<LivePinned> pinned_live_;
+  std::unique_ptr<StreamPool> stream_pool_;  // where streams_ (but the default) come from
   std::vector<Stream> streams_;
   std::vector<Live> live_;
   LiveSet shadow_;

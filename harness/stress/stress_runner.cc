@@ -26,6 +26,7 @@
 #include "allocator/observe/tracking_adaptor.h"
 #include "allocator/pools/keyed_buffer_cache.h"
 #include "allocator/pools/staging_buffer_pool.h"
+#include "allocator/streams/stream_pool.h"
 #include "allocator/transfer/transfers.h"
 #include "harness/invariants/device_reads.h"
 #include "harness/invariants/invariants.h"
@@ -130,6 +131,7 @@ class Campaign {
   // What allocations go through: the allocator, or a tracker over it.
   std::vector<std::shared_ptr<MemoryResource>> resources_;
   std::vector<std::shared_ptr<TrackingAdaptor>> trackers_;
+  std::unique_ptr<StreamPool> stream_pool_;  // the streams besides each default one
   std::vector<std::vector<Stream>> streams_;
   std::vector<std::mutex> handoff_mu_;
   std::vector<std::deque<Live>> handoff_;  // freed by a thread other than the allocating one
@@ -194,6 +196,9 @@ absl::Status Campaign::SetUp() {
   PinnedHostOptions pinned;
   pinned.cache_limit_bytes = std::size_t{64} << 20;
   pinned_ = std::make_shared<PinnedHostAllocator>(raw_, pinned);
+  StreamPoolOptions stream_pool;
+  stream_pool.streams_per_priority = std::max(1, config_.streams_per_device);
+  GPUALLOC_ASSIGN_OR_RETURN(stream_pool_, StreamPool::Create(raw_, stream_pool));
   handoff_mu_ = std::vector<std::mutex>(config_.devices);
   handoff_.resize(config_.devices);
   for (int d = 0; d < config_.devices; ++d) {
@@ -209,8 +214,12 @@ absl::Status Campaign::SetUp() {
     }
     streams_.emplace_back();
     streams_.back().push_back(Stream::Default(d));
+    // From the stream pool, of both priorities: ordinary streams to the
+    // allocators.
     for (int s = 1; s < config_.streams_per_device; ++s) {
-      GPUALLOC_ASSIGN_OR_RETURN(Stream stream, raw_->CreateStream(d));
+      GPUALLOC_ASSIGN_OR_RETURN(
+          Stream stream,
+          stream_pool_->Next(d, s % 2 == 0 ? StreamPriority::kHigh : StreamPriority::kDefault));
       streams_.back().push_back(stream);
     }
   }
@@ -686,11 +695,7 @@ absl::StatusOr<StressReport> Campaign::Finish() {
   trackers_.clear();
   resources_.clear();
   allocators_.clear();
-  for (auto& per_device : streams_) {
-    for (Stream s : per_device) {
-      if (!s.is_default()) raw_->DestroyStream(s).IgnoreError();
-    }
-  }
+  stream_pool_.reset();  // destroys the streams, each after its work
   reads_.reset();  // frees their scratch
   if (sim_ != nullptr) {
     const SimAccounting acc = sim_->Accounting();
