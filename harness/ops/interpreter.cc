@@ -74,6 +74,24 @@ OpInterpreter::OpInterpreter(InterpreterOptions options)
     streams_.push_back(
         stream_pool_->Next(0, i % 2 == 0 ? StreamPriority::kHigh : StreamPriority::kDefault).value());
   }
+  // Bridges over the faulty backend, their rings and staging from allocators
+  // of their own: every strategy the device's visibility allows.
+  bridge_memory_ = CachingAllocator::Create(faulty_, 0, options_.caching).value();
+  bridge_pinned_ = std::make_shared<PinnedHostAllocator>(faulty_, pinned);
+  const MemoryVisibility visibility = DetectVisibility(*device_, 0, PlatformInfo{}).value();
+  for (TransferStrategy s : {TransferStrategy::kSync, TransferStrategy::kAsync,
+                             TransferStrategy::kUnified, TransferStrategy::kDmaPolling}) {
+    if (!StrategyWorksUnder(s, visibility)) continue;
+    BridgeOptions bridge;
+    bridge.message_bytes = sizeof(std::uint64_t);
+    bridge.capacity = 16;
+    bridge.strategy = s;
+    bridges_.push_back(BridgeUnderTest{
+        RingBufferBridge::Create(faulty_, bridge_pinned_, bridge_memory_, streams_.back(), bridge,
+                                 visibility)
+            .value(),
+        {}});
+  }
   if (!sim_) {
     free_before_ = device_->GetMemoryInfo(0).value().free_bytes;
     reads_ = std::make_unique<DeviceReads>(*device_, std::size_t{1} << 20);
@@ -492,6 +510,57 @@ absl::Status OpInterpreter::Apply(const Op& op) {
       if (!result.ok() && ExpectedFailure(result)) result = absl::OkStatus();
       break;  // back to the cache, its kernel maybe still in flight
     }
+    case OpKind::kBridgeEcho: {
+      if (bridges_.empty()) break;
+      BridgeUnderTest& b = bridges_[op.b % bridges_.size()];
+      RingBufferBridge& bridge = *b.bridge;
+      for (std::uint64_t k = 0; k < op.a % 8 + 1; ++k) {
+        const std::uint64_t m = next_cookie_++;
+        if (!bridge.Push(&m).ok()) break;  // full: what waits is flushed first
+        b.in_flight.push_back(m);
+      }
+      absl::StatusOr<std::size_t> flushed = bridge.FlushToDevice();
+      if (!flushed.ok()) {
+        if (!ExpectedFailure(flushed.status())) result = flushed.status();
+        break;  // kept for the next flush
+      }
+      // The device's side: a kernel reads the messages, then a copy echoes
+      // the whole ring (count and slots) into the to-host ring.
+      const DeviceRing in = bridge.to_device();
+      const DeviceRing out = bridge.to_host();
+      const std::size_t ring_bytes = RingBufferBridge::kHeaderBytes + in.capacity * in.message_bytes;
+      result = Work(bridge.stream(), in.header, ring_bytes, AccessMode::kRead, kWorkNs, "consume");
+      if (result.ok()) {
+        result = device_->MemcpyAsync(out.header, in.header, ring_bytes, CopyKind::kDeviceToDevice,
+                                      bridge.stream());
+      }
+      if (!result.ok()) break;
+      std::vector<std::uint64_t> back;
+      absl::StatusOr<std::size_t> drained = bridge.DrainToHost([&](const void* p) {
+        std::uint64_t m = 0;
+        std::memcpy(&m, p, sizeof(m));
+        back.push_back(m);
+      });
+      if (!drained.ok() && !ExpectedFailure(drained.status())) {
+        result = drained.status();
+        break;
+      }
+      for (std::uint64_t m : back) {
+        if (b.in_flight.empty() || b.in_flight.front() != m) {
+          result = absl::FailedPreconditionError(absl::StrFormat(
+              "bridge (%s) handed back message %#x, but %s was next", TransferStrategyName(bridge.strategy()),
+              m, b.in_flight.empty() ? "none" : absl::StrFormat("%#x", b.in_flight.front())));
+          break;
+        }
+        b.in_flight.pop_front();
+      }
+      if (result.ok() && drained.ok() && !b.in_flight.empty()) {
+        result = absl::FailedPreconditionError(absl::StrFormat(
+            "bridge (%s): %d messages flushed and echoed did not come back",
+            TransferStrategyName(bridge.strategy()), b.in_flight.size()));
+      }
+      break;
+    }
     case OpKind::kCount:
       break;
   }
@@ -529,6 +598,10 @@ absl::Status OpInterpreter::Finish() {
   if (absl::Status st = keyed_->Trim(); !st.ok() && result.ok()) result = st;
   staging_.reset();
   keyed_.reset();
+  bridges_.clear();  // waits for their streams, then frees the rings
+  if (absl::Status st = bridge_memory_->EmptyCache(); !st.ok() && result.ok()) result = st;
+  bridge_memory_.reset();
+  bridge_pinned_.reset();
   if (absl::Status st = keyed_memory_->EmptyCache(); !st.ok() && result.ok()) result = st;
   keyed_memory_.reset();
   staging_pinned_.reset();

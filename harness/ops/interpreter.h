@@ -30,6 +30,9 @@
 #include "allocator/backend/sim/sim_backend.h"
 #include "allocator/caching/caching_allocator.h"
 #include "allocator/host/pinned_host_allocator.h"
+#include <deque>
+
+#include "allocator/bridge/ring_buffer_bridge.h"
 #include "allocator/pools/keyed_buffer_cache.h"
 #include "allocator/pools/staging_buffer_pool.h"
 #include "allocator/streams/stream_pool.h"
@@ -121,6 +124,15 @@ class OpInterpreter {
   std::shared_ptr<CachingAllocator> keyed_memory_;
   std::shared_ptr<PinnedHostAllocator> keyed_pinned_;
   std::shared_ptr<KeyedBufferCache> keyed_;
+  // One ring-buffer bridge per transfer strategy, and the messages each
+  // has been given and not yet handed back (the model), oldest first.
+  struct BridgeUnderTest {
+    std::unique_ptr<RingBufferBridge> bridge;
+    std::deque<std::uint64_t> in_flight;
+  };
+  std::vector<BridgeUnderTest> bridges_;
+  std::shared_ptr<CachingAllocator> bridge_memory_;
+  std::shared_ptr<PinnedHostAllocator> bridge_pinned_;
   std::vector<LivePinned> pinned_live_;
   std::unique_ptr<StreamPool> stream_pool_;  // where streams_ (but the default) come from
   std::vector<Stream> streams_;

@@ -12,7 +12,8 @@ constexpr const char* kNames[] = {"allocate",   "free",        "free_on_other_st
                                   "pinned_allocate", "pinned_free", "switch_device",
                                   "copy",       "shared_view", "enqueue_work",
                                   "wait_event", "free_in_flight", "host_sync",
-                                  "pinned_copy", "staging_readback", "keyed_reduce"};
+                                  "pinned_copy", "staging_readback", "keyed_reduce",
+                                  "bridge_echo"};
 static_assert(sizeof(kNames) / sizeof(kNames[0]) == static_cast<int>(OpKind::kCount));
 
 class ByteReader {

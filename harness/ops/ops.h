@@ -43,6 +43,9 @@ enum class OpKind : std::uint8_t {
   kKeyedReduce,        // a: element count - 1 (mod 64; bit 6: the purpose; bit 12: return
                        // with the kernel in flight), b: stream index: a keyed buffer
                        // zeroed, written by a kernel and a copy, its result slot checked
+  kBridgeEcho,         // a: messages (mod 8, + 1), b: which bridge (one per transfer
+                       // strategy): pushed, flushed, read by a kernel, echoed to the
+                       // to-host ring by a device copy, drained and checked in order
   kCount,
 };
 
