@@ -29,8 +29,11 @@
 //    with the host polling the copy's completion every `poll_interval`
 //    instead of blocking in the runtime; kUnified puts the device rings in
 //    managed memory and copies nothing: the host writes and reads them in
-//    place, after waiting for the stream's work that may touch them.
-//    kUnified under kExplicitDma visibility is InvalidArgument.
+//    place, after waiting for the stream's work that may touch them; so
+//    with kUnified, enqueue work on the rings from the thread that flushes
+//    and drains (or under the same lock), never while a flush or drain of
+//    another thread runs. kUnified under kExplicitDma visibility is
+//    InvalidArgument.
 //  - Capacity: at most `capacity` messages wait for a flush (Push beyond it
 //    is ResourceExhausted and changes nothing). A device ring overwrites its
 //    oldest slot: a kernel must consume messages before `capacity` more are

@@ -82,6 +82,10 @@ std::string ReportText(const StressReport& r) {
                         "stream handoffs\n",
                         r.staging.acquires, 100.0 * r.staging.hit_rate(), r.staging.busy_skips,
                         r.reductions, 100.0 * r.keyed.hit_rate(), r.keyed.stream_handoffs);
+  absl::StrAppendFormat(&out,
+                        "bridge       %d round trips: %d messages to the devices, %d back, in "
+                        "order\n",
+                        r.bridge_round_trips, r.bridge_to_device, r.bridge_to_host);
   absl::StrAppendFormat(&out, "checks       %d invariant checks during the run, leak check at the end %s\n",
                         r.invariant_checks, r.leak_check_passed ? "passed" : "failed");
   if (r.stream_order_checked) {
@@ -173,6 +177,10 @@ std::string ReportJson(const StressReport& r) {
         {"hit_rate", r.staging.hit_rate()},
         {"busy_skips", r.staging.busy_skips},
         {"releases", r.staging.releases}}},
+      {"bridge",
+       {{"round_trips", r.bridge_round_trips},
+        {"to_device", r.bridge_to_device},
+        {"to_host", r.bridge_to_host}}},
       {"keyed",
        {{"reductions", r.reductions},
         {"acquires", r.keyed.acquires},

@@ -106,6 +106,14 @@ class Campaign {
   // A reduction's round trip through the keyed buffer cache on `stream`: a
   // buffer zeroed, read by a kernel, given a value, its result slot checked.
   absl::Status Reduce(DeviceIndex device, Stream stream, std::uint64_t seed);
+  // Messages through a device's ring-buffer bridge, from thread `t`: pushed,
+  // flushed, echoed back by a device copy, drained (by whichever thread
+  // drains, all threads' messages in the order pushed) and checked.
+  absl::Status BridgeRoundTrip(DeviceIndex device, int t, int messages);
+  // The per-thread order check of one message that came back; bridge_mu_
+  // held (a drain and its checks are one step, or two drains' checks could
+  // interleave).
+  absl::Status CheckBridgeMessage(std::uint64_t m);
   // Used on `other` after an event and a stream wait; the allocator then
   // hears of it by RecordStream, or the allocation's stream waits for it.
   absl::Status UseElsewhere(const Live& l, Stream other, bool record);
@@ -128,6 +136,12 @@ class Campaign {
   std::shared_ptr<PinnedHostAllocator> pinned_;  // cookie staging, stream-aware
   std::vector<std::shared_ptr<StagingBufferPool>> staging_;  // per device, over pinned_
   std::vector<std::shared_ptr<KeyedBufferCache>> keyed_;     // per device, over resources_
+  // Per device, with the strategy the device's visibility calls for (the
+  // others on other devices, round the four).
+  std::vector<std::unique_ptr<RingBufferBridge>> bridges_;
+  std::mutex bridge_mu_;
+  std::vector<std::uint64_t> bridge_sent_;      // per thread, messages pushed; guarded by bridge_mu_
+  std::vector<std::uint64_t> bridge_received_;  // per thread, messages back; guarded by bridge_mu_
   // What allocations go through: the allocator, or a tracker over it.
   std::vector<std::shared_ptr<MemoryResource>> resources_;
   std::vector<std::shared_ptr<TrackingAdaptor>> trackers_;
@@ -237,7 +251,24 @@ absl::Status Campaign::SetUp() {
     GPUALLOC_ASSIGN_OR_RETURN(std::shared_ptr<KeyedBufferCache> keyed,
                               KeyedBufferCache::Create(resources_[d], pinned_));
     keyed_.push_back(std::move(keyed));
+    const MemoryVisibility visibility =
+        sim_ != nullptr ? MemoryVisibility::kSystemScope
+                        : DetectVisibility(*raw_, d, DetectPlatform()).value_or(MemoryVisibility::kExplicitDma);
+    static constexpr TransferStrategy kStrategies[] = {
+        TransferStrategy::kUnified, TransferStrategy::kAsync, TransferStrategy::kDmaPolling,
+        TransferStrategy::kSync};
+    BridgeOptions bridge;
+    bridge.message_bytes = sizeof(std::uint64_t);
+    bridge.capacity = 1024;
+    bridge.strategy = d == 0 ? DefaultStrategy(visibility) : kStrategies[d % 4];
+    if (!StrategyWorksUnder(*bridge.strategy, visibility)) bridge.strategy = TransferStrategy::kAsync;
+    GPUALLOC_ASSIGN_OR_RETURN(std::unique_ptr<RingBufferBridge> b,
+                              RingBufferBridge::Create(raw_, pinned_, allocators_[d],
+                                                       streams_[d].back(), bridge, visibility));
+    bridges_.push_back(std::move(b));
   }
+  bridge_sent_.assign(static_cast<std::size_t>(std::max(1, config_.threads)), 0);
+  bridge_received_ = bridge_sent_;
   report_.config = config_;
   start_ = Clock::now();
   return absl::OkStatus();
@@ -314,6 +345,53 @@ absl::Status Campaign::VerifyCookies(const Live& l) {
   if (st.ok()) st = CheckCookieBytes(tail, ~l.cookie, bytes + n, n);
   absl::Status freed = pinned_->Deallocate(back);
   return st.ok() ? freed : st;
+}
+
+absl::Status Campaign::CheckBridgeMessage(std::uint64_t m) {
+  const std::size_t t = static_cast<std::size_t>(m >> 40);
+  const std::uint64_t seq = m & ((std::uint64_t{1} << 40) - 1);
+  if (t >= bridge_received_.size() || seq != bridge_received_[t]) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "ring-buffer bridge: message %d of thread %d came back, but %d was next", seq, t,
+        t < bridge_received_.size() ? bridge_received_[t] : 0));
+  }
+  ++bridge_received_[t];
+  return absl::OkStatus();
+}
+
+absl::Status Campaign::BridgeRoundTrip(DeviceIndex device, int t, int messages) {
+  RingBufferBridge& bridge = *bridges_[device];
+  // One round trip at a time: the device-side echo must not be enqueued
+  // while another thread's flush writes a unified ring in place (the
+  // bridge's contract), and numbering, pushing, draining and checking stay
+  // in one order.
+  std::lock_guard<std::mutex> lock(bridge_mu_);
+  {
+    for (int k = 0; k < messages; ++k) {
+      const std::uint64_t m =
+          static_cast<std::uint64_t>(t) << 40 | bridge_sent_[static_cast<std::size_t>(t)];
+      if (!bridge.Push(&m).ok()) break;  // full: flushed below first
+      ++bridge_sent_[static_cast<std::size_t>(t)];
+    }
+  }
+  GPUALLOC_RETURN_IF_ERROR(bridge.FlushToDevice().status());
+  // The device's side: a kernel reads the ring, a copy echoes it (count and
+  // slots) into the to-host ring, in the bridge stream's order.
+  const DeviceRing in = bridge.to_device();
+  const DeviceRing out = bridge.to_host();
+  const std::size_t bytes = RingBufferBridge::kHeaderBytes + in.capacity * in.message_bytes;
+  GPUALLOC_RETURN_IF_ERROR(Kernel(bridge.stream(), in.header, bytes));
+  GPUALLOC_RETURN_IF_ERROR(
+      raw_->MemcpyAsync(out.header, in.header, bytes, CopyKind::kDeviceToDevice, bridge.stream()));
+  absl::Status checked = absl::OkStatus();
+  GPUALLOC_RETURN_IF_ERROR(bridge
+                               .DrainToHost([&](const void* p) {
+                                 std::uint64_t m = 0;
+                                 std::memcpy(&m, p, sizeof(m));
+                                 if (checked.ok()) checked = CheckBridgeMessage(m);
+                               })
+                               .status());
+  return checked;
 }
 
 absl::Status Campaign::Reduce(DeviceIndex device, Stream stream, std::uint64_t seed) {
@@ -404,7 +482,7 @@ void Campaign::Worker(int t) {
   LatencyHistogram alloc_hist, free_hist;
   std::uint64_t allocations = 0, frees = 0, oom = 0, faults = 0, xthread = 0, xstream = 0,
                 switches = 0, flushes = 0, checks = 0, elsewhere = 0, limit_changes = 0,
-                reductions = 0;
+                reductions = 0, bridge_trips = 0;
   if (!context_->SetDevice(Device{device_type_, t % config_.devices}).ok()) ++faults;
   const auto deadline = start_ + std::chrono::duration_cast<Clock::duration>(
                                      std::chrono::duration<double>(config_.duration_s));
@@ -515,6 +593,14 @@ void Campaign::Worker(int t) {
       }
     }
     if (coin(rng) < 0.02) {
+      absl::Status st = BridgeRoundTrip(device, t, 1 + static_cast<int>(rng() % 4));
+      ++bridge_trips;
+      if (!st.ok()) {
+        Violation(absl::StrFormat("device %d: a ring-buffer bridge round trip failed: %s", device,
+                                  st.message()));
+      }
+    }
+    if (coin(rng) < 0.02) {
       absl::Status st = Reduce(device, streams[rng() % streams.size()], rng());
       ++reductions;
       if (IsInjected(st)) {
@@ -554,6 +640,7 @@ void Campaign::Worker(int t) {
   report_.cross_thread_frees += xthread;
   report_.cross_stream_frees += xstream;
   report_.reductions += reductions;
+  report_.bridge_round_trips += bridge_trips;
   report_.device_switches += switches;
   report_.cache_flushes += flushes;
   report_.invariant_checks += checks;
@@ -659,6 +746,26 @@ absl::StatusOr<StressReport> Campaign::Finish() {
     report_.keyed.dropped += s.dropped;
   }
   staging_.clear();
+  // The bridges: a last round trip on each brings every message home.
+  for (std::size_t d = 0; d < bridges_.size(); ++d) {
+    if (absl::Status st = BridgeRoundTrip(static_cast<DeviceIndex>(d), 0, 0); !st.ok()) {
+      report_.violations.push_back(absl::StrCat("the ring-buffer bridge: ", st.message()));
+    }
+    const BridgeStats s = bridges_[d]->stats();
+    report_.bridge_to_device += s.host_to_device;
+    report_.bridge_to_host += s.device_to_host;
+  }
+  {
+    std::lock_guard<std::mutex> lock(bridge_mu_);
+    for (std::size_t t = 0; t < bridge_sent_.size(); ++t) {
+      if (bridge_sent_[t] != bridge_received_[t]) {
+        report_.violations.push_back(absl::StrFormat(
+            "the ring-buffer bridge: thread %d sent %d messages and got %d back", t,
+            bridge_sent_[t], bridge_received_[t]));
+      }
+    }
+  }
+  bridges_.clear();
   keyed_.clear();
   if (absl::Status st = pinned_->Flush(/*release_cache=*/true); !st.ok()) {
     report_.violations.push_back(absl::StrCat("the pinned staging allocator: ", st.message()));

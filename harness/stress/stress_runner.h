@@ -11,6 +11,7 @@
 
 #include "absl/status/statusor.h"
 #include "allocator/backend/sim/stream_order_checker.h"
+#include "allocator/bridge/ring_buffer_bridge.h"
 #include "allocator/host/pinned_host_allocator.h"
 #include "allocator/pools/keyed_buffer_cache.h"
 #include "allocator/pools/staging_buffer_pool.h"
@@ -57,6 +58,9 @@ struct StressReport {
   StagingPoolStats staging;               // the staging pools' (summed over devices)
   KeyedCacheStats keyed;                  // the keyed buffer caches' (summed over devices)
   std::uint64_t reductions = 0;           // round trips through the keyed buffer caches
+  std::uint64_t bridge_round_trips = 0;   // messages sent through a ring-buffer bridge and echoed
+  std::uint64_t bridge_to_device = 0;     // messages the bridges flushed to the devices
+  std::uint64_t bridge_to_host = 0;       // and drained back
   bool stream_order_checked = false;      // the sim's checker was on
   StreamOrderStats stream_order;          // what it checked and found
   LatencyHistogram allocate_ns;

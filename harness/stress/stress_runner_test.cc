@@ -125,6 +125,9 @@ TEST(StressRunner, TheWorkloadUsesItsMemoryOnStreamsAndTheCheckerSeesAllOfIt) {
   EXPECT_GT(r->reductions, 0u);
   EXPECT_EQ(r->keyed.acquires, r->reductions);
   EXPECT_GT(r->keyed.hits, 0u);
+  EXPECT_GT(r->bridge_round_trips, 0u);
+  EXPECT_GT(r->bridge_to_device, 0u);
+  EXPECT_EQ(r->bridge_to_host, r->bridge_to_device) << "every message came back";
   EXPECT_NE(ReportText(*r).find("stream order"), std::string::npos);
   const nlohmann::json json = nlohmann::json::parse(ReportJson(*r));
   EXPECT_EQ(json["stream_order"]["checked"], true);
