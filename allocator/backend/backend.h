@@ -116,6 +116,36 @@ class Backend {
   virtual absl::Status Memset(void* dst, int value, std::size_t bytes) = 0;
   virtual absl::Status MemsetAsync(void* dst, int value, std::size_t bytes, Stream stream) = 0;
 
+  // --- peer access between devices -------------------------------------------
+  // Whether work on `device` can reach memory of `peer` once peer access is
+  // enabled (cudaDeviceCanAccessPeer). A backend without peers: false.
+  virtual absl::StatusOr<bool> CanAccessPeer(DeviceIndex device, DeviceIndex peer) {
+    (void)device;
+    (void)peer;
+    return false;
+  }
+  // Lets kernels on `device` use memory of `peer` (cudaDeviceEnablePeerAccess
+  // made on `device`). OK if it already is; FailedPrecondition where there
+  // is no link; InvalidArgument for device == peer.
+  virtual absl::Status EnablePeerAccess(DeviceIndex device, DeviceIndex peer) {
+    (void)device;
+    (void)peer;
+    return absl::UnimplementedError("this backend has no peer access");
+  }
+  // Copies `bytes` from `src` (memory of `src_device`) to `dst` (memory of
+  // `dst_device`) in the order of `stream` (cudaMemcpyPeerAsync; staged
+  // through the host by the runtime where the devices have no link).
+  virtual absl::Status MemcpyPeerAsync(void* dst, DeviceIndex dst_device, const void* src,
+                                       DeviceIndex src_device, std::size_t bytes, Stream stream) {
+    (void)dst;
+    (void)dst_device;
+    (void)src;
+    (void)src_device;
+    (void)bytes;
+    (void)stream;
+    return absl::UnimplementedError("this backend has no peer copies");
+  }
+
   // --- virtual memory (Unimplemented where the runtime lacks it) -------------
   // Sizes must be multiples of DeviceProperties::vm_granularity.
   virtual absl::StatusOr<std::uintptr_t> VmReserve(DeviceIndex device, std::size_t bytes) = 0;

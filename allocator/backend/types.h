@@ -117,6 +117,8 @@ enum class BackendOp : int {
   kVmMap,
   kVmSetAccess,
   kVmUnmap,
+  kEnablePeerAccess,
+  kMemcpyPeerAsync,
   kCount,
 };
 inline constexpr int kBackendOpCount = static_cast<int>(BackendOp::kCount);

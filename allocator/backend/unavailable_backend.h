@@ -35,6 +35,12 @@ class UnavailableBackend final : public Backend {
   absl::Status DestroyStream(Stream) override { return Err(); }
   absl::StatusOr<Stream> CreateStreamWithPriority(DeviceIndex, int) override { return Err(); }
   absl::StatusOr<int> GetStreamPriority(Stream) override { return Err(); }
+  absl::StatusOr<bool> CanAccessPeer(DeviceIndex, DeviceIndex) override { return Err(); }
+  absl::Status EnablePeerAccess(DeviceIndex, DeviceIndex) override { return Err(); }
+  absl::Status MemcpyPeerAsync(void*, DeviceIndex, const void*, DeviceIndex, std::size_t,
+                               Stream) override {
+    return Err();
+  }
   absl::Status SynchronizeStream(Stream) override { return Err(); }
   absl::Status StreamWaitEvent(Stream, Event) override { return Err(); }
   absl::StatusOr<Event> CreateEvent(DeviceIndex) override { return Err(); }

@@ -275,7 +275,7 @@ absl::Status CachingAllocator::DoDeallocate(const Allocation& allocation, Stream
       events.reserve(waits.size());
       absl::Status recorded = absl::OkStatus();
       for (Stream s : waits) {
-        absl::StatusOr<Event> e = AcquireEvent();
+        absl::StatusOr<Event> e = AcquireEventOn(s.device);
         if (e.ok()) {
           recorded = CallAtBoundary("event record", [&] { return backend_->RecordEvent(*e, s); });
           if (recorded.ok()) {
@@ -366,9 +366,16 @@ void CachingAllocator::CommitFree(LiveMap::iterator it, Stream stream,
 
 absl::Status CachingAllocator::RecordStream(const Allocation& allocation, Stream stream) {
   if (stream.device != device_) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "caching allocator (device %d): RecordStream with a stream of device %d", device_,
-        stream.device));
+    // A peer device's stream (a kernel with peer access, a peer copy): the
+    // free waits for it like for any other. It must be a device we have.
+    absl::StatusOr<int> devices =
+        CallAtBoundary("device count", [&] { return backend_->DeviceCount(); });
+    if (!devices.ok() || stream.device < 0 || stream.device >= *devices) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "caching allocator (device %d): RecordStream with a stream of device %d, which the "
+          "backend does not have",
+          device_, stream.device));
+    }
   }
   return CallAtBoundary("RecordStream", [&]() -> absl::Status {
     MutexLock lock(mu_);

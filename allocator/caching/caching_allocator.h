@@ -100,6 +100,9 @@ class CachingAllocator final : public MemoryResource, public AllocationRecorder 
 
   // Marks `allocation` as used by `stream` as well: when freed, it is not
   // reused until `stream`'s work enqueued before the free has completed.
+  // `stream` may be a peer device's (a kernel using this memory through peer
+  // access, a peer copy): the free then waits on an event of that device.
+  // InvalidArgument for a stream of a device the backend does not have.
   absl::Status RecordStream(const Allocation& allocation, Stream stream);
 
   // Returns cached free segments to the backend, least recently used first,
@@ -254,6 +257,9 @@ class CachingAllocator final : public MemoryResource, public AllocationRecorder 
   // Releases free segments while reserved is above the limit.
   void EnforceLimitLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<Event> AcquireEvent() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // An event of `device`: a spare for the allocator's own device, a new one
+  // for a peer's (recycling destroys it).
+  absl::StatusOr<Event> AcquireEventOn(DeviceIndex device) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RecycleEvent(Event event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DestroyEventQuietly(Event event) noexcept;  // teardown: errors and throws ignored
   absl::Status OutOfMemoryError(std::size_t requested, std::size_t rounded, Stream stream) const

@@ -610,6 +610,60 @@ TEST(CachingAllocator, RecordStreamDelaysReuseUntilThatStreamFinishes) {
   ASSERT_TRUE(sim->DestroyStream(t).ok());
 }
 
+// Bug: a block a peer device's kernel still read was reused as soon as it
+// was freed (RecordStream refused the peer's stream, or recorded the wait
+// with an event of the wrong device).
+TEST(CachingAllocator, AFreeWaitsForAPeerDevicesStreamNamedByRecordStream) {
+  auto sim = std::make_shared<SimBackend>(SimOptions::WithDevices(2, 256 * kMiB));
+  auto cache = Cache(sim);
+  const Stream own = sim->CreateStream(0).value();
+  const Stream peer = sim->CreateStream(1).value();
+  Allocation a = cache->Allocate(512 * kKiB, own).value();
+  // Device 1's kernel reads device 0's memory: only through peer access.
+  EXPECT_FALSE(sim->LaunchKernel(peer, {{a.ptr, a.bytes, AccessMode::kRead, 0}}, 1000).ok());
+  ASSERT_TRUE(sim->EnablePeerAccess(1, 0).ok());
+  Event ready = sim->CreateEvent(0).value();
+  ASSERT_TRUE(sim->RecordEvent(ready, own).ok());
+  ASSERT_TRUE(sim->StreamWaitEvent(peer, ready).ok());
+  ASSERT_TRUE(sim->LaunchKernel(peer, {{a.ptr, a.bytes, AccessMode::kRead, 0}}, 3'000'000).ok());
+  ASSERT_TRUE(cache->RecordStream(a, peer).ok());
+  ASSERT_TRUE(cache->Deallocate(a, own).ok());
+  EXPECT_EQ(cache->Snapshot().segments[0].blocks[0].state, BlockState::kPendingEvents)
+      << "waits for an event of device 1 (not on the host, not at all)";
+  const std::uint64_t peer_events = sim->Accounting().calls_to(BackendOp::kEventCreate);
+  Allocation b = cache->Allocate(512 * kKiB, own).value();
+  ASSERT_TRUE(sim->LaunchKernel(own, {{b.ptr, b.bytes, AccessMode::kWrite, 0}}, 1000).ok());
+  absl::Status st = sim->CheckStreamOrder();
+  EXPECT_TRUE(st.ok()) << st;
+  EXPECT_EQ(cache->RecordStream(b, Stream{peer.handle, 7}).code(),
+            absl::StatusCode::kInvalidArgument)
+      << "a device the backend does not have";
+  ASSERT_TRUE(cache->Deallocate(b, own).ok());
+  ASSERT_TRUE(sim->DeviceSynchronize(1).ok());
+  // The peer's event is done with: it must not be pooled for our streams
+  // (recorded on one, it would fail, and the next free would wait on the host).
+  const Stream own2 = sim->CreateStream(0).value();
+  Allocation c = cache->Allocate(4 * kMiB, own).value();
+  ASSERT_TRUE(cache->RecordStream(c, own2).ok());
+  ASSERT_TRUE(sim->LaunchKernel(own2, {{c.ptr, c.bytes, AccessMode::kRead, 0}}, 3'000'000).ok());
+  ASSERT_TRUE(cache->Deallocate(c, own).ok());
+  bool pending = false;
+  for (const SegmentSnapshot& seg : cache->Snapshot().segments) {
+    for (const BlockSnapshot& blk : seg.blocks) pending |= blk.state == BlockState::kPendingEvents;
+  }
+  EXPECT_TRUE(pending) << "the free of c waits on an event of device 0";
+  ASSERT_TRUE(sim->DeviceSynchronize(0).ok());
+  ASSERT_TRUE(cache->EmptyCache().ok());
+  ASSERT_TRUE(sim->DestroyStream(own2).ok());
+  EXPECT_GE(peer_events, 1u);
+  ASSERT_TRUE(sim->DestroyEvent(ready).ok());
+  cache.reset();
+  ASSERT_TRUE(sim->DestroyStream(own).ok());
+  ASSERT_TRUE(sim->DestroyStream(peer).ok());
+  EXPECT_TRUE(sim->Accounting().AllReleased()) << "the peer's event destroyed, not pooled: "
+                                               << sim->Accounting().Describe();
+}
+
 // Found on an H200 (a destroyed stream's handle crashes the driver): once a
 // block is freed on a stream, the allocator never calls the runtime with that
 // stream again, yet reuse on another stream still waits for its work.

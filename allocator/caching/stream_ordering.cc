@@ -25,11 +25,21 @@ absl::StatusOr<Event> CachingAllocator::AcquireEvent() {
   return CallAtBoundary("event create", [&] { return backend_->CreateEvent(device_); });
 }
 
+absl::StatusOr<Event> CachingAllocator::AcquireEventOn(DeviceIndex device) {
+  if (device == device_) return AcquireEvent();
+  // A peer's stream (RecordStream): its events must be of its device.
+  return CallAtBoundary("event create", [&] { return backend_->CreateEvent(device); });
+}
+
 void CachingAllocator::DestroyEventQuietly(Event event) noexcept {
   CallAtBoundary("event destroy", [&] { return backend_->DestroyEvent(event); }).IgnoreError();
 }
 
 void CachingAllocator::RecycleEvent(Event event) {
+  if (event.device != device_) {  // a peer's: the spares are of our device
+    DestroyEventQuietly(event);
+    return;
+  }
   try {
     spare_events_.push_back(event);
   } catch (...) {

@@ -253,3 +253,53 @@ TEST(EventPool, OrderMakesTheSecondStreamWaitForTheFirstOnTheDevice) {
 
 }  // namespace
 }  // namespace gpualloc
+
+namespace gpualloc {
+namespace {
+
+TEST(Transfers, PeerCopiesMoveBytesBetweenDevicesInStreamOrder) {
+  SimOptions o = SimOptions::WithDevices(3, 64 << 20);
+  o.peer_links = std::vector<std::pair<int, int>>{{0, 1}};
+  auto sim = std::make_shared<SimBackend>(o);
+  std::shared_ptr<CachingAllocator> cache0 = CachingAllocator::Create(sim, 0, {}).value();
+  std::shared_ptr<CachingAllocator> cache1 = CachingAllocator::Create(sim, 1, {}).value();
+  Transfers t(sim);
+  const Stream s0 = sim->CreateStream(0).value();
+  const Stream s1 = sim->CreateStream(1).value();
+  DeviceBuffer a = DeviceBuffer::Create(cache0, 100000, s0).value();
+  DeviceBuffer b = DeviceBuffer::Create(cache1, 100000, s1).value();
+  const std::vector<unsigned char> in = Pattern(100000, 3);
+  ASSERT_TRUE(t.ToDeviceSync(Span(a), 0, in.data(), in.size(), s0).ok());
+  // On device 1's stream, after device 0's upload (done: synchronous).
+  Completion copied = t.PeerToPeer(Span(b), 0, Span(a), 0, in.size(), s1).value();
+  ASSERT_TRUE(copied.Wait().ok());
+  std::vector<unsigned char> out(in.size());
+  ASSERT_TRUE(t.ToHostSync(out.data(), Span(b), 0, out.size(), s1).ok());
+  EXPECT_EQ(out, in);
+  // The source is read on device 1's stream: its free waits for that stream.
+  ASSERT_TRUE(cache0->RecordStream(Allocation{a.data(), a.size(), s0}, s1).ok());
+  // Bad input: a third device's stream, ranges past the end.
+  const Stream s2 = sim->CreateStream(2).value();
+  EXPECT_EQ(t.PeerToPeer(Span(b), 0, Span(a), 0, 10, s2).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(t.PeerToPeer(Span(b), 99999, Span(a), 0, 2, s1).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(t.PeerToPeer(Span(b), 0, Span(a), 99999, 2, s0).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  // The topology: 0 and 1 linked both ways, 2 alone.
+  EXPECT_TRUE(sim->CanAccessPeer(1, 0).value());
+  EXPECT_FALSE(sim->CanAccessPeer(0, 2).value());
+  EXPECT_EQ(sim->EnablePeerAccess(0, 2).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(sim->EnablePeerAccess(0, 1).ok());
+  EXPECT_TRUE(sim->EnablePeerAccess(0, 1).ok()) << "twice is no error";
+  a.Reset().IgnoreError();
+  b.Reset().IgnoreError();
+  absl::Status order = sim->CheckStreamOrder();
+  EXPECT_TRUE(order.ok()) << order;
+  ASSERT_TRUE(sim->DeviceSynchronize(0).ok());
+  ASSERT_TRUE(sim->DeviceSynchronize(1).ok());
+  for (Stream s : {s0, s1, s2}) ASSERT_TRUE(sim->DestroyStream(s).ok());
+}
+
+}  // namespace
+}  // namespace gpualloc

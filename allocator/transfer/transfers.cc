@@ -95,6 +95,26 @@ absl::StatusOr<Completion> Transfers::DeviceToDevice(DeviceSpan dst, std::size_t
   return Completion::Record(backend_, stream);
 }
 
+absl::StatusOr<Completion> Transfers::PeerToPeer(DeviceSpan dst, std::size_t dst_offset,
+                                                 DeviceSpan src, std::size_t src_offset,
+                                                 std::size_t bytes, Stream stream) const {
+  if (stream.device != dst.device && stream.device != src.device) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "peer copy: a stream of device %d for a copy from device %d to device %d", stream.device,
+        src.device, dst.device));
+  }
+  // The range checks, each against its own device's stream.
+  GPUALLOC_RETURN_IF_ERROR(CheckRange("peer copy (destination)", dst, dst_offset, bytes,
+                                      Stream{stream.handle, dst.device}));
+  GPUALLOC_RETURN_IF_ERROR(CheckRange("peer copy (source)", src, src_offset, bytes,
+                                      Stream{stream.handle, src.device}));
+  GPUALLOC_RETURN_IF_ERROR(CallAtBoundary("memcpy peer async", [&] {
+    return backend_->MemcpyPeerAsync(At(dst, dst_offset), dst.device, At(src, src_offset),
+                                     src.device, bytes, stream);
+  }));
+  return Completion::Record(backend_, stream);
+}
+
 absl::StatusOr<Completion> Transfers::Fill(DeviceSpan dst, std::size_t offset, int value,
                                            std::size_t bytes, Stream stream) const {
   GPUALLOC_RETURN_IF_ERROR(CheckRange("fill", dst, offset, bytes, stream));

@@ -6,7 +6,7 @@
 // Bad input is an error before anything is enqueued, never a corruption:
 // ranges past a buffer's end (offset + size checked for overflow), a freed
 // or empty buffer, a stream of another device than the buffer, copies
-// between devices.
+// between devices (except PeerToPeer, whose stream may be either device's).
 // Thread-safe: calls may come from any thread (the backend serialises per
 // stream).
 #ifndef GPUALLOC_ALLOCATOR_TRANSFER_TRANSFERS_H_
@@ -71,6 +71,15 @@ class Transfers {
                                             Stream stream) const;
   absl::StatusOr<Completion> Fill(DeviceSpan dst, std::size_t offset, int value, std::size_t bytes,
                                   Stream stream) const;
+  // A copy between memory of two devices (cudaMemcpyPeerAsync), in the order
+  // of `stream`, a stream of either device. The runtime stages it through the
+  // host where the devices have no link; peer access is needed only by
+  // kernels. A free of either buffer must come after it: free it on
+  // `stream`, or RecordStream(stream) on its allocator (a caching allocator
+  // accepts a peer device's stream).
+  absl::StatusOr<Completion> PeerToPeer(DeviceSpan dst, std::size_t dst_offset, DeviceSpan src,
+                                        std::size_t src_offset, std::size_t bytes,
+                                        Stream stream) const;
 
   absl::Status ToDeviceSync(DeviceSpan dst, std::size_t dst_offset, const void* src,
                             std::size_t bytes, Stream stream) const;

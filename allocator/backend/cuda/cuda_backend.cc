@@ -433,6 +433,38 @@ class CudaBackend final : public Backend {
     return Stream{reinterpret_cast<std::uintptr_t>(s), device};
   }
 
+  absl::StatusOr<bool> CanAccessPeer(DeviceIndex device, DeviceIndex peer) override {
+    int can = 0;
+    GPUALLOC_RETURN_IF_ERROR(
+        Check(cudaDeviceCanAccessPeer(&can, device, peer), "cudaDeviceCanAccessPeer"));
+    return can != 0;
+  }
+
+  absl::Status EnablePeerAccess(DeviceIndex device, DeviceIndex peer) override {
+    if (device == peer) {
+      return absl::InvalidArgumentError("cudaDeviceEnablePeerAccess: a device is not its own peer");
+    }
+    GPUALLOC_ON_DEVICE(device);
+    const cudaError_t e = cudaDeviceEnablePeerAccess(peer, 0);
+    if (e == cudaErrorPeerAccessAlreadyEnabled) {
+      (void)cudaGetLastError();  // not an error to us: clear it
+      return absl::OkStatus();
+    }
+    if (e == cudaErrorPeerAccessUnsupported) {
+      (void)cudaGetLastError();
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "cudaDeviceEnablePeerAccess: device %d cannot reach device %d", device, peer));
+    }
+    return Check(e, "cudaDeviceEnablePeerAccess");
+  }
+
+  absl::Status MemcpyPeerAsync(void* dst, DeviceIndex dst_device, const void* src,
+                               DeviceIndex src_device, std::size_t bytes, Stream stream) override {
+    GPUALLOC_ON_DEVICE(stream.device);
+    return Check(cudaMemcpyPeerAsync(dst, dst_device, src, src_device, bytes, Raw(stream)),
+                 "cudaMemcpyPeerAsync");
+  }
+
   absl::StatusOr<int> GetStreamPriority(Stream stream) override {
     int priority = 0;
     GPUALLOC_RETURN_IF_ERROR(

@@ -198,6 +198,18 @@ absl::StatusOr<Stream> FailpointBackend::CreateStreamWithPriority(DeviceIndex de
 absl::StatusOr<int> FailpointBackend::GetStreamPriority(Stream stream) {
   return inner_->GetStreamPriority(stream);  // a query: no fault site of its own
 }
+absl::StatusOr<bool> FailpointBackend::CanAccessPeer(DeviceIndex device, DeviceIndex peer) {
+  return inner_->CanAccessPeer(device, peer);  // a query: no fault site of its own
+}
+absl::Status FailpointBackend::EnablePeerAccess(DeviceIndex device, DeviceIndex peer) {
+  GPUALLOC_FORWARD((BackendOp::kEnablePeerAccess, device), EnablePeerAccess(device, peer));
+}
+absl::Status FailpointBackend::MemcpyPeerAsync(void* dst, DeviceIndex dst_device, const void* src,
+                                               DeviceIndex src_device, std::size_t bytes,
+                                               Stream stream) {
+  GPUALLOC_FORWARD((BackendOp::kMemcpyPeerAsync, stream.device, bytes, dst),
+                   MemcpyPeerAsync(dst, dst_device, src, src_device, bytes, stream));
+}
 absl::Status FailpointBackend::DestroyStream(Stream stream) {
   GPUALLOC_FORWARD((BackendOp::kStreamDestroy, stream.device), DestroyStream(stream));
 }

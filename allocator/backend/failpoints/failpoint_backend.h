@@ -61,6 +61,10 @@ class FailpointBackend final : public Backend {
   absl::StatusOr<Stream> CreateStream(DeviceIndex device) override;
   absl::StatusOr<Stream> CreateStreamWithPriority(DeviceIndex device, int priority) override;
   absl::StatusOr<int> GetStreamPriority(Stream stream) override;
+  absl::StatusOr<bool> CanAccessPeer(DeviceIndex device, DeviceIndex peer) override;
+  absl::Status EnablePeerAccess(DeviceIndex device, DeviceIndex peer) override;
+  absl::Status MemcpyPeerAsync(void* dst, DeviceIndex dst_device, const void* src,
+                               DeviceIndex src_device, std::size_t bytes, Stream stream) override;
   absl::Status DestroyStream(Stream stream) override;
   absl::Status SynchronizeStream(Stream stream) override;
   absl::Status StreamWaitEvent(Stream stream, Event event) override;

@@ -277,6 +277,39 @@ class HipBackend final : public Backend {
     return Stream{reinterpret_cast<std::uintptr_t>(s), device};
   }
 
+  absl::StatusOr<bool> CanAccessPeer(DeviceIndex device, DeviceIndex peer) override {
+    int can = 0;
+    GPUALLOC_RETURN_IF_ERROR(
+        Check(Hip().hipDeviceCanAccessPeer(&can, device, peer), "hipDeviceCanAccessPeer"));
+    return can != 0;
+  }
+
+  absl::Status EnablePeerAccess(DeviceIndex device, DeviceIndex peer) override {
+    if (device == peer) {
+      return absl::InvalidArgumentError("hipDeviceEnablePeerAccess: a device is not its own peer");
+    }
+    GPUALLOC_ON_DEVICE(device);
+    const hipError_t e = Hip().hipDeviceEnablePeerAccess(peer, 0);
+    if (e == hipErrorPeerAccessAlreadyEnabled) {
+      (void)Hip().hipGetLastError();  // not an error to us: clear it
+      return absl::OkStatus();
+    }
+    if (e == hipErrorPeerAccessUnsupported) {
+      (void)Hip().hipGetLastError();
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "hipDeviceEnablePeerAccess: device %d cannot reach device %d", device, peer));
+    }
+    return Check(e, "hipDeviceEnablePeerAccess");
+  }
+
+  absl::Status MemcpyPeerAsync(void* dst, DeviceIndex dst_device, const void* src,
+                               DeviceIndex src_device, std::size_t bytes, Stream stream) override {
+    GPUALLOC_ON_DEVICE(stream.device);
+    return Check(
+        Hip().hipMemcpyPeerAsync(dst, dst_device, src, src_device, bytes, Raw(stream)),
+        "hipMemcpyPeerAsync");
+  }
+
   absl::StatusOr<int> GetStreamPriority(Stream stream) override {
     int priority = 0;
     GPUALLOC_RETURN_IF_ERROR(

@@ -48,6 +48,9 @@ namespace gpualloc {
   X(hipSetDevice, hipError_t, (int))                                                          \
   X(hipStreamCreateWithFlags, hipError_t, (hipStream_t*, unsigned int))                       \
   X(hipStreamCreateWithPriority, hipError_t, (hipStream_t*, unsigned int, int))               \
+  X(hipDeviceCanAccessPeer, hipError_t, (int*, int, int))                                     \
+  X(hipDeviceEnablePeerAccess, hipError_t, (int, unsigned int))                               \
+  X(hipMemcpyPeerAsync, hipError_t, (void*, int, const void*, int, size_t, hipStream_t))      \
   X(hipStreamGetPriority, hipError_t, (hipStream_t, int*))                                    \
   X(hipDeviceGetStreamPriorityRange, hipError_t, (int*, int*))                                \
   X(hipStreamDestroy, hipError_t, (hipStream_t))                                              \

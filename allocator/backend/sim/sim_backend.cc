@@ -708,6 +708,15 @@ absl::Status SimBackend::LaunchKernel(Stream stream, std::vector<KernelArg> args
                                         "managed or pinned memory",
                                         name, Hex(arg.ptr), arg.bytes));
       }
+      // Another device's memory: only through peer access (a real device
+      // faults on it).
+      if (at == Location::kDevice && device != stream.device &&
+          !peer_enabled_.contains({stream.device, device})) {
+        return SimError(absl::StatusCode::kInvalidArgument, "simErrorPeerAccessNotEnabled",
+                        absl::StrFormat("kernel %s on device %d: argument [%s, +%d) is memory "
+                                        "of device %d, and peer access is not enabled",
+                                        name, stream.device, Hex(arg.ptr), arg.bytes, device));
+      }
       TrackAccess(arg.ptr, arg.bytes, arg.mode, at, ref, &accesses);
     }
   }
@@ -723,6 +732,68 @@ absl::Status SimBackend::LaunchKernel(Stream stream, std::vector<KernelArg> args
         (void)sum;
       }
     }
+  });
+  return absl::OkStatus();
+}
+
+absl::StatusOr<bool> SimBackend::CanAccessPeer(DeviceIndex device, DeviceIndex peer) {
+  GPUALLOC_RETURN_IF_ERROR(CheckDevice(device));
+  GPUALLOC_RETURN_IF_ERROR(CheckDevice(peer));
+  if (device == peer) return false;
+  if (!options_.peer_links) return true;
+  for (const auto& [a, b] : *options_.peer_links) {
+    if ((a == device && b == peer) || (a == peer && b == device)) return true;
+  }
+  return false;
+}
+
+absl::Status SimBackend::EnablePeerAccess(DeviceIndex device, DeviceIndex peer) {
+  Count(BackendOp::kEnablePeerAccess);
+  if (device == peer) {
+    return SimError(absl::StatusCode::kInvalidArgument, "simErrorInvalidDevice",
+                    absl::StrFormat("device %d is not its own peer", device));
+  }
+  GPUALLOC_ASSIGN_OR_RETURN(bool linked, CanAccessPeer(device, peer));
+  if (!linked) {
+    return SimError(absl::StatusCode::kFailedPrecondition, "simErrorPeerAccessUnsupported",
+                    absl::StrFormat("device %d has no link to device %d", device, peer));
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  peer_enabled_.insert({device, peer});
+  return absl::OkStatus();
+}
+
+absl::Status SimBackend::MemcpyPeerAsync(void* dst, DeviceIndex dst_device, const void* src,
+                                         DeviceIndex src_device, std::size_t bytes,
+                                         Stream stream) {
+  Count(BackendOp::kMemcpyPeerAsync);
+  GPUALLOC_ASSIGN_OR_RETURN(std::shared_ptr<SimStreamWorker> worker, WorkerFor(stream));
+  if (bytes == 0) return absl::OkStatus();
+  if (dst == nullptr || src == nullptr) {
+    return SimError(absl::StatusCode::kInvalidArgument, "simErrorInvalidValue",
+                    "peer copy with a null pointer");
+  }
+  std::vector<RangeAccess> accesses;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    DeviceIndex dst_at_device = 0, src_at_device = 0;
+    AllocationRef dst_ref, src_ref;
+    const Location dst_at = Locate(dst, bytes, &dst_at_device, &dst_ref);
+    const Location src_at = Locate(src, bytes, &src_at_device, &src_ref);
+    if (dst_at != Location::kDevice || src_at != Location::kDevice ||
+        dst_at_device != dst_device || src_at_device != src_device) {
+      return SimError(absl::StatusCode::kInvalidArgument, "simErrorInvalidValue",
+                      absl::StrFormat("peer copy of %d bytes from %s (device %d) to %s (device "
+                                      "%d): the pointers are not device memory of those devices",
+                                      bytes, Hex(src), src_device, Hex(dst), dst_device));
+    }
+    TrackAccess(src, bytes, AccessMode::kRead, src_at, src_ref, &accesses);
+    TrackAccess(dst, bytes, AccessMode::kWrite, dst_at, dst_ref, &accesses);
+  }
+  const std::int64_t cost = options_.cost.copy_ns_per_kib * static_cast<std::int64_t>(bytes / 1024);
+  EnqueueChecked(*worker, std::move(accesses), "memcpy_peer_async", [=] {
+    SimulateLatency(cost);
+    std::memmove(dst, src, bytes);
   });
   return absl::OkStatus();
 }

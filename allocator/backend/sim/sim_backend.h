@@ -165,6 +165,10 @@ class SimBackend final : public Backend {
   absl::StatusOr<Stream> CreateStream(DeviceIndex device) override;
   absl::StatusOr<Stream> CreateStreamWithPriority(DeviceIndex device, int priority) override;
   absl::StatusOr<int> GetStreamPriority(Stream stream) override;
+  absl::StatusOr<bool> CanAccessPeer(DeviceIndex device, DeviceIndex peer) override;
+  absl::Status EnablePeerAccess(DeviceIndex device, DeviceIndex peer) override;
+  absl::Status MemcpyPeerAsync(void* dst, DeviceIndex dst_device, const void* src,
+                               DeviceIndex src_device, std::size_t bytes, Stream stream) override;
   absl::Status DestroyStream(Stream stream) override;
   absl::Status SynchronizeStream(Stream stream) override;
   absl::Status StreamWaitEvent(Stream stream, Event event) override;
@@ -276,6 +280,8 @@ class SimBackend final : public Backend {
   // Handles of destroyed streams: naming one again is reported to the checker.
   absl::flat_hash_set<std::uintptr_t> destroyed_streams_;
   absl::flat_hash_map<std::uintptr_t, int> stream_priorities_;  // those not 0
+  // (device, peer): kernels on `device` may use `peer`'s memory.
+  absl::flat_hash_set<std::pair<DeviceIndex, DeviceIndex>> peer_enabled_;
   absl::flat_hash_map<std::uintptr_t, std::unique_ptr<EventState>> events_;
   std::map<std::uintptr_t, Reservation> reservations_;  // by base address
   ChunkMap chunks_;

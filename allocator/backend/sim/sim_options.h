@@ -5,7 +5,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "allocator/common/cooperative_scheduler.h"
@@ -73,6 +75,9 @@ struct SimOptions {
   std::size_t managed_page_bytes = 64 * 1024;
   bool stream_ordered_alloc = true;
   bool managed_memory = true;
+  // Peer links: pairs of device indices whose devices can reach each other's
+  // memory once peer access is enabled (both ways). Unset: every pair.
+  std::optional<std::vector<std::pair<int, int>>> peer_links;
   bool virtual_memory = true;
   // The stream-order checker (stream_order_checker.h): on in every test and
   // in the stress runner; benchmarks may switch it off.

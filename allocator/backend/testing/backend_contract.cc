@@ -104,6 +104,40 @@ TEST_P(BackendContract, StreamsOfEveryPriorityInTheRangeWorkAndReportTheirPriori
   EXPECT_EQ(backend_->GetStreamPriority(Stream::Default(0)).value_or(-1000), 0);
 }
 
+TEST_P(BackendContract, PeerCopiesAndPeerAccessWhereTheDevicesHaveThem) {
+  EXPECT_FALSE(backend_->CanAccessPeer(0, 0).value_or(true)) << "a device is not its own peer";
+  EXPECT_FALSE(backend_->EnablePeerAccess(0, 0).ok());
+  const int devices = backend_->DeviceCount().value_or(1);
+  if (devices < 2) GTEST_SKIP() << "one device: no peers";
+  constexpr std::size_t kBytes = 64 * 1024;
+  std::vector<unsigned char> in(kBytes), out(kBytes, 0);
+  for (std::size_t i = 0; i < kBytes; ++i) in[i] = static_cast<unsigned char>(i * 5 + 1);
+  auto a = backend_->Malloc(0, kBytes);
+  auto b = backend_->Malloc(1, kBytes);
+  ASSERT_TRUE(a.ok() && b.ok());
+  auto stream = backend_->CreateStream(1);
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  ASSERT_TRUE(backend_->Memcpy(*a, in.data(), kBytes, CopyKind::kHostToDevice).ok());
+  // A peer copy works with or without a link (the runtime stages it).
+  absl::Status copied = backend_->MemcpyPeerAsync(*b, 1, *a, 0, kBytes, *stream);
+  ASSERT_TRUE(copied.ok()) << copied;
+  ASSERT_TRUE(backend_->SynchronizeStream(*stream).ok());
+  ASSERT_TRUE(backend_->Memcpy(out.data(), *b, kBytes, CopyKind::kDeviceToHost).ok());
+  EXPECT_EQ(in, out);
+  absl::StatusOr<bool> can = backend_->CanAccessPeer(1, 0);
+  ASSERT_TRUE(can.ok()) << can.status();
+  absl::Status enabled = backend_->EnablePeerAccess(1, 0);
+  if (*can) {
+    EXPECT_TRUE(enabled.ok()) << enabled;
+    EXPECT_TRUE(backend_->EnablePeerAccess(1, 0).ok()) << "enabling twice is no error";
+  } else {
+    EXPECT_FALSE(enabled.ok());
+  }
+  EXPECT_TRUE(backend_->DestroyStream(*stream).ok());
+  EXPECT_TRUE(backend_->Free(0, *a).ok());
+  EXPECT_TRUE(backend_->Free(1, *b).ok());
+}
+
 TEST_P(BackendContract, HostFunctionsRunInStreamOrderOrAreRefused) {
   absl::StatusOr<Stream> stream = backend_->CreateStream(0);
   ASSERT_TRUE(stream.ok()) << stream.status();
