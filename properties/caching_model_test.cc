@@ -63,6 +63,7 @@ struct OpCommand : Command {
       case OpKind::kStagingReadback:  // in flight or checked
       case OpKind::kKeyedReduce:
       case OpKind::kBridgeEcho:
+      case OpKind::kPeerCopy:
         op.a = *rc::gen::inRange<std::uint64_t>(0, 1 << 13);
         op.b = *rc::gen::inRange<std::uint64_t>(0, 1 << 13);
         break;
@@ -103,7 +104,8 @@ void CheckRandomCommandSequences(CrossStreamReuse policy,
                        OpCommand<OpKind::kEnqueueWork>, OpCommand<OpKind::kWaitEvent>,
                        OpCommand<OpKind::kFreeInFlight>, OpCommand<OpKind::kHostSync>,
                        OpCommand<OpKind::kPinnedCopy>, OpCommand<OpKind::kStagingReadback>,
-                       OpCommand<OpKind::kKeyedReduce>, OpCommand<OpKind::kBridgeEcho>>());
+                       OpCommand<OpKind::kKeyedReduce>, OpCommand<OpKind::kBridgeEcho>,
+                       OpCommand<OpKind::kPeerCopy>>());
   const absl::Status st = sut.Finish();
   if (!st.ok()) RC_FAIL(std::string(st.message()));
 }

@@ -259,13 +259,15 @@ absl::Status CachingAllocator::DoDeallocate(const Allocation& allocation, Stream
     // (the free may come on a recorded stream): the free waits for each.
     std::pmr::vector<Stream> waits(metadata_);
     std::pmr::vector<Event> events(metadata_);
+    // Whole streams compared, device too: a peer device's default stream has
+    // the same handle as ours.
     auto must_wait = [&](Stream s) {
-      if (s.handle == stream.handle) return;
+      if (s == stream) return;
       for (Stream w : waits) {
-        if (w.handle == s.handle) return;
+        if (w == s) return;
       }
       for (Stream w : waited_on_host) {
-        if (w.handle == s.handle) return;
+        if (w == s) return;
       }
       waits.push_back(s);
     };
@@ -370,7 +372,8 @@ absl::Status CachingAllocator::RecordStream(const Allocation& allocation, Stream
     // free waits for it like for any other. It must be a device we have.
     absl::StatusOr<int> devices =
         CallAtBoundary("device count", [&] { return backend_->DeviceCount(); });
-    if (!devices.ok() || stream.device < 0 || stream.device >= *devices) {
+    if (!devices.ok()) return devices.status();
+    if (stream.device < 0 || stream.device >= *devices) {
       return absl::InvalidArgumentError(absl::StrFormat(
           "caching allocator (device %d): RecordStream with a stream of device %d, which the "
           "backend does not have",
@@ -386,9 +389,9 @@ absl::Status CachingAllocator::RecordStream(const Allocation& allocation, Stream
           device_, allocation.ptr));
     }
     Block* block = it->second;
-    if (stream.handle == block->stream.handle) return absl::OkStatus();
+    if (stream == block->stream) return absl::OkStatus();
     for (Stream s : block->stream_uses) {
-      if (s.handle == stream.handle) return absl::OkStatus();
+      if (s == stream) return absl::OkStatus();
     }
     block->stream_uses.push_back(stream);
     return absl::OkStatus();

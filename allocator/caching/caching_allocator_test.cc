@@ -664,6 +664,31 @@ TEST(CachingAllocator, AFreeWaitsForAPeerDevicesStreamNamedByRecordStream) {
                                                << sim->Accounting().Describe();
 }
 
+// Found by the stress runner: the default streams of two devices share a
+// handle, and a peer's default stream named by RecordStream was taken for
+// the block's own default stream and never waited for.
+TEST(CachingAllocator, APeersDefaultStreamIsNotTakenForOurs) {
+  auto sim = std::make_shared<SimBackend>(SimOptions::WithDevices(2, 256 * kMiB));
+  auto cache = Cache(sim);
+  const Stream own = Stream::Default(0);
+  const Stream peer = Stream::Default(1);
+  ASSERT_EQ(own.handle, peer.handle);
+  ASSERT_TRUE(sim->EnablePeerAccess(1, 0).ok());
+  Allocation a = cache->Allocate(512 * kKiB, own).value();
+  ASSERT_TRUE(sim->LaunchKernel(peer, {{a.ptr, a.bytes, AccessMode::kRead, 0}}, 3'000'000).ok());
+  ASSERT_TRUE(cache->RecordStream(a, peer).ok());
+  ASSERT_TRUE(cache->Deallocate(a, own).ok());
+  EXPECT_EQ(cache->Snapshot().segments[0].blocks[0].state, BlockState::kPendingEvents)
+      << "device 1's default stream is still reading it";
+  Allocation b = cache->Allocate(512 * kKiB, own).value();
+  ASSERT_TRUE(sim->LaunchKernel(own, {{b.ptr, b.bytes, AccessMode::kWrite, 0}}, 1000).ok());
+  absl::Status st = sim->CheckStreamOrder();
+  EXPECT_TRUE(st.ok()) << st;
+  ASSERT_TRUE(cache->Deallocate(b, own).ok());
+  ASSERT_TRUE(sim->DeviceSynchronize(0).ok());
+  ASSERT_TRUE(sim->DeviceSynchronize(1).ok());
+}
+
 // Found on an H200 (a destroyed stream's handle crashes the driver): once a
 // block is freed on a stream, the allocator never calls the runtime with that
 // stream again, yet reuse on another stream still waits for its work.

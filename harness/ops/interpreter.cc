@@ -92,6 +92,10 @@ OpInterpreter::OpInterpreter(InterpreterOptions options)
             .value(),
         {}});
   }
+  if (devices_ >= 2) {
+    peer_cache_ = CachingAllocator::Create(faulty_, 1, options_.caching).value();
+    peer_stream_ = stream_pool_->Next(1).value();
+  }
   if (!sim_) {
     free_before_ = device_->GetMemoryInfo(0).value().free_bytes;
     reads_ = std::make_unique<DeviceReads>(*device_, std::size_t{1} << 20);
@@ -561,6 +565,52 @@ absl::Status OpInterpreter::Apply(const Op& op) {
       }
       break;
     }
+    case OpKind::kPeerCopy: {
+      if (live_.empty() || peer_cache_ == nullptr) break;
+      Live& l = live_[op.a % live_.size()];
+      const std::size_t n = std::min(kCookieBytes, l.allocation.bytes);
+      absl::StatusOr<DeviceBuffer> there = DeviceBuffer::Create(peer_cache_, n, peer_stream_);
+      if (!there.ok()) {
+        if (!ExpectedFailure(there.status())) result = there.status();
+        break;
+      }
+      // Device 1 reads the allocation after its own stream's work: a peer
+      // copy, checked, then device 1's work on it left in flight (a kernel
+      // through peer access, or another copy) when the op ends.
+      Transfers transfers(device_);
+      const DeviceSpan from{l.allocation.ptr, l.allocation.bytes, l.allocation.device()};
+      std::vector<unsigned char> seen(n);
+      result = Order(l.allocation.stream, peer_stream_);
+      if (result.ok()) {
+        result = transfers.PeerToPeer(Span(*there), 0, from, 0, n, peer_stream_).status();
+      }
+      if (result.ok()) result = transfers.ToHostSync(seen.data(), Span(*there), 0, n, peer_stream_);
+      if (result.ok()) result = CheckCookieBytes(l.allocation, l.cookie, seen.data(), n);
+      if (!result.ok()) break;
+      const bool kernel = op.b % 2 == 1 && device_->CanAccessPeer(1, 0).value_or(false);
+      if (kernel) {
+        result = device_->EnablePeerAccess(1, 0);
+        if (result.ok()) {
+          result = Work(peer_stream_, l.allocation.ptr, l.allocation.bytes, AccessMode::kRead,
+                        kWorkNs * 5, "peer_read");
+        }
+      } else {
+        result = transfers.PeerToPeer(Span(*there), 0, from, 0, n, peer_stream_).status();
+      }
+      if (result.ok()) {
+        // The allocator hears of device 1's stream (or the allocation's
+        // stream waits for it), as for any other stream's use.
+        const bool record = top_ == cache_;
+        result = record ? cache_->RecordStream(l.allocation, peer_stream_)
+                        : Order(peer_stream_, l.allocation.stream);
+        if (!result.ok() && ExpectedFailure(result)) {
+          result = Order(peer_stream_, l.allocation.stream);
+        } else if (result.ok() && record) {
+          l.readers.push_back(peer_stream_);
+        }
+      }
+      break;  // `there` freed on device 1's stream, after its copies
+    }
     case OpKind::kCount:
       break;
   }
@@ -610,6 +660,10 @@ absl::Status OpInterpreter::Finish() {
   top_.reset();     // a pool or arena gives its slabs and chunks back to the cache
   if (absl::Status st = cache_->EmptyCache(); !st.ok() && result.ok()) result = st;
   cache_.reset();
+  if (peer_cache_ != nullptr) {
+    if (absl::Status st = peer_cache_->EmptyCache(); !st.ok() && result.ok()) result = st;
+    peer_cache_.reset();
+  }
   stream_pool_.reset();  // destroys the streams, each after its work
   reads_.reset();  // frees their scratch before the leak check
   if (sim_) {

@@ -132,6 +132,10 @@ class OpInterpreter {
   };
   std::vector<BridgeUnderTest> bridges_;
   std::shared_ptr<CachingAllocator> bridge_memory_;
+  // Device 1's allocator and a stream of it, for peer copies (a sim or a
+  // real host with two devices).
+  std::shared_ptr<CachingAllocator> peer_cache_;
+  Stream peer_stream_;
   std::shared_ptr<PinnedHostAllocator> bridge_pinned_;
   std::vector<LivePinned> pinned_live_;
   std::unique_ptr<StreamPool> stream_pool_;  // where streams_ (but the default) come from

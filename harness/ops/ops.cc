@@ -13,7 +13,7 @@ constexpr const char* kNames[] = {"allocate",   "free",        "free_on_other_st
                                   "copy",       "shared_view", "enqueue_work",
                                   "wait_event", "free_in_flight", "host_sync",
                                   "pinned_copy", "staging_readback", "keyed_reduce",
-                                  "bridge_echo"};
+                                  "bridge_echo", "peer_copy"};
 static_assert(sizeof(kNames) / sizeof(kNames[0]) == static_cast<int>(OpKind::kCount));
 
 class ByteReader {

@@ -46,6 +46,9 @@ enum class OpKind : std::uint8_t {
   kBridgeEcho,         // a: messages (mod 8, + 1), b: which bridge (one per transfer
                        // strategy): pushed, flushed, read by a kernel, echoed to the
                        // to-host ring by a device copy, drained and checked in order
+  kPeerCopy,           // a: live index, b: bit 0: peer access enabled and a kernel of
+                       // device 1 reads the allocation too: its cookie copied to device 1
+                       // on device 1's stream (the allocator told by RecordStream), checked
   kCount,
 };
 

@@ -72,10 +72,10 @@ std::string ReportText(const StressReport& r) {
                         "out-of-memory refusals\n",
                         r.faults_injected, r.fault_errors, r.out_of_memory);
   absl::StrAppendFormat(&out,
-                        "streams      %d allocations also used on another stream, %d limit "
-                        "changes racing queued work, %d pinned staging blocks freed with copies "
-                        "in flight\n",
-                        r.used_elsewhere, r.limit_changes, r.pinned.stream_waits);
+                        "streams      %d allocations also used on another stream, %d read by "
+                        "another device, %d limit changes racing queued work, %d pinned staging "
+                        "blocks freed with copies in flight\n",
+                        r.used_elsewhere, r.peer_uses, r.limit_changes, r.pinned.stream_waits);
   absl::StrAppendFormat(&out,
                         "pools        staging: %d buffers acquired, hit rate %.2f%%, %d passed "
                         "over with copies in flight; keyed: %d reductions, hit rate %.2f%%, %d "
@@ -169,6 +169,7 @@ std::string ReportJson(const StressReport& r) {
       {"fault_errors", r.fault_errors},
       {"out_of_memory", r.out_of_memory},
       {"used_elsewhere", r.used_elsewhere},
+      {"peer_uses", r.peer_uses},
       {"limit_changes", r.limit_changes},
       {"pinned_stream_waits", r.pinned.stream_waits},
       {"staging",

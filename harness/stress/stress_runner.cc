@@ -117,6 +117,10 @@ class Campaign {
   // Used on `other` after an event and a stream wait; the allocator then
   // hears of it by RecordStream, or the allocation's stream waits for it.
   absl::Status UseElsewhere(const Live& l, Stream other, bool record);
+  // Read by the next device: the head cookie copied there by a peer copy on
+  // one of its streams (checked), a second copy left in flight, and the
+  // allocator told of that stream by RecordStream (a peer device's stream).
+  absl::Status UseFromPeer(const Live& l, std::uint64_t pick);
   absl::Status Order(Stream from, Stream to);
   // A kernel reading `bytes` of `ptr` on `stream`: on the sim, a simulated
   // kernel the checker judges; on a real device, a copy of (up to 1 MiB of)
@@ -135,7 +139,10 @@ class Campaign {
   std::vector<std::shared_ptr<CachingAllocator>> allocators_;
   std::shared_ptr<PinnedHostAllocator> pinned_;  // cookie staging, stream-aware
   std::vector<std::shared_ptr<StagingBufferPool>> staging_;  // per device, over pinned_
-  std::vector<std::shared_ptr<KeyedBufferCache>> keyed_;     // per device, over resources_
+  // Per device, over the allocator itself (not the planted bug: its buffers
+  // are not in the live registry, so a planted double hand-out must meet a
+  // registered allocation to be named for what it is).
+  std::vector<std::shared_ptr<KeyedBufferCache>> keyed_;
   // Per device, with the strategy the device's visibility calls for (the
   // others on other devices, round the four).
   std::vector<std::unique_ptr<RingBufferBridge>> bridges_;
@@ -249,7 +256,7 @@ absl::Status Campaign::SetUp() {
                               StagingBufferPool::Create(pinned_, d));
     staging_.push_back(std::move(staging));
     GPUALLOC_ASSIGN_OR_RETURN(std::shared_ptr<KeyedBufferCache> keyed,
-                              KeyedBufferCache::Create(resources_[d], pinned_));
+                              KeyedBufferCache::Create(allocators_[d], pinned_));
     keyed_.push_back(std::move(keyed));
     const MemoryVisibility visibility =
         sim_ != nullptr ? MemoryVisibility::kSystemScope
@@ -424,6 +431,25 @@ absl::Status Campaign::UseElsewhere(const Live& l, Stream other, bool record) {
   return st.ok() ? st : Order(other, own);
 }
 
+absl::Status Campaign::UseFromPeer(const Live& l, std::uint64_t pick) {
+  const DeviceIndex own = l.allocation.device();
+  const DeviceIndex peer = static_cast<DeviceIndex>((own + 1) % config_.devices);
+  const Stream on = streams_[peer][pick % streams_[peer].size()];
+  const std::size_t n = CookieBytes(l);
+  GPUALLOC_ASSIGN_OR_RETURN(DeviceBuffer there, DeviceBuffer::Create(allocators_[peer], n, on));
+  const Transfers transfers(raw_);
+  const DeviceSpan from{l.allocation.ptr, l.allocation.bytes, own};
+  GPUALLOC_RETURN_IF_ERROR(Order(l.allocation.stream, on));  // after the cookie writes
+  GPUALLOC_RETURN_IF_ERROR(transfers.PeerToPeer(Span(there), 0, from, 0, n, on).status());
+  std::vector<unsigned char> seen(n);
+  GPUALLOC_RETURN_IF_ERROR(transfers.ToHostSync(seen.data(), Span(there), 0, n, on));
+  GPUALLOC_RETURN_IF_ERROR(CheckCookieBytes(l.allocation, l.cookie, seen.data(), n));
+  GPUALLOC_RETURN_IF_ERROR(transfers.PeerToPeer(Span(there), 0, from, 0, n, on).status());
+  absl::Status st = allocators_[own]->RecordStream(l.allocation, on);
+  // A refused RecordStream (an injected fault) must not leave the use unknown.
+  return st.ok() ? st : Order(on, l.allocation.stream);
+}
+
 absl::Status Campaign::RegisterLive(const Allocation& a) {
   const auto begin = reinterpret_cast<std::uintptr_t>(a.ptr);
   const std::uintptr_t end = begin + a.bytes;
@@ -482,7 +508,7 @@ void Campaign::Worker(int t) {
   LatencyHistogram alloc_hist, free_hist;
   std::uint64_t allocations = 0, frees = 0, oom = 0, faults = 0, xthread = 0, xstream = 0,
                 switches = 0, flushes = 0, checks = 0, elsewhere = 0, limit_changes = 0,
-                reductions = 0, bridge_trips = 0;
+                reductions = 0, bridge_trips = 0, peer_uses = 0;
   if (!context_->SetDevice(Device{device_type_, t % config_.devices}).ok()) ++faults;
   const auto deadline = start_ + std::chrono::duration_cast<Clock::duration>(
                                      std::chrono::duration<double>(config_.duration_s));
@@ -521,6 +547,10 @@ void Campaign::Worker(int t) {
           break;
         }
         st = WriteCookies(l);
+        if (st.ok() && config_.devices > 1 && coin(rng) < config_.use_elsewhere_fraction / 4) {
+          st = UseFromPeer(l, rng());
+          ++peer_uses;
+        }
         if (st.ok() && coin(rng) < config_.use_elsewhere_fraction) {
           const Stream other = streams[rng() % streams.size()];
           if (other != stream) {
@@ -641,6 +671,7 @@ void Campaign::Worker(int t) {
   report_.cross_stream_frees += xstream;
   report_.reductions += reductions;
   report_.bridge_round_trips += bridge_trips;
+  report_.peer_uses += peer_uses;
   report_.device_switches += switches;
   report_.cache_flushes += flushes;
   report_.invariant_checks += checks;

@@ -61,6 +61,7 @@ struct StressReport {
   std::uint64_t bridge_round_trips = 0;   // messages sent through a ring-buffer bridge and echoed
   std::uint64_t bridge_to_device = 0;     // messages the bridges flushed to the devices
   std::uint64_t bridge_to_host = 0;       // and drained back
+  std::uint64_t peer_uses = 0;            // allocations read by the next device (peer copies)
   bool stream_order_checked = false;      // the sim's checker was on
   StreamOrderStats stream_order;          // what it checked and found
   LatencyHistogram allocate_ns;

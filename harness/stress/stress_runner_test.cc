@@ -126,6 +126,7 @@ TEST(StressRunner, TheWorkloadUsesItsMemoryOnStreamsAndTheCheckerSeesAllOfIt) {
   EXPECT_EQ(r->keyed.acquires, r->reductions);
   EXPECT_GT(r->keyed.hits, 0u);
   EXPECT_GT(r->bridge_round_trips, 0u);
+  EXPECT_GT(r->peer_uses, 0u) << "allocations read by the other device";
   EXPECT_GT(r->bridge_to_device, 0u);
   EXPECT_EQ(r->bridge_to_host, r->bridge_to_device) << "every message came back";
   EXPECT_NE(ReportText(*r).find("stream order"), std::string::npos);
