@@ -32,6 +32,12 @@ struct Env {
     absl::Status st = sim->CheckStreamOrder();
     EXPECT_TRUE(st.ok()) << st;
   }
+  // Frees what `keyed` keeps, waits for the device, destroys `streams`.
+  void TearDown(KeyedBufferCache& keyed, std::initializer_list<Stream> streams) {
+    EXPECT_TRUE(keyed.Trim().ok());
+    EXPECT_TRUE(sim->DeviceSynchronize(0).ok());
+    for (Stream s : streams) EXPECT_TRUE(sim->DestroyStream(s).ok());
+  }
   std::shared_ptr<SimBackend> sim;
   std::shared_ptr<FailpointBackend> faulty;
   std::shared_ptr<CachingAllocator> cache;
@@ -140,10 +146,7 @@ TEST(KeyedBufferCache, ABufferHandedToAnotherStreamWaitsForTheOldStreamsWork) {
   env.Write(s2, b.data(), 4096);
   env.ExpectStreamOrderHeld();
   b.Reset().IgnoreError();
-  ASSERT_TRUE(keyed->Trim().ok());
-  ASSERT_TRUE(env.sim->DeviceSynchronize(0).ok());
-  ASSERT_TRUE(env.sim->DestroyStream(s1).ok());
-  ASSERT_TRUE(env.sim->DestroyStream(s2).ok());
+  env.TearDown(*keyed, {s1, s2});
 }
 
 // Bug: work on a stream named by RecordStream was forgotten: the next user
@@ -202,10 +205,7 @@ TEST(KeyedBufferCache, ABufferThatCannotBeOrderedOntoTheNewStreamIsReplaced) {
   env.Write(s2, b.data(), 4096);
   env.ExpectStreamOrderHeld();
   b.Reset().IgnoreError();
-  ASSERT_TRUE(keyed->Trim().ok());
-  ASSERT_TRUE(env.sim->DeviceSynchronize(0).ok());
-  ASSERT_TRUE(env.sim->DestroyStream(s1).ok());
-  ASSERT_TRUE(env.sim->DestroyStream(s2).ok());
+  env.TearDown(*keyed, {s1, s2});
 }
 
 TEST(KeyedBufferCache, BadRequestsAreRefusedAndChangeNothing) {

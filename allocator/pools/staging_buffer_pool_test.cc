@@ -217,21 +217,44 @@ TEST(StagingBufferPool, WhenNoEventCanBeRecordedTheReturnWaitsForTheStreamOnTheH
 // Bug: an evicted (or trimmed) buffer went back to the pinned allocator with
 // its copy still queued, and the pinned allocator, which never heard of the
 // pool's streams, handed it out again at once.
+// A pool that keeps one buffer, over a pinned allocator that caches: `a` is
+// back with a readback queued behind a 2 ms kernel and `b` still held, so
+// returning `b` evicts `a`.
+struct EvictionScene {
+  static constexpr std::size_t n = 64 * 1024;
+  explicit EvictionScene(Env& env)
+      : pool(env.Pool(OneBuffer())),
+        s(env.sim->CreateStream(0).value()),
+        dev(DeviceBuffer::Create(env.cache, n, s).value()),
+        a(pool->Acquire(n).value()),
+        b(pool->Acquire(n).value()),
+        first(a.data()) {
+    EXPECT_TRUE(env.sim->LaunchKernel(s, {{dev.data(), n, AccessMode::kWrite, 0}}, 2'000'000).ok());
+    EXPECT_TRUE(a.ReadBack(Span(dev), 0, n, s).ok());
+    EXPECT_TRUE(a.Reset().ok());
+  }
+  static StagingPoolOptions OneBuffer() {
+    StagingPoolOptions o;
+    o.max_buffers = 1;
+    return o;
+  }
+  std::shared_ptr<StagingBufferPool> pool;
+  Stream s;
+  DeviceBuffer dev;
+  StagingBuffer a;
+  StagingBuffer b;
+  void* first;  // `a`'s memory
+};
+
 TEST(StagingBufferPool, ABufferLeavesThePoolOnlyOnceItsCopyIsDone) {
-  Env env(SimOptions::WithDevices(2, 64 << 20), PinnedHostOptions{});  // the pinned one caches
-  StagingPoolOptions o;
-  o.max_buffers = 1;
-  auto pool = env.Pool(o);
-  const Stream s = env.sim->CreateStream(0).value();
-  constexpr std::size_t n = 64 * 1024;
-  DeviceBuffer dev = DeviceBuffer::Create(env.cache, n, s).value();
-  StagingBuffer a = pool->Acquire(n).value();
-  StagingBuffer b = pool->Acquire(n).value();
-  void* evicted = a.data();
-  ASSERT_TRUE(env.sim->LaunchKernel(s, {{dev.data(), n, AccessMode::kWrite, 0}}, 2'000'000).ok());
-  ASSERT_TRUE(a.ReadBack(Span(dev), 0, n, s).ok());
-  ASSERT_TRUE(a.Reset().ok());
-  ASSERT_TRUE(b.Reset().ok());  // evicts `a`, its copy maybe still queued
+  Env env(SimOptions::WithDevices(2, 64 << 20), PinnedHostOptions{});
+  EvictionScene scene(env);
+  constexpr std::size_t n = EvictionScene::n;
+  const Stream s = scene.s;
+  DeviceBuffer& dev = scene.dev;
+  auto& pool = scene.pool;
+  void* evicted = scene.first;
+  ASSERT_TRUE(scene.b.Reset().ok());  // evicts `a`, its copy maybe still queued
   // The pinned allocator gives the evicted block to whoever asks next.
   PinnedBlock next = env.pinned->Allocate(n, 0).value();
   EXPECT_EQ(next.ptr, evicted); 
@@ -249,21 +272,15 @@ TEST(StagingBufferPool, ABufferLeavesThePoolOnlyOnceItsCopyIsDone) {
 // the buffer went back to the pinned allocator anyway, or was dropped.
 TEST(StagingBufferPool, ABufferWhoseCopyCannotBeWaitedForIsRetainedUntilATrimCan) {
   Env env(SimOptions::WithDevices(2, 64 << 20), PinnedHostOptions{});
-  StagingPoolOptions o;
-  o.max_buffers = 1;
-  auto pool = env.Pool(o);
-  const Stream s = env.sim->CreateStream(0).value();
-  constexpr std::size_t n = 64 * 1024;
-  DeviceBuffer dev = DeviceBuffer::Create(env.cache, n, s).value();
-  StagingBuffer a = pool->Acquire(n).value();
-  StagingBuffer b = pool->Acquire(n).value();
-  void* retained = a.data();
-  ASSERT_TRUE(env.sim->LaunchKernel(s, {{dev.data(), n, AccessMode::kWrite, 0}}, 2'000'000).ok());
-  ASSERT_TRUE(a.ReadBack(Span(dev), 0, n, s).ok());
-  ASSERT_TRUE(a.Reset().ok());
+  EvictionScene scene(env);
+  constexpr std::size_t n = EvictionScene::n;
+  const Stream s = scene.s;
+  DeviceBuffer& dev = scene.dev;
+  auto& pool = scene.pool;
+  void* retained = scene.first;
   env.faulty->AddRule(
       FaultRule::EveryNth(BackendOp::kEventSynchronize, 1, FaultAction::kReturnError));
-  EXPECT_FALSE(b.Reset().ok()) << "evicting `a` needs a wait that fails";
+  EXPECT_FALSE(scene.b.Reset().ok()) << "evicting `a` needs a wait that fails";
   StagingPoolStats st = pool->stats();
   EXPECT_EQ(st.retained_buffers, 1u);
   EXPECT_EQ(st.retained_bytes, n);
