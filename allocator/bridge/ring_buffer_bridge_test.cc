@@ -157,6 +157,8 @@ TEST_P(EveryStrategyUnderEveryVisibility, MessagesCrossBothWaysInStreamOrder) {
   EXPECT_EQ(st.lost, 0u);
   if (strategy == TransferStrategy::kDmaPolling) {
     EXPECT_GT(st.polls, 0u);
+  } else {
+    EXPECT_EQ(st.polls, 0u) << "waited for in the runtime, not polled";
   }
   env.ExpectStreamOrderHeld();
 }

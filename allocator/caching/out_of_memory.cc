@@ -58,7 +58,7 @@ absl::StatusOr<void*> CachingAllocator::SegmentMemory(std::size_t& size, std::si
     if (ptr.status().code() == absl::StatusCode::kResourceExhausted && size > rounded) {
       size = rounded;
       block.size = size;
-      if (spare && !ShouldSplit(block, rounded)) spare.reset();
+      spare.reset();  // a block of exactly `rounded` is never split
       ptr = malloc_once(size);
     }
   }

@@ -342,6 +342,8 @@ TEST(StagingBufferPool, BadRequestsAreRefusedAndChangeNothing) {
   EXPECT_EQ(a.HostRead(1000, &byte, 1).code(), absl::StatusCode::kOutOfRange)
       << "past size(), though within the capacity";
   EXPECT_EQ(a.HostWrite(~std::size_t{0}, &byte, 2).code(), absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(a.HostWrite(1000, &byte, 1).code(), absl::StatusCode::kOutOfRange)
+      << "past size(), though within the capacity";
   EXPECT_EQ(a.ReadBack(Span(dev), 0, 1001, s).status().code(), absl::StatusCode::kOutOfRange);
   EXPECT_EQ(a.ReadBack(Span(dev), 4000, 1000, s).status().code(),
             absl::StatusCode::kInvalidArgument);

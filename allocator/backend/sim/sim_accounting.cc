@@ -1,5 +1,6 @@
 // The sim's ground truth: what every device has handed out, for the
 // harness's leak and overrun checks.
+#include <algorithm>
 #include <mutex>
 
 #include "absl/strings/str_format.h"
@@ -63,7 +64,8 @@ SimAccounting SimBackend::Accounting() const {
     a.page_migrations = d->page_migrations;
     out.devices.push_back(a);
   }
-  for (int i = 0; i < kBackendOpCount; ++i) out.calls[i] = calls_[i].load(std::memory_order_relaxed);
+  std::transform(calls_.begin(), calls_.end(), out.calls.begin(),
+                 [](const std::atomic<std::uint64_t>& c) { return c.load(std::memory_order_relaxed); });
   out.live_streams = streams_.size();
   out.live_events = events_.size();
   out.guard_violations = guard_violations_;

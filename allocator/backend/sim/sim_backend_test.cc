@@ -658,3 +658,25 @@ TEST(SimBackendDeathTest, CreateStreamBeyondTheMachinesThreadsIsAnErrorNotACrash
 
 }  // namespace
 }  // namespace gpualloc
+
+namespace gpualloc {
+namespace {
+
+// An empty access (no bytes, or no pointer) touches nothing: it is no error,
+// whatever the pointer; and with the checker off nothing is checked at all.
+TEST(SimBackend, EmptyHostAccessesAreNoErrorAndNothingIsCheckedWithTheCheckerOff) {
+  int on_stack = 0;
+  SimBackend sim(SimOptions::WithDevices(1, 1 << 20));
+  EXPECT_TRUE(sim.NoteHostAccess(&on_stack, 0, AccessMode::kWrite).ok());
+  EXPECT_TRUE(sim.NoteHostAccess(nullptr, 64, AccessMode::kRead).ok());
+  EXPECT_EQ(sim.NoteHostAccess(&on_stack, sizeof(on_stack), AccessMode::kWrite).code(),
+            absl::StatusCode::kInvalidArgument)
+      << "not pinned or managed memory";
+  SimOptions off = SimOptions::WithDevices(1, 1 << 20);
+  off.check_stream_order = false;
+  SimBackend unchecked(off);
+  EXPECT_TRUE(unchecked.NoteHostAccess(&on_stack, sizeof(on_stack), AccessMode::kWrite).ok());
+}
+
+}  // namespace
+}  // namespace gpualloc
