@@ -99,7 +99,8 @@ class RingBufferBridge {
       std::shared_ptr<Backend> backend, std::shared_ptr<PinnedHostAllocator> pinned,
       std::shared_ptr<MemoryResource> device_memory, Stream stream, BridgeOptions options,
       MemoryVisibility visibility);
-  // Waits for the stream, then frees the rings.
+  // Waits for the stream, then frees the rings (in the stream's order):
+  // destroy the bridge before its stream.
   ~RingBufferBridge();
   RingBufferBridge(const RingBufferBridge&) = delete;
   RingBufferBridge& operator=(const RingBufferBridge&) = delete;
