@@ -436,7 +436,16 @@ absl::Status Campaign::UseFromPeer(const Live& l, std::uint64_t pick) {
   const DeviceIndex peer = static_cast<DeviceIndex>((own + 1) % config_.devices);
   const Stream on = streams_[peer][pick % streams_[peer].size()];
   const std::size_t n = CookieBytes(l);
-  GPUALLOC_ASSIGN_OR_RETURN(DeviceBuffer there, DeviceBuffer::Create(allocators_[peer], n, on));
+  absl::StatusOr<DeviceBuffer> made = DeviceBuffer::Create(allocators_[peer], n, on);
+  if (!made.ok()) {
+    // An injected fault or a full device refused the copy's destination:
+    // nothing was used, nothing to check.
+    if (IsInjected(made.status()) || absl::IsResourceExhausted(made.status())) {
+      return absl::OkStatus();
+    }
+    return made.status();
+  }
+  DeviceBuffer there = *std::move(made);
   const Transfers transfers(raw_);
   const DeviceSpan from{l.allocation.ptr, l.allocation.bytes, own};
   GPUALLOC_RETURN_IF_ERROR(Order(l.allocation.stream, on));  // after the cookie writes
