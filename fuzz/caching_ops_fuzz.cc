@@ -20,6 +20,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     options.caching.cross_stream = static_cast<gpualloc::CrossStreamReuse>(data[0] % 3);
     options.stack = static_cast<InterpreterStack>((data[0] / 3) % 3);
     options.caching.expandable_segments = (data[0] / 9) % 2 == 1;
+    options.caching.front_cache_blocks = (data[0] / 18) % 2 == 1 ? 4 : 0;
   }
   OpInterpreter interpreter(options);
   for (const Op& op : DecodeOps(data, size)) {

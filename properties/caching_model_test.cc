@@ -85,6 +85,7 @@ void CheckRandomCommandSequences(CrossStreamReuse policy,
   InterpreterOptions options;
   options.device_capacity = std::size_t{96} << 20;
   options.caching.cross_stream = policy;
+  options.caching.front_cache_blocks = *rc::gen::element<std::size_t>(0, 0, 4);
   options.stack = stack;
   options.seed = *rc::gen::inRange<std::uint64_t>(1, 1 << 20);
 #ifdef GPUALLOC_TEST_RUNTIME  // the gpu_test build: the same properties on the real device

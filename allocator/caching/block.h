@@ -27,6 +27,7 @@ namespace gpualloc::caching_detail {
 
 struct Block;
 struct Segment;
+class FrontCache;
 
 // Free blocks of a pool, best fit first: by stream, then size, then address.
 struct BlockLess {
@@ -66,12 +67,22 @@ struct Block {
   // The block's own node for its pool's FreeSet, held while the block is not
   // in the set, so moving it in and out never allocates (and never throws).
   FreeSet::node_type node;
-  // Its node for the LiveMap, held while the block is not live.
+  // Its node for the LiveMap, held while the block is not live, and for a
+  // front cache's map of loans, held while it is not on loan.
   LiveMap::node_type live_node;
+  LiveMap::node_type front_node;
   // While live, with recording on (AllocationRecorder): its order (0: not
   // recorded) and its interned allocation tag (null: none).
   std::uint64_t sequence = 0;
   const std::pmr::string* tag = nullptr;
+  // While on loan to a thread's front cache (front_cache.h): that cache
+  // (set and cleared under the allocator's lock and the cache's), and the
+  // requested bytes the allocator's stats counted at the loan. Under the
+  // cache's lock: whether its user freed it into the cache (`parked`,
+  // `requested` then 0); `requested` is then the cache's to change.
+  FrontCache* front = nullptr;
+  bool parked = false;
+  std::size_t counted_requested = 0;
 
   bool is_split() const { return prev != nullptr || next != nullptr; }
 };

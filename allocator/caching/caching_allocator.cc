@@ -68,10 +68,16 @@ CachingAllocator::CachingAllocator(std::shared_ptr<Backend> backend, DeviceIndex
       spare_blocks_(metadata_),
       free_segments_(metadata_),
       tags_(metadata_),
-      limit_(options.reserved_limit) {}
+      limit_(options.reserved_limit),
+      front_id_(caching_detail::NewFrontOwnerId()),
+      front_home_(std::make_shared<caching_detail::FrontHome>()),
+      front_serving_(options.front_cache_blocks > 0),
+      fronts_(metadata_) {}
 
 CachingAllocator::~CachingAllocator() {
   MutexLock lock(mu_);
+  // Parked blocks are free, not leaks; loaned live ones are the caller's.
+  while (!fronts_.empty()) RetireFrontLocked(*fronts_.back());
   WaitForAllPending().IgnoreError();
   CallAtBoundary("device synchronize", [&] { return backend_->DeviceSynchronize(device_); })
       .IgnoreError();
@@ -116,9 +122,17 @@ CachingAllocator::~CachingAllocator() {
 
 absl::StatusOr<Allocation> CachingAllocator::DoAllocate(std::size_t bytes, Stream stream) {
   const std::optional<std::size_t> rounded = CheckedRoundUp(bytes, options_.min_block_bytes);
+  const bool front = rounded && FrontServes(*rounded);
+  if (front) {
+    if (const Block* hit = AllocateFromFront(*rounded, bytes, stream)) {
+      return Allocation{reinterpret_cast<void*>(hit->address), bytes, stream};
+    }
+  }
   bool callbacks_ran = false;
+  bool fronts_flushed = false;
   for (;;) {
     ReleasableMutexLock lock(mu_);
+    RetireOrphansLocked();
     if (!rounded || *rounded > capacity_ || *rounded > EffectiveLimit()) {
       // Fails fast and touches nothing: no cache flush can make this fit.
       return absl::ResourceExhaustedError(absl::StrFormat(
@@ -131,7 +145,20 @@ absl::StatusOr<Allocation> CachingAllocator::DoAllocate(std::size_t bytes, Strea
     if (recording_) record_tag_ = tags_.Intern(CurrentAllocationTag());
     bool oom = false;
     absl::StatusOr<Allocation> result = TryAllocateLocked(*rounded, bytes, stream, &oom);
-    if (result.ok() || !oom) return result;
+    if (result.ok()) {
+      // Lent to this thread's cache, so its free (and the next allocation
+      // of its size) can take the fast path.
+      if (front && !recording_) {
+        if (FrontCache* cache = FrontForThisThreadLocked()) LoanLocked(*cache, last_registered_);
+      }
+      return result;
+    }
+    if (!oom) return result;
+    // Blocks parked in the threads' caches are free memory: use them first.
+    if (!fronts_flushed && FlushFrontsLocked() > 0) {
+      fronts_flushed = true;
+      continue;
+    }
     if (callbacks_ran || oom_callbacks_.empty()) {
       ++stats_.oom_events;
       return OutOfMemoryError(bytes, *rounded, stream);
@@ -222,6 +249,7 @@ Allocation CachingAllocator::Register(Block* block, std::size_t requested) {
   block->live_node.key() = block->address;
   block->live_node.mapped() = block;
   allocated_.insert(std::move(block->live_node));  // its own node, room reserved: no-throw
+  last_registered_ = block;
   Account(block->segment->small_pool, [&](MemoryStats& st) {
     st.allocated_bytes.Add(static_cast<std::int64_t>(block->size));
     st.requested_bytes.Add(static_cast<std::int64_t>(requested));
@@ -235,7 +263,11 @@ void CachingAllocator::ReserveLive() { ReserveOneMore(allocated_); }
 // --- free ------------------------------------------------------------------------------
 
 absl::Status CachingAllocator::DoDeallocate(const Allocation& allocation, Stream stream) {
+  if (front_serving_.load(std::memory_order_relaxed) && FreeIntoFront(allocation, stream)) {
+    return absl::OkStatus();
+  }
   ReleasableMutexLock lock(mu_);
+  RetireOrphansLocked();
   // Streams this call already waited for on the host (the fallback below).
   std::pmr::vector<Stream> waited_on_host(metadata_);
   for (;;) {
@@ -248,11 +280,36 @@ absl::Status CachingAllocator::DoDeallocate(const Allocation& allocation, Stream
           device_, allocation.ptr));
     }
     Block* block = it->second;
-    if (allocation.bytes != block->requested) {
-      ++stats_.failed_frees;
+    auto wrong_size = [&] {
       return absl::InvalidArgumentError(absl::StrFormat(
           "caching allocator (device %d): %p freed as %d bytes but was allocated as %d", device_,
           allocation.ptr, allocation.bytes, block->requested));
+    };
+    if (block->front != nullptr) {
+      // On loan to a thread's cache: freed there already (parked), or freed
+      // here, by another thread or in a way the fast path leaves to us.
+      FrontCache& front = *block->front;
+      SpinLockHolder front_lock(front.mu);
+      if (block->parked) {
+        ++stats_.failed_frees;
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "caching allocator (device %d): %p was not allocated here (a foreign pointer) or "
+            "was already freed",
+            device_, allocation.ptr));
+      }
+      if (allocation.bytes != block->requested) {
+        ++stats_.failed_frees;
+        return wrong_size();
+      }
+      if (&front == caching_detail::ThisThreadsFront(front_id_) &&
+          front_serving_.load(std::memory_order_relaxed) &&
+          Parkable(*block, allocation, stream) && ParkEvictingOldestLocked(front, block)) {
+        return absl::OkStatus();  // the cache was full: its oldest blocks made room
+      }
+      UnloanLocked(front, block);
+    } else if (allocation.bytes != block->requested) {
+      ++stats_.failed_frees;
+      return wrong_size();
     }
     if (options_.cross_stream != CrossStreamReuse::kNone) PrepareMarker(stream);
     // Every other stream that used the block, its allocation stream included
@@ -315,7 +372,7 @@ absl::Status CachingAllocator::DoDeallocate(const Allocation& allocation, Stream
         continue;
       }
     }
-    CommitFree(it, stream, std::move(events), /*synchronised=*/false);
+    CommitFree(it, stream, std::move(events), FreeKind::kOnStream);
     return absl::OkStatus();
   }
 }
@@ -323,20 +380,30 @@ absl::Status CachingAllocator::DoDeallocate(const Allocation& allocation, Stream
 absl::Status CachingAllocator::DoDeallocateAfterSync(const Allocation& allocation) {
   MutexLock lock(mu_);
   auto it = allocated_.find(reinterpret_cast<std::uintptr_t>(allocation.ptr));
-  if (it == allocated_.end() || allocation.bytes != it->second->requested) {
+  Block* block = it != allocated_.end() ? it->second : nullptr;
+  bool live = block != nullptr;
+  if (live && block->front != nullptr) {
+    FrontCache& front = *block->front;
+    SpinLockHolder front_lock(front.mu);
+    // Parked: freed already, into its thread's cache.
+    live = !block->parked && allocation.bytes == block->requested;
+    if (live) UnloanLocked(front, block);
+  } else if (live) {
+    live = allocation.bytes == block->requested;
+  }
+  if (!live) {
     ++stats_.failed_frees;
     return absl::InvalidArgumentError(absl::StrFormat(
         "caching allocator (device %d): %p (%d bytes) is not a live allocation of this size",
         device_, allocation.ptr, allocation.bytes));
   }
-  Block* block = it->second;
   const Stream keep = block->stream;  // the key it is filed under; never called
-  CommitFree(it, keep, std::pmr::vector<Event>(metadata_), /*synchronised=*/true);
+  CommitFree(it, keep, std::pmr::vector<Event>(metadata_), FreeKind::kAfterDeviceSync);
   return absl::OkStatus();
 }
 
 void CachingAllocator::CommitFree(LiveMap::iterator it, Stream stream,
-                                  std::pmr::vector<Event> events, bool synchronised) {
+                                  std::pmr::vector<Event> events, FreeKind kind) {
   Block* block = it->second;
   // Commit: nothing below allocates or fails.
   block->live_node = allocated_.extract(it);  // kept for the block's next allocation
@@ -348,8 +415,12 @@ void CachingAllocator::CommitFree(LiveMap::iterator it, Stream stream,
   block->requested = 0;
   block->stream = stream;
   block->stream_uses.clear();
-  if (synchronised) {
+  if (kind == FreeKind::kAfterDeviceSync) {
     block->free_epoch = 0;  // nothing queued on it anywhere
+  } else if (kind == FreeKind::kParkedEarlier) {
+    // Its stream may be gone by now: no marker can be recorded on it, so
+    // the block stays with it until a device synchronise.
+    block->free_epoch = std::numeric_limits<std::uint64_t>::max();
   } else if (options_.cross_stream != CrossStreamReuse::kNone) {
     MarkFreed(block, stream);
   }
@@ -389,6 +460,15 @@ absl::Status CachingAllocator::RecordStream(const Allocation& allocation, Stream
           device_, allocation.ptr));
     }
     Block* block = it->second;
+    // A loaned block's streams are read by its thread's fast free, under
+    // its cache's lock.
+    std::optional<SpinLockHolder> front_lock;
+    if (block->front != nullptr) front_lock.emplace(block->front->mu);
+    if (block->parked) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "caching allocator (device %d): RecordStream on %p, which is not a live allocation",
+          device_, allocation.ptr));
+    }
     if (stream == block->stream) return absl::OkStatus();
     for (Stream s : block->stream_uses) {
       if (s == stream) return absl::OkStatus();
@@ -403,6 +483,7 @@ absl::Status CachingAllocator::RecordStream(const Allocation& allocation, Stream
 absl::Status CachingAllocator::EmptyCache(std::size_t keep_bytes) {
   return CallAtBoundary("EmptyCache", [&]() -> absl::Status {
     MutexLock lock(mu_);
+    FlushFrontsLocked();
     GPUALLOC_RETURN_IF_ERROR(WaitForAllPending());
     GPUALLOC_RETURN_IF_ERROR(CoalesceAfterSync());
     DropMarkers();  // synchronised: no free block needs a marker any more
@@ -417,6 +498,7 @@ absl::Status CachingAllocator::EmptyCache(std::size_t keep_bytes) {
 absl::Status CachingAllocator::SetReservedLimit(std::size_t bytes) {
   MutexLock lock(mu_);
   limit_ = bytes;
+  FlushFrontsLocked();  // parked blocks may be what is released
   EnforceLimitLocked();
   return absl::OkStatus();
 }
@@ -428,7 +510,12 @@ std::size_t CachingAllocator::reserved_limit() const {
 
 bool CachingAllocator::Owns(const void* ptr) const {
   MutexLock lock(mu_);
-  return allocated_.contains(reinterpret_cast<std::uintptr_t>(ptr));
+  auto it = allocated_.find(reinterpret_cast<std::uintptr_t>(ptr));
+  if (it == allocated_.end()) return false;
+  const Block* block = it->second;
+  if (block->front == nullptr) return true;
+  SpinLockHolder front_lock(block->front->mu);
+  return !block->parked;
 }
 
 void CachingAllocator::AddOomCallback(OomCallback callback) {
@@ -440,18 +527,17 @@ void CachingAllocator::AddOomCallback(OomCallback callback) {
 
 std::array<MemoryStats, 2> CachingAllocator::pool_stats() const {
   MutexLock lock(mu_);
-  return pool_stats_;
+  return {StatsWithFrontsLocked(0), StatsWithFrontsLocked(1)};
 }
 
 MemoryStats CachingAllocator::stats() const {
   MutexLock lock(mu_);
-  MemoryStats s = stats_;
-  s.largest_free_block = LargestFreeBlockLocked();
-  return s;
+  return StatsWithFrontsLocked(-1);
 }
 
 void CachingAllocator::ResetPeakStats() {
   MutexLock lock(mu_);
+  FlushFrontsLocked();  // our counters alone are then exact: the peaks restart from them
   for (MemoryStats* st : {&stats_, &pool_stats_[0], &pool_stats_[1]}) {
     for (StatCounter* c : {&st->allocated_bytes, &st->requested_bytes, &st->reserved_bytes,
                            &st->active_blocks, &st->segments, &st->inactive_split_bytes}) {
@@ -464,6 +550,15 @@ MemorySnapshot CachingAllocator::Snapshot() const {
   MemorySnapshot snap;
   snap.device = device_;
   MutexLock lock(mu_);
+  // Every thread's cache held for the whole snapshot, and emptied: parked
+  // blocks are free memory, shown (merged) in the free index. That is the
+  // one change a snapshot makes, which no caller can tell from outside but
+  // by the next allocation's speed.
+  caching_detail::AllFrontsLocked fronts_held(fronts_);
+  for (const std::shared_ptr<FrontCache>& front : fronts_) {
+    front->mu.AssertHeld();
+    const_cast<CachingAllocator*>(this)->FlushFrontLocked(*front);
+  }
   for (const Segment* s = segments_; s != nullptr; s = s->next) {
     SegmentSnapshot seg{s->address, s->size, s->small_pool, s->last_used, {}};
     for (const Block* b = s->head; b != nullptr; b = b->next) {
@@ -475,6 +570,10 @@ MemorySnapshot CachingAllocator::Snapshot() const {
             [](const SegmentSnapshot& a, const SegmentSnapshot& b) { return a.address < b.address; });
   snap.stats = stats_;
   snap.stats.largest_free_block = LargestFreeBlockLocked();
+  for (const std::shared_ptr<FrontCache>& front : fronts_) {
+    front->mu.AssertHeld();
+    AddFrontCounts(*front, snap.stats, -1);
+  }
   return snap;
 }
 
@@ -483,6 +582,10 @@ MemorySnapshot CachingAllocator::Snapshot() const {
 void CachingAllocator::StartRecording() {
   MutexLock lock(mu_);
   recording_ = true;
+  // Recorded allocations carry a sequence and a tag, which the fast path
+  // does not give: the caches stop serving.
+  front_serving_.store(false, std::memory_order_relaxed);
+  FlushFrontsLocked();
 }
 
 std::vector<RecordedAllocation> CachingAllocator::RecordedLive() const {

@@ -42,10 +42,15 @@
 // allocator (one allocator per device, so devices never contend) guards all
 // state; backend calls for new segments and releases happen under it, OOM
 // callbacks never do. The metadata resource is called only under it too.
+// With front caches (CachingOptions::front_cache_blocks), each thread's
+// cache has a lock of its own, which its thread's repeated sizes take
+// instead (front_cache.h); stats and snapshots take every cache's lock, so
+// they stay exact.
 #ifndef GPUALLOC_ALLOCATOR_CACHING_CACHING_ALLOCATOR_H_
 #define GPUALLOC_ALLOCATOR_CACHING_CACHING_ALLOCATOR_H_
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -60,6 +65,7 @@
 #include "allocator/backend/backend.h"
 #include "allocator/caching/block.h"
 #include "allocator/caching/caching_options.h"
+#include "allocator/caching/front_cache.h"
 #include "allocator/common/mutex.h"
 #include "allocator/policy/tag_interner.h"
 #include "allocator/resource/allocation_recorder.h"
@@ -78,7 +84,8 @@ struct OomEvent {
 // are caught and count as false.
 using OomCallback = std::function<bool(const OomEvent&)>;
 
-class CachingAllocator final : public MemoryResource, public AllocationRecorder {
+class CachingAllocator final : public MemoryResource,
+                               public AllocationRecorder {
  public:
   // InvalidArgument for inconsistent options; the backend's error if the
   // device does not exist.
@@ -144,6 +151,7 @@ class CachingAllocator final : public MemoryResource, public AllocationRecorder 
   using LiveMap = caching_detail::LiveMap;
   using BlockPtr = caching_detail::BlockPtr;
   using SegmentPtr = caching_detail::SegmentPtr;
+  using FrontCache = caching_detail::FrontCache;
 
   CachingAllocator(std::shared_ptr<Backend> backend, DeviceIndex device, CachingOptions options,
                    std::size_t capacity, std::size_t alignment);
@@ -209,10 +217,13 @@ class CachingAllocator final : public MemoryResource, public AllocationRecorder 
   bool AbsorbIntoNextInPlace(Block* block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Frees the live block at `it` on `stream`: pending on `events` (from the
   // other streams that used it) or straight back to its pool. No-throw.
-  // `synchronised`: the caller synchronised the device since the block's
-  // last use (DeallocateAfterSync): it may go to any stream at once.
+  enum class FreeKind {
+    kOnStream,         // a free on `stream`, which its caller has: free markers apply
+    kAfterDeviceSync,  // nothing queued on it anywhere: any stream may take it at once
+    kParkedEarlier,    // freed into a front cache on `stream` earlier: stays with it
+  };
   void CommitFree(LiveMap::iterator it, Stream stream, std::pmr::vector<Event> events,
-                  bool synchronised) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+                  FreeKind kind) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Records an allocated block: the live map, its segment's recency, stats.
   // No-throw after ReserveLive().
   Allocation Register(Block* block, std::size_t requested) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -270,6 +281,47 @@ class CachingAllocator final : public MemoryResource, public AllocationRecorder 
     fn(stats_);
     fn(pool_stats_[small_pool ? 0 : 1]);
   }
+  // --- the per-thread front cache (front_cache.cc, front_cache.h) ---
+  bool FrontServes(std::size_t rounded) const {
+    return front_serving_.load(std::memory_order_relaxed) && rounded <= options_.front_cache_bytes;
+  }
+  // Without the allocator's lock: a block the calling thread parked, now
+  // allocated for `bytes` on `stream`, or null.
+  Block* AllocateFromFront(std::size_t rounded, std::size_t bytes, Stream stream);
+  // Without the allocator's lock: parks `allocation` in the calling thread's
+  // cache if it is that cache's live loan and parkable there; false (and
+  // nothing changed) for everything else, which the slow path handles.
+  bool FreeIntoFront(const Allocation& allocation, Stream stream);
+  bool Parkable(const Block& block, const Allocation& allocation, Stream stream) const;
+  void Park(FrontCache& front, Block* block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(front.mu);
+  // The calling thread's cache, made on its first use; null if it cannot be.
+  FrontCache* FrontForThisThreadLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Lends `block` (just registered) to `front`; skipped without memory.
+  void LoanLocked(FrontCache& front, Block* block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Ends `block`'s loan: the allocator's own books take it over as it is
+  // (live, or parked: allocated with 0 bytes requested, to be freed next).
+  void UnloanLocked(FrontCache& front, Block* block)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_, front.mu);
+  // Ends a parked block's loan and frees it into the free index.
+  void ReturnParkedLocked(FrontCache& front, Block* block)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_, front.mu);
+  // Returns the parked blocks of one cache, or of all, to the free index;
+  // returns how many.
+  std::size_t FlushFrontLocked(FrontCache& front) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_, front.mu);
+  std::size_t FlushFrontsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // `front` is full: returns its oldest parked blocks until `block` fits,
+  // then parks it. False (nothing changed) if nothing is parked to return.
+  bool ParkEvictingOldestLocked(FrontCache& front, Block* block)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_, front.mu);
+  // Ends every loan of `front`, folds its counts into ours and forgets it.
+  void RetireFrontLocked(FrontCache& front) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Retires the caches whose threads ended (FrontHome::orphans).
+  void RetireOrphansLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  static void AddFrontCounts(const FrontCache& front, MemoryStats& stats, int pool)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(front.mu);
+  // stats_ (pool < 0) or pool_stats_[pool] with every cache's changes.
+  MemoryStats StatsWithFrontsLocked(int pool) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   const std::shared_ptr<Backend> backend_;
   const DeviceIndex device_;
   const CachingOptions options_;
@@ -345,6 +397,15 @@ class CachingAllocator final : public MemoryResource, public AllocationRecorder 
   MemoryStats stats_ ABSL_GUARDED_BY(mu_);
   std::array<MemoryStats, 2> pool_stats_ ABSL_GUARDED_BY(mu_);  // small, large
   std::vector<OomCallback> oom_callbacks_ ABSL_GUARDED_BY(mu_);
+  // The front caches: this allocator's id in the threads' registries, the
+  // home they find it through, whether they serve (options on, not
+  // recording), every thread's cache, and the block Register last filed
+  // (the one DoAllocate lends).
+  const std::uint64_t front_id_;
+  const std::shared_ptr<caching_detail::FrontHome> front_home_;
+  std::atomic<bool> front_serving_;
+  std::pmr::vector<std::shared_ptr<FrontCache>> fronts_ ABSL_GUARDED_BY(mu_);
+  Block* last_registered_ ABSL_GUARDED_BY(mu_) = nullptr;
 };
 
 }  // namespace gpualloc

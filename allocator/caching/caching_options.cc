@@ -30,6 +30,16 @@ absl::Status CachingOptions::Validate() const {
     return absl::InvalidArgumentError(
         absl::StrFormat("gc_threshold must be in [0, 1], got %g", gc_threshold));
   }
+  if (front_cache_blocks > kMaxFrontCacheBlocks) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "front_cache_blocks must be at most %d, got %d", kMaxFrontCacheBlocks,
+        front_cache_blocks));
+  }
+  if (front_cache_blocks > 0 && front_cache_bytes < min_block_bytes) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "front_cache_bytes (%d) must hold at least one block of min_block_bytes (%d)",
+        front_cache_bytes, min_block_bytes));
+  }
   return absl::OkStatus();
 }
 

@@ -71,6 +71,16 @@ struct CachingOptions {
   // or a pool for the bookkeeping, or a resource that fails on chosen calls
   // to test exactly that.
   std::pmr::memory_resource* metadata_resource = nullptr;
+  // Per-thread front cache (0: off). Each thread keeps up to this many of
+  // the blocks it freed, unmerged, for its next allocations of the same
+  // rounded size on the same stream, which then take neither the
+  // allocator's lock nor its free index (see docs/design.md, "Front
+  // cache"). At most kMaxFrontCacheBlocks.
+  std::size_t front_cache_blocks = 0;
+  // The bound on the bytes one thread's front cache keeps; larger requests
+  // never use it.
+  std::size_t front_cache_bytes = std::size_t{16} << 20;
+  static constexpr std::size_t kMaxFrontCacheBlocks = 64;
 
   // OK, or InvalidArgument naming the first inconsistent field.
   absl::Status Validate() const;

@@ -32,6 +32,10 @@ BlockPtr CachingAllocator::NewBlock() {
   // still harmless.
   block->node = MakeNode(small_, block.get());
   block->live_node = MakeNode(allocated_, std::uintptr_t{0}, block.get());
+  // And its node for a thread's front cache, so a loan allocates nothing.
+  if (options_.front_cache_blocks > 0) {
+    block->front_node = MakeNode(allocated_, std::uintptr_t{0}, block.get());
+  }
   return block;
 }
 

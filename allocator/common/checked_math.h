@@ -27,7 +27,9 @@ constexpr std::optional<std::size_t> CheckedMul(std::size_t a, std::size_t b) {
 // nullopt if that multiple does not fit in size_t.
 constexpr std::optional<std::size_t> CheckedRoundUp(std::size_t n, std::size_t alignment) {
   if (alignment == 0) return std::nullopt;
-  const std::size_t rem = n % alignment;
+  // A power of two (every alignment the allocators use) needs no division.
+  const std::size_t rem =
+      (alignment & (alignment - 1)) == 0 ? n & (alignment - 1) : n % alignment;
   if (rem == 0) return n;
   return CheckedAdd(n, alignment - rem);
 }

@@ -23,6 +23,8 @@ TEST(CheckedMath, RoundUpNeverWraps) {
   EXPECT_EQ(CheckedRoundUp(0, 256), 0u);
   EXPECT_EQ(CheckedRoundUp(1, 256), 256u);
   EXPECT_EQ(CheckedRoundUp(256, 256), 256u);
+  EXPECT_EQ(CheckedRoundUp(257, 256), 512u);
+  EXPECT_EQ(CheckedRoundUp(4097, 512), 4608u);
   EXPECT_EQ(CheckedRoundUp(1000, 3), 1002u);
   EXPECT_FALSE(CheckedRoundUp(kMax - 10, 256).has_value());
   EXPECT_FALSE(CheckedRoundUp(5, 0).has_value());

@@ -99,7 +99,10 @@ absl::StatusOr<std::vector<Stream>> MakeStreams(Backend& device, int streams) {
   return out;
 }
 
-enum class Ours { kCaching, kSizeClass, kRaw, kTrackedCaching };
+// The front cache's size in the caching_front runs.
+constexpr std::size_t kBenchFrontCacheBlocks = 16;
+
+enum class Ours { kCaching, kCachingFront, kSizeClass, kRaw, kTrackedCaching };
 
 // A caching allocator over `device`, under a size-class pool if asked; the
 // caching allocator itself through `cache` (its reserved bytes are the
@@ -126,8 +129,10 @@ absl::StatusOr<std::unique_ptr<BenchAllocator>> MakeOurs(Ours kind, bool cuda_la
     resource = std::make_shared<BackendResource>(sim, 0);
   } else {
     std::shared_ptr<MemoryResource> cache;
+    CachingOptions options;
+    if (kind == Ours::kCachingFront) options.front_cache_blocks = kBenchFrontCacheBlocks;
     absl::StatusOr<std::shared_ptr<MemoryResource>> stack =
-        CachingStack(sim, CachingOptions{}, kind == Ours::kSizeClass, &cache);
+        CachingStack(sim, options, kind == Ours::kSizeClass, &cache);
     if (!stack.ok()) return stack.status();
     resource = *std::move(stack);
     if (kind == Ours::kTrackedCaching) resource = std::make_shared<TrackingAdaptor>(resource);
@@ -269,6 +274,8 @@ const std::vector<AllocatorSpec>& AllAllocators() {
   static const auto* const kAll = new std::vector<AllocatorSpec>{
       {"caching", Family::kOurs, true,
        [](int s) { return MakeOurs(Ours::kCaching, false, s); }},
+      {"caching_front", Family::kOurs, true,
+       [](int s) { return MakeOurs(Ours::kCachingFront, false, s); }},
       {"caching_cudalat", Family::kOurs, true,
        [](int s) { return MakeOurs(Ours::kCaching, true, s); }},
       {"size_class", Family::kOurs, true,

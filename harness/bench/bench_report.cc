@@ -111,41 +111,47 @@ std::vector<Goal> Goals(const std::vector<BenchResult>& rs) {
   const Format times = [](double v) { return absl::StrFormat("%.2f×", v); };
   const Format plain = [](double v) { return absl::StrFormat("%.3f", v); };
   const Format percent = [](double v) { return absl::StrFormat("%.2f%%", v); };
-  for (const char* stack : {"caching", "size_class"}) {
+  for (const char* stack : {"caching", "caching_front", "size_class"}) {
     for (const char* w : {"pair_256B", "pair_64KiB", "pair_4MiB"}) {
       add(absl::StrCat("cached pair, ", Title(w).substr(9), ": ns per pair (", stack, ")"),
           ns(w, stack), nanos, "≤ 25 ns", [](double v) { return v <= 25; });
     }
   }
-  auto ratio = [&](const std::string& w, const std::string& ref) -> std::optional<double> {
-    auto a = ns(w, "caching"), b = ns(w, ref);
+  auto ratio = [&](const std::string& w, const std::string& ours,
+                   const std::string& ref) -> std::optional<double> {
+    auto a = ns(w, ours), b = ns(w, ref);
     if (!a || !b || *b <= 0) return std::nullopt;
     return *a / *b;
   };
-  for (const char* w : {"pair_256B", "pair_64KiB", "pair_4MiB", "random"}) {
-    add(absl::StrCat(Title(w), ": caching ÷ mimalloc"), ratio(w, "mimalloc"), times, "≤ 2×",
-        [](double v) { return v <= 2; });
-    add(absl::StrCat(Title(w), ": caching ÷ pmr_sync"), ratio(w, "pmr_sync"), times, "≤ 0.33×",
+  for (const char* ours : {"caching", "caching_front"}) {
+    for (const char* w : {"pair_256B", "pair_64KiB", "pair_4MiB", "random"}) {
+      add(absl::StrCat(Title(w), ": ", ours, " ÷ mimalloc"), ratio(w, ours, "mimalloc"), times,
+          "≤ 2×", [](double v) { return v <= 2; });
+      add(absl::StrCat(Title(w), ": ", ours, " ÷ pmr_sync"), ratio(w, ours, "pmr_sync"), times,
+          "≤ 0.33×", [](double v) { return v <= 1.0 / 3; });
+    }
+    add(absl::StrCat(Title("holes_4096"), ": ", ours, " ÷ pmr_sync"),
+        ratio("holes_4096", ours, "pmr_sync"), times, "≤ 0.33×",
         [](double v) { return v <= 1.0 / 3; });
   }
-  add(absl::StrCat(Title("holes_4096"), ": caching ÷ pmr_sync"), ratio("holes_4096", "pmr_sync"),
-      times, "≤ 0.33×", [](double v) { return v <= 1.0 / 3; });
   {
     auto a = ns("holes_65536", "caching"), b = ns("holes_4096", "caching");
     add("free holes: time at 65,536 ÷ time at 4,096 (caching)",
         a && b ? std::optional<double>(*a / *b) : std::nullopt, times, "≤ 1.5×",
         [](double v) { return v <= 1.5; });
   }
-  {
-    auto one = ns("random_1t", "caching"), two = ns("random_2t", "caching");
-    add("two threads ÷ one thread, throughput (caching, workload 3)",
+  for (const char* ours : {"caching", "caching_front"}) {
+    auto one = ns("random_1t", ours), two = ns("random_2t", ours);
+    add(absl::StrCat("two threads ÷ one thread, throughput (", ours, ", workload 3)"),
         one && two ? std::optional<double>(*one / *two) : std::nullopt, times, "≥ 1.7×",
         [](double v) { return v >= 1.7; });
   }
-  for (const char* w : {"replay_training", "replay_serving"}) {
-    add(absl::StrCat(Title(w), ": peak reserved ÷ peak live (caching)"),
-        Counter(Find(rs, w, "caching"), "fragmentation"), plain, "≤ 1.10",
-        [](double v) { return v > 0 && v <= 1.10; });
+  for (const char* ours : {"caching", "caching_front"}) {
+    for (const char* w : {"replay_training", "replay_serving"}) {
+      add(absl::StrCat(Title(w), ": peak reserved ÷ peak live (", ours, ")"),
+          Counter(Find(rs, w, ours), "fragmentation"), plain, "≤ 1.10",
+          [](double v) { return v > 0 && v <= 1.10; });
+    }
   }
   add("workload 2 steady state: device calls per 1,000 operations (caching)",
       Counter(Find(rs, "random", "caching"), "upstream_per_kop"), plain, "< 1",

@@ -72,6 +72,7 @@ TEST(DeterministicSchedule, InvariantsHoldUnderEveryCrossStreamPolicyAndExpandab
         ScheduledScenarioOptions options;
         options.cross_stream = policy;
         options.expandable_segments = expandable;
+        options.front_cache_blocks = (seed / 2) % 2 == 1 ? 4 : 0;  // their locks are scheduled too
         options.threads = 2 + static_cast<int>(seed % 3);
         const ScheduleOptions schedule =
             Seeded(seed, seed % 2 ? ScheduleStrategy::kPct : ScheduleStrategy::kRandomWalk);

@@ -21,6 +21,7 @@ ABSL_FLAG(int, threads, 3, "allocating threads");
 ABSL_FLAG(int, ops, 30, "operations per thread");
 ABSL_FLAG(std::string, cross_stream_reuse, "follow", "none, opportunistic or follow");
 ABSL_FLAG(bool, expandable_segments, false, "grow segments in place");
+ABSL_FLAG(std::size_t, front_cache_blocks, 0, "per-thread front cache, blocks (0: none)");
 ABSL_FLAG(bool, plant_bug, false,
           "plant an allocator bug (a freed block overlaps its neighbour) to see a failure");
 
@@ -42,6 +43,11 @@ int main(int argc, char** argv) {
   options.threads = absl::GetFlag(FLAGS_threads);
   options.ops_per_thread = absl::GetFlag(FLAGS_ops);
   options.expandable_segments = absl::GetFlag(FLAGS_expandable_segments);
+  options.front_cache_blocks = absl::GetFlag(FLAGS_front_cache_blocks);
+  if (options.front_cache_blocks > CachingOptions::kMaxFrontCacheBlocks) {
+    ExitWithBadFlag("explore", absl::StrFormat("--front_cache_blocks must be at most %d",
+                                               CachingOptions::kMaxFrontCacheBlocks));
+  }
   options.plant_overlap_bug = absl::GetFlag(FLAGS_plant_bug);
   const std::string reuse = absl::GetFlag(FLAGS_cross_stream_reuse);
   if (!ParseCrossStreamReuse(reuse, &options.cross_stream)) {
@@ -65,12 +71,12 @@ int main(int argc, char** argv) {
       std::printf("  %s\n  replay: bazel run //harness/concurrency:explore -- --seed=%llu "
                   "--strategy=%s --pct_depth=%d --threads=%d --ops=%d "
                   "--cross_stream_reuse=%s --expandable_segments=%s "
-                  "--plant_bug=%s\n",
+                  "--front_cache_blocks=%zu --plant_bug=%s\n",
                   outcome.status.ToString().c_str(),
                   static_cast<unsigned long long>(schedule.seed),
                   std::string(ScheduleStrategyName(schedule.strategy)).c_str(),
                   schedule.pct_depth, options.threads, options.ops_per_thread, reuse.c_str(),
-                  options.expandable_segments ? "true" : "false",
+                  options.expandable_segments ? "true" : "false", options.front_cache_blocks,
                   options.plant_overlap_bug ? "true" : "false");
       return 1;
     }

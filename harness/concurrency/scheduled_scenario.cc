@@ -44,6 +44,7 @@ class Scenario {
     CachingOptions caching;
     caching.cross_stream = options_.cross_stream;
     caching.expandable_segments = options_.expandable_segments;
+    caching.front_cache_blocks = options_.front_cache_blocks;
     auto created = CachingAllocator::Create(backend_, 0, caching);
     if (!created.ok()) return created.status();
     allocator_ = std::move(*created);

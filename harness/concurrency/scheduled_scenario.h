@@ -23,6 +23,8 @@ struct ScheduledScenarioOptions {
   int ops_per_thread = 30;
   CrossStreamReuse cross_stream = CrossStreamReuse::kFollowEvents;
   bool expandable_segments = false;
+  // CachingOptions::front_cache_blocks: per-thread front caches (0: none).
+  std::size_t front_cache_blocks = 0;
   // Plants an allocator bug (harness::PlantedBugResource over the allocator:
   // memory that is still live is handed out again), so the tools can show a
   // failure being reported and replayed.

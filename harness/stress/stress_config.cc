@@ -93,6 +93,10 @@ absl::Status StressConfig::Validate() const {
   if (expandable_segments && backend == "hip") {
     return Bad("expandable_segments", "HIP 5.2 has no virtual-memory API");
   }
+  if (front_cache_blocks > CachingOptions::kMaxFrontCacheBlocks) {
+    return Bad("front_cache_blocks",
+               absl::StrFormat("must be at most %d", CachingOptions::kMaxFrontCacheBlocks));
+  }
   if (!IsFraction(fault_rate) || fault_rate > 0.5) {
     return Bad("fault_rate", "must be in [0, 0.5]");
   }
@@ -124,12 +128,13 @@ std::string StressConfig::ToFlags() const {
       "--backend=%s --devices=%d --device_capacity_mb=%d --threads=%d --streams=%d "
       "--duration=%g --ops=%d --sizes=%s --min_size=%d --max_size=%d --max_live=%d "
       "--cross_thread_free=%g --cross_stream_free=%g --device_switch=%g --fault_rate=%g "
-      "--cross_stream_reuse=%s --seed=%d --kernel_ns=%d --use_elsewhere=%g%s",
+      "--cross_stream_reuse=%s --seed=%d --kernel_ns=%d --use_elsewhere=%g "
+      "--front_cache_blocks=%d%s",
       backend, devices, device_capacity_mb, threads, streams_per_device, duration_s, ops,
       SizeDistributionName(sizes), min_size, max_size, max_live_per_thread,
       cross_thread_free_fraction, cross_stream_free_fraction, device_switch_fraction, fault_rate,
       CrossStreamReuseName(cross_stream), seed, kernel_ns, use_elsewhere_fraction,
-      std::string(inject_bug ? " --inject_bug" : "") + (track_leaks ? " --track_leaks" : "") +
+      front_cache_blocks, std::string(inject_bug ? " --inject_bug" : "") + (track_leaks ? " --track_leaks" : "") +
           (expandable_segments ? " --expandable_segments" : "") +
           (check_stream_order ? "" : " --check_stream_order=false"));
 }

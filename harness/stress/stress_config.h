@@ -77,6 +77,12 @@ struct StressConfig {
   // Grow each pool's segment in place (virtual memory) instead of obtaining
   // separate segments; limit changes then unmap free tails with work queued.
   bool expandable_segments = false;
+  // Per-thread front caches (CachingOptions::front_cache_blocks) in the
+  // allocators of the even-numbered devices; the odd-numbered ones keep
+  // none, so one campaign covers the allocator with and without them. 0:
+  // none anywhere. Off (whatever this says) with --track_leaks, which
+  // records every allocation.
+  std::size_t front_cache_blocks = 8;
   // Route device 0's allocations through harness::PlantedBugResource, which
   // hands out memory that is still live a second time (a planted overlap), to prove
   // the campaign catches allocator bugs. Off in every real run.

@@ -55,6 +55,8 @@ ABSL_FLAG(bool, check_stream_order, true,
 ABSL_FLAG(std::int64_t, kernel_ns, 2000, "simulated duration of each queued kernel, ns");
 ABSL_FLAG(double, use_elsewhere, 0.2, "fraction of allocations also used on another stream");
 ABSL_FLAG(bool, expandable_segments, false, "grow segments in place (virtual memory)");
+ABSL_FLAG(std::size_t, front_cache_blocks, 8,
+          "per-thread front cache of the even-numbered devices' allocators, blocks (0: none)");
 ABSL_FLAG(bool, inject_bug, false, "plant an allocator bug (proves the checks catch it)");
 
 namespace {
@@ -124,6 +126,7 @@ StressConfig ConfigFromFlags() {
   c.kernel_ns = absl::GetFlag(FLAGS_kernel_ns);
   c.use_elsewhere_fraction = absl::GetFlag(FLAGS_use_elsewhere);
   c.expandable_segments = absl::GetFlag(FLAGS_expandable_segments);
+  c.front_cache_blocks = absl::GetFlag(FLAGS_front_cache_blocks);
   if (absl::Status st = c.Validate(); !st.ok()) BadFlags(std::string(st.message()));
   return c;
 }

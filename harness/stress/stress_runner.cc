@@ -223,6 +223,7 @@ absl::Status Campaign::SetUp() {
   handoff_mu_ = std::vector<std::mutex>(config_.devices);
   handoff_.resize(config_.devices);
   for (int d = 0; d < config_.devices; ++d) {
+    caching.front_cache_blocks = d % 2 == 0 ? config_.front_cache_blocks : 0;
     GPUALLOC_ASSIGN_OR_RETURN(std::unique_ptr<CachingAllocator> a,
                               CachingAllocator::Create(faulty_, d, caching));
     if (config_.limit_mb != 0) GPUALLOC_RETURN_IF_ERROR(a->SetReservedLimit(config_.limit_mb << 20));

@@ -1,0 +1,502 @@
+// CachingAllocator's per-thread front cache (CachingOptions::
+// front_cache_blocks): each test names the bug it catches.
+#include <barrier>
+#include <functional>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "allocator/backend/sim/sim_backend.h"
+#include "allocator/caching/caching_allocator.h"
+#include "gtest/gtest.h"
+#include "harness/invariants/invariants.h"
+
+namespace gpualloc {
+namespace {
+
+constexpr std::size_t kKiB = 1024;
+constexpr std::size_t kMiB = 1024 * 1024;
+
+std::shared_ptr<SimBackend> Sim(std::size_t capacity = 256 * kMiB) {
+  return std::make_shared<SimBackend>(SimOptions::WithDevices(1, capacity));
+}
+
+CachingOptions WithFront(std::size_t blocks = 8) {
+  CachingOptions o;
+  o.front_cache_blocks = blocks;
+  return o;
+}
+
+std::unique_ptr<CachingAllocator> Cache(std::shared_ptr<Backend> backend,
+                                        CachingOptions options = WithFront()) {
+  auto c = CachingAllocator::Create(std::move(backend), 0, options);
+  EXPECT_TRUE(c.ok()) << c.status();
+  return *std::move(c);
+}
+
+void ExpectConsistent(const CachingAllocator& cache) {
+  absl::Status st = harness::CheckSnapshot(cache.Snapshot());
+  EXPECT_TRUE(st.ok()) << st;
+}
+
+void ExpectNoStreamOrderViolation(const SimBackend& sim) {
+  absl::Status st = sim.CheckStreamOrder();
+  EXPECT_TRUE(st.ok()) << st;
+}
+
+// Runs `fn` on a thread of its own, to its end (the thread's cache retired).
+void OnAnotherThread(const std::function<void()>& fn) { std::thread(fn).join(); }
+
+TEST(FrontCache, OptionsAreChecked) {
+  CachingOptions o;
+  o.front_cache_blocks = CachingOptions::kMaxFrontCacheBlocks + 1;
+  EXPECT_EQ(CachingAllocator::Create(Sim(), 0, o).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  o.front_cache_blocks = 4;
+  o.front_cache_bytes = 256;
+  EXPECT_EQ(CachingAllocator::Create(Sim(), 0, o).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+// A repeated size comes back from the thread's cache, and every counter is
+// what it would be without the cache: a parked block is free, not allocated
+// (bug: the cache's counts not kept, or not added to stats()).
+TEST(FrontCache, APairReusesTheBlockAndTheStatsStayExact) {
+  auto sim = Sim();
+  auto cache = Cache(sim);
+  Allocation first = cache->Allocate(3000).value();
+  ASSERT_TRUE(cache->Deallocate(first).ok());
+  MemoryStats parked = cache->stats();
+  EXPECT_EQ(parked.allocated_bytes.current, 0);
+  EXPECT_EQ(parked.requested_bytes.current, 0);
+  EXPECT_EQ(parked.active_blocks.current, 0);
+  EXPECT_EQ(parked.free_bytes, static_cast<std::uint64_t>(parked.reserved_bytes.current));
+  EXPECT_EQ(parked.largest_free_block, 2 * kMiB - 3072);  // the segment's remainder
+  EXPECT_EQ(parked.inactive_split_bytes.current, 2 * kMiB);  // both free parts of a split segment
+
+  const std::uint64_t mallocs = sim->Accounting().calls_to(BackendOp::kMalloc);
+  for (int i = 0; i < 10; ++i) {
+    Allocation again = cache->Allocate(2900 + i).value();
+    EXPECT_EQ(again.ptr, first.ptr);
+    MemoryStats live = cache->stats();
+    EXPECT_EQ(live.allocated_bytes.current, 3072);
+    EXPECT_EQ(live.requested_bytes.current, 2900 + i);
+    EXPECT_EQ(live.active_blocks.current, 1);
+    ASSERT_TRUE(cache->Deallocate(again).ok());
+  }
+  EXPECT_EQ(sim->Accounting().calls_to(BackendOp::kMalloc), mallocs);
+  const MemoryStats s = cache->stats();
+  EXPECT_EQ(s.cache_hits, 10u);
+  EXPECT_EQ(s.cache_misses, 1u);
+  EXPECT_EQ(s.allocated_bytes.total, 11 * 3072);
+  EXPECT_EQ(s.active_blocks.total, 11);
+  EXPECT_EQ(s.requested_bytes.total, 3000 + 10 * 2900 + 45);
+  EXPECT_EQ(s.allocated_bytes.peak, 3072);
+  EXPECT_EQ(cache->pool_stats()[0].cache_hits, 10u);
+  EXPECT_EQ(cache->pool_stats()[0].allocated_bytes.current, 0);
+  ExpectConsistent(*cache);
+}
+
+// A parked block freed again is a double free, from its own thread or
+// another (bug: the slow path not looking at `parked`).
+TEST(FrontCache, ADoubleFreeIsRefusedFromAnyThreadAndChangesNothing) {
+  auto cache = Cache(Sim());
+  Allocation keep = cache->Allocate(8 * kKiB).value();
+  Allocation a = cache->Allocate(4 * kKiB).value();
+  ASSERT_TRUE(cache->Deallocate(a).ok());
+  const MemoryStats before = cache->stats();
+  const absl::Status twice = cache->Deallocate(a);
+  EXPECT_EQ(twice.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(twice.message().find("already freed"), absl::string_view::npos) << twice;
+  OnAnotherThread([&] { EXPECT_EQ(cache->Deallocate(a).code(), absl::StatusCode::kInvalidArgument); });
+  EXPECT_EQ(cache->DeallocateAfterSync(a).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(cache->RecordStream(a, Stream::Default(0)).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_FALSE(cache->Owns(a.ptr));
+  EXPECT_TRUE(cache->Owns(keep.ptr));
+  const MemoryStats after = cache->stats();
+  EXPECT_EQ(after.failed_frees, before.failed_frees + 3);
+  EXPECT_EQ(after.allocated_bytes.current, before.allocated_bytes.current);
+  // The block is still the cache's, and still reusable once.
+  Allocation again = cache->Allocate(4 * kKiB).value();
+  EXPECT_EQ(again.ptr, a.ptr);
+  ASSERT_TRUE(cache->Deallocate(again).ok());
+  ASSERT_TRUE(cache->Deallocate(keep).ok());
+  ExpectConsistent(*cache);
+}
+
+// DeallocateAfterSync of a lent block ends the loan (bug: the block freed
+// but still the cache's: the second free below would be accepted).
+TEST(FrontCache, DeallocateAfterSyncEndsTheLoan) {
+  auto cache = Cache(Sim());
+  Allocation a = cache->Allocate(4 * kKiB).value();
+  ASSERT_TRUE(cache->Deallocate(a).ok());
+  Allocation b = cache->Allocate(4000).value();
+  ASSERT_EQ(b.ptr, a.ptr);
+  ASSERT_TRUE(cache->DeallocateAfterSync(b).ok());
+  EXPECT_EQ(cache->Deallocate(b).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(cache->stats().requested_bytes.current, 0);
+  ExpectConsistent(*cache);
+}
+
+// A wrong size is refused without ending the loan or touching the block.
+TEST(FrontCache, AWrongSizeIsRefusedAndTheBlockStaysLive) {
+  auto cache = Cache(Sim());
+  Allocation a = cache->Allocate(4 * kKiB).value();
+  Allocation wrong = a;
+  wrong.bytes = 4 * kKiB - 1;
+  EXPECT_EQ(cache->Deallocate(wrong).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(cache->Owns(a.ptr));
+  EXPECT_EQ(cache->stats().requested_bytes.current, 4 * kKiB);
+  ASSERT_TRUE(cache->Deallocate(a).ok());
+  EXPECT_EQ(cache->stats().requested_bytes.current, 0);
+  ExpectConsistent(*cache);
+}
+
+// Another thread may free a block this thread's cache lent out: the loan
+// ends there, counted exactly (bug: the slow path freeing it without
+// ending the loan, or with the cache's requested bytes lost).
+TEST(FrontCache, AFreeFromAnotherThreadEndsTheLoan) {
+  auto cache = Cache(Sim());
+  Allocation a = cache->Allocate(4 * kKiB).value();
+  ASSERT_TRUE(cache->Deallocate(a).ok());
+  Allocation b = cache->Allocate(4000).value();  // from the cache: requested changed there
+  ASSERT_EQ(b.ptr, a.ptr);
+  OnAnotherThread([&] { ASSERT_TRUE(cache->Deallocate(b).ok()); });
+  MemoryStats s = cache->stats();
+  EXPECT_EQ(s.allocated_bytes.current, 0);
+  EXPECT_EQ(s.requested_bytes.current, 0);
+  EXPECT_EQ(cache->Deallocate(b).code(), absl::StatusCode::kInvalidArgument);
+  ExpectConsistent(*cache);
+}
+
+// A parked block is reused only on the stream it was freed on (bug: the
+// fast path's stream check dropped: t's memset would race s's kernel).
+TEST(FrontCache, AParkedBlockIsNotHandedToAnotherStream) {
+  auto sim = Sim();
+  auto cache = Cache(sim);
+  Stream s = sim->CreateStream(0).value();
+  Stream t = sim->CreateStream(0).value();
+  Allocation a = cache->Allocate(64 * kKiB, s).value();
+  ASSERT_TRUE(sim->LaunchKernel(s, {{a.ptr, a.bytes, AccessMode::kWrite, 1}}, 2'000'000).ok());
+  ASSERT_TRUE(cache->Deallocate(a).ok());
+  Allocation on_t = cache->Allocate(64 * kKiB, t).value();
+  ASSERT_TRUE(sim->MemsetAsync(on_t.ptr, 2, on_t.bytes, t).ok());
+  ExpectNoStreamOrderViolation(*sim);
+  // On s itself, at once: stream order alone makes that safe.
+  Allocation on_s = cache->Allocate(64 * kKiB, s).value();
+  EXPECT_EQ(on_s.ptr, a.ptr);
+  ASSERT_TRUE(sim->MemsetAsync(on_s.ptr, 3, on_s.bytes, s).ok());
+  ExpectNoStreamOrderViolation(*sim);
+  ASSERT_TRUE(cache->Deallocate(on_t).ok());
+  ASSERT_TRUE(cache->Deallocate(on_s).ok());
+  ASSERT_TRUE(cache->EmptyCache().ok());
+  ASSERT_TRUE(sim->DestroyStream(s).ok());
+  ASSERT_TRUE(sim->DestroyStream(t).ok());
+}
+
+// A block another stream used (RecordStream), or freed on another stream
+// than its own, needs an event: never parked (bug: the fast path ignoring
+// stream_uses or the free's stream; the reuse on s would race t's kernel).
+TEST(FrontCache, ABlockUsedOnAnotherStreamIsNotParked) {
+  for (bool record : {true, false}) {
+    SCOPED_TRACE(record ? "RecordStream(t), freed on s" : "freed on t");
+    auto sim = Sim();
+    auto cache = Cache(sim);
+    Stream s = sim->CreateStream(0).value();
+    Stream t = sim->CreateStream(0).value();
+    Allocation a = cache->Allocate(64 * kKiB, s).value();
+    ASSERT_TRUE(sim->LaunchKernel(t, {{a.ptr, a.bytes, AccessMode::kWrite, 1}}, 2'000'000).ok());
+    if (record) {
+      ASSERT_TRUE(cache->RecordStream(a, t).ok());
+      ASSERT_TRUE(cache->Deallocate(a).ok());
+    } else {
+      ASSERT_TRUE(cache->Deallocate(a, t).ok());
+    }
+    Allocation on_s = cache->Allocate(64 * kKiB, s).value();
+    ASSERT_TRUE(sim->MemsetAsync(on_s.ptr, 2, on_s.bytes, s).ok());
+    ExpectNoStreamOrderViolation(*sim);
+    ASSERT_TRUE(cache->Deallocate(on_s).ok());
+    ASSERT_TRUE(sim->DeviceSynchronize(0).ok());
+    ASSERT_TRUE(cache->EmptyCache().ok());
+    ASSERT_TRUE(sim->DestroyStream(s).ok());
+    ASSERT_TRUE(sim->DestroyStream(t).ok());
+  }
+}
+
+// Out of memory, the blocks parked in every thread's cache go back first
+// (bug: no flush on the OOM path: the 3 MiB request would fail).
+TEST(FrontCache, OutOfMemoryTakesBackWhatOtherThreadsParked) {
+  auto cache = Cache(Sim(4 * kMiB));
+  std::barrier sync(2);
+  std::thread parker([&] {
+    Allocation a = cache->Allocate(1 * kMiB).value();  // pins a 2 MiB segment
+    ASSERT_TRUE(cache->Deallocate(a).ok());
+    sync.arrive_and_wait();  // parked
+    sync.arrive_and_wait();  // kept alive, cache and all, until the other allocated
+  });
+  sync.arrive_and_wait();
+  absl::StatusOr<Allocation> big = cache->Allocate(3 * kMiB);
+  EXPECT_TRUE(big.ok()) << big.status();
+  sync.arrive_and_wait();
+  parker.join();
+  if (big.ok()) {
+    ASSERT_TRUE(cache->Deallocate(*big).ok());
+  }
+  ExpectConsistent(*cache);
+}
+
+// EmptyCache, a lowered limit and a peak reset take parked blocks back
+// (bug: any of them not flushing: their memory would stay reserved).
+TEST(FrontCache, EmptyCacheAndALoweredLimitReleaseParkedBlocks) {
+  auto cache = Cache(Sim());
+  ASSERT_TRUE(cache->Deallocate(cache->Allocate(64 * kKiB).value()).ok());
+  EXPECT_GT(cache->stats().reserved_bytes.current, 0);
+  ASSERT_TRUE(cache->EmptyCache().ok());
+  EXPECT_EQ(cache->stats().reserved_bytes.current, 0);
+
+  ASSERT_TRUE(cache->Deallocate(cache->Allocate(64 * kKiB).value()).ok());
+  ASSERT_TRUE(cache->SetReservedLimit(1 * kMiB).ok());
+  EXPECT_EQ(cache->stats().reserved_bytes.current, 0);
+
+  ASSERT_TRUE(cache->SetReservedLimit(0).ok());
+  Allocation big = cache->Allocate(1 * kMiB).value();
+  Allocation small = cache->Allocate(4 * kKiB).value();
+  ASSERT_TRUE(cache->Deallocate(big).ok());  // parked: allocated 1 MiB below the peak now
+  cache->ResetPeakStats();
+  EXPECT_EQ(cache->stats().allocated_bytes.peak, 4 * kKiB);
+  ASSERT_TRUE(cache->Deallocate(small).ok());
+}
+
+// A snapshot shows parked blocks as free, merged with their neighbours, and
+// its stats agree with its blocks (bug: no flush, or the cache's requested
+// bytes left out: CheckSnapshot recomputes every counter).
+TEST(FrontCache, ASnapshotShowsParkedBlocksAsFreeAndAgreesWithItsStats) {
+  auto cache = Cache(Sim());
+  Allocation a = cache->Allocate(4 * kKiB).value();
+  Allocation b = cache->Allocate(8 * kKiB).value();
+  ASSERT_TRUE(cache->Deallocate(a).ok());
+  Allocation a2 = cache->Allocate(4000).value();  // a's block, requested changed by the cache
+  ASSERT_EQ(a2.ptr, a.ptr);
+  ASSERT_TRUE(cache->Deallocate(b).ok());
+  const MemoryStats before = cache->stats();
+  MemorySnapshot snap = cache->Snapshot();
+  EXPECT_TRUE(harness::CheckSnapshot(snap).ok()) << harness::CheckSnapshot(snap);
+  EXPECT_EQ(snap.stats.allocated_bytes.current, before.allocated_bytes.current);
+  EXPECT_EQ(snap.stats.requested_bytes.current, 4000);
+  EXPECT_EQ(snap.stats.free_bytes, before.free_bytes);
+  ASSERT_EQ(snap.segments.size(), 1u);
+  ASSERT_EQ(snap.segments[0].blocks.size(), 2u);  // a2, then b merged with the rest
+  EXPECT_EQ(snap.segments[0].blocks[1].state, BlockState::kFree);
+  ASSERT_TRUE(cache->Deallocate(a2).ok());
+  ExpectConsistent(*cache);
+}
+
+// The bounds: at most front_cache_blocks parked (the oldest goes back to
+// the free index, where a smaller request can split it), and nothing above
+// front_cache_bytes (bug: a bound ignored, the block stays parked and the
+// 512-byte request below cannot use it).
+TEST(FrontCache, TheBoundsSendTheOldestAndTheLargestBlocksBack) {
+  {
+    auto cache = Cache(Sim(), WithFront(/*blocks=*/1));
+    Allocation a = cache->Allocate(1024).value();
+    Allocation b = cache->Allocate(2048).value();
+    ASSERT_TRUE(cache->Deallocate(a).ok());
+    ASSERT_TRUE(cache->Deallocate(b).ok());  // a goes back
+    Allocation c = cache->Allocate(512).value();
+    EXPECT_EQ(c.ptr, a.ptr) << "the oldest parked block went back to the free index";
+    Allocation d = cache->Allocate(2048).value();
+    EXPECT_EQ(d.ptr, b.ptr) << "the newest stays parked";
+    ASSERT_TRUE(cache->Deallocate(c).ok());
+    ASSERT_TRUE(cache->Deallocate(d).ok());
+    ExpectConsistent(*cache);
+  }
+  {
+    CachingOptions o = WithFront();
+    o.front_cache_bytes = 16 * kKiB;
+    auto cache = Cache(Sim(), o);
+    Allocation big = cache->Allocate(32 * kKiB).value();
+    ASSERT_TRUE(cache->Deallocate(big).ok());
+    Allocation c = cache->Allocate(512).value();
+    EXPECT_EQ(c.ptr, big.ptr) << "a block above front_cache_bytes is never parked";
+    ASSERT_TRUE(cache->Deallocate(c).ok());
+  }
+  {
+    // The bytes bound across blocks: two 12 KiB blocks do not fit in 16 KiB.
+    CachingOptions o = WithFront();
+    o.front_cache_bytes = 16 * kKiB;
+    auto cache = Cache(Sim(), o);
+    Allocation x = cache->Allocate(12 * kKiB).value();
+    Allocation y = cache->Allocate(12 * kKiB).value();
+    ASSERT_TRUE(cache->Deallocate(x).ok());
+    ASSERT_TRUE(cache->Deallocate(y).ok());  // x goes back
+    Allocation z = cache->Allocate(512).value();
+    EXPECT_EQ(z.ptr, x.ptr);
+    ASSERT_TRUE(cache->Deallocate(z).ok());
+    ExpectConsistent(*cache);
+  }
+}
+
+// A thread that ends gives its cache back: parked blocks return, live ones
+// stay allocated and can be freed from anywhere (bug: no retirement: the
+// memory stays pinned, or a live block keeps a dangling loan, which ASan
+// reports at its free).
+TEST(FrontCache, AThreadsEndReturnsItsParkedBlocksAndKeepsItsLiveOnes) {
+  auto cache = Cache(Sim());
+  Allocation parked, live, wide;
+  OnAnotherThread([&] {
+    parked = cache->Allocate(4 * kKiB).value();
+    ASSERT_TRUE(cache->Deallocate(parked).ok());
+    live = cache->Allocate(4 * kKiB).value();  // the parked block again
+    wide = cache->Allocate(64 * kKiB).value();
+    ASSERT_TRUE(cache->Deallocate(wide).ok());  // parked, between live and the rest
+  });
+  MemoryStats s = cache->stats();
+  EXPECT_EQ(s.allocated_bytes.current, 4 * kKiB);
+  EXPECT_EQ(s.cache_hits, 2u);  // one kept from the retired cache, the 64 KiB one ours
+  EXPECT_EQ(s.allocated_bytes.total, 72 * kKiB);
+  // Back in the free index: a small request splits it.
+  Allocation small = cache->Allocate(512).value();
+  EXPECT_EQ(small.ptr, wide.ptr);
+  ASSERT_TRUE(cache->Deallocate(small).ok());
+  ASSERT_TRUE(cache->Deallocate(live).ok());
+  EXPECT_EQ(cache->Deallocate(live).code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(cache->EmptyCache().ok());
+  EXPECT_EQ(cache->stats().reserved_bytes.current, 0);
+  ExpectConsistent(*cache);
+}
+
+// An allocator destroyed while a thread still has a cache of it: parked
+// blocks are not reported as leaks (bug: the destructor not retiring the
+// caches), and the thread's later end touches nothing of the dead
+// allocator's (ASan).
+TEST(FrontCache, AnAllocatorMayDieBeforeTheThreadsThatUsedIt) {
+  auto cache = Cache(Sim());
+  std::barrier sync(2);
+  std::thread user([&] {
+    ASSERT_TRUE(cache->Deallocate(cache->Allocate(4 * kKiB).value()).ok());
+    sync.arrive_and_wait();
+    sync.arrive_and_wait();  // the allocator is gone now
+  });
+  sync.arrive_and_wait();
+  testing::internal::CaptureStderr();
+  cache.reset();
+  EXPECT_EQ(testing::internal::GetCapturedStderr(), "");
+  sync.arrive_and_wait();
+  user.join();
+}
+
+// Recording (the tracking adaptor) stops the caches serving: every
+// allocation then carries its sequence (bug: served from a cache, it would
+// be missing from RecordedLive).
+TEST(FrontCache, RecordingStopsTheCachesServing) {
+  auto cache = Cache(Sim());
+  ASSERT_TRUE(cache->Deallocate(cache->Allocate(4 * kKiB).value()).ok());
+  Allocation lent = cache->Allocate(4 * kKiB).value();  // on loan when recording starts
+  cache->StartRecording();
+  ASSERT_TRUE(cache->Deallocate(lent).ok());
+  Allocation a = cache->Allocate(4 * kKiB).value();
+  std::vector<RecordedAllocation> live = cache->RecordedLive();
+  ASSERT_EQ(live.size(), 1u);
+  EXPECT_EQ(live[0].allocation.ptr, a.ptr);
+  ASSERT_TRUE(cache->Deallocate(a).ok());
+  EXPECT_EQ(cache->recorded_live_count(), 0u);
+  ExpectConsistent(*cache);
+}
+
+// A RecordStream or an Owns racing the free of the same block (a caller's
+// bug, which must still leave the books intact): either comes first, under
+// the cache's lock (bug: that lock not taken: TSan reports the race on the
+// block's streams and state).
+TEST(FrontCache, ARecordStreamRacingAFreeIsOrderedByTheCachesLock) {
+  auto sim = Sim();
+  auto cache = Cache(sim);
+  const Stream other = sim->CreateStream(0).value();
+  for (int i = 0; i < 200; ++i) {
+    Allocation a = cache->Allocate(4 * kKiB).value();
+    std::barrier start(2);
+    std::thread recorder([&] {
+      start.arrive_and_wait();
+      if (i % 2 == 0) {
+        (void)cache->RecordStream(a, other);  // OK before the free, refused after it
+      } else {
+        (void)cache->Owns(a.ptr);
+      }
+    });
+    start.arrive_and_wait();
+    ASSERT_TRUE(cache->Deallocate(a).ok());
+    recorder.join();
+  }
+  ASSERT_TRUE(sim->DeviceSynchronize(0).ok());
+  ExpectConsistent(*cache);
+  ASSERT_TRUE(sim->DestroyStream(other).ok());
+}
+
+// Threads allocating, parking, freeing each other's blocks and recording
+// streams, while another reads stats, takes snapshots and empties the
+// cache: TSan checks the locking, CheckSnapshot the books.
+TEST(FrontCache, ThreadsAndMaintenanceTogether) {
+  auto sim = Sim(1024 * kMiB);
+  auto cache = Cache(sim, WithFront(16));
+  const Stream other = sim->CreateStream(0).value();
+  constexpr int kThreads = 3;
+  constexpr int kRounds = 2000;
+  Mutex handoff_mu;
+  std::vector<Allocation> handoff;  // blocks one thread allocated for another to free
+  std::atomic<int> running{kThreads};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937 rng(t);
+      std::vector<Allocation> mine;
+      for (int i = 0; i < kRounds; ++i) {
+        const std::size_t bytes = 512 * (1 + rng() % 8);
+        absl::StatusOr<Allocation> a = cache->Allocate(bytes);
+        ASSERT_TRUE(a.ok()) << a.status();
+        if (rng() % 16 == 0) {
+          ASSERT_TRUE(cache->RecordStream(*a, other).ok());
+        }
+        if (rng() % 4 == 0) {
+          MutexLock lock(handoff_mu);
+          handoff.push_back(*a);
+        } else {
+          mine.push_back(*a);
+        }
+        if (mine.size() > 4) {
+          ASSERT_TRUE(cache->Deallocate(mine.front()).ok());
+          mine.erase(mine.begin());
+        }
+        std::optional<Allocation> theirs;
+        {
+          MutexLock lock(handoff_mu);
+          if (!handoff.empty()) {
+            theirs = handoff.back();
+            handoff.pop_back();
+          }
+        }
+        if (theirs) {
+          ASSERT_TRUE(cache->Deallocate(*theirs).ok());
+        }
+      }
+      for (const Allocation& a : mine) ASSERT_TRUE(cache->Deallocate(a).ok());
+      running.fetch_sub(1);
+    });
+  }
+  while (running.load() > 0) {
+    (void)cache->stats();
+    absl::Status st = harness::CheckSnapshot(cache->Snapshot());
+    EXPECT_TRUE(st.ok()) << st;
+    ASSERT_TRUE(cache->EmptyCache(1 * kMiB).ok());
+    std::this_thread::yield();
+  }
+  for (std::thread& t : threads) t.join();
+  for (const Allocation& a : handoff) ASSERT_TRUE(cache->Deallocate(a).ok());
+  const MemoryStats s = cache->stats();
+  EXPECT_EQ(s.allocated_bytes.current, 0);
+  EXPECT_EQ(s.active_blocks.current, 0);
+  EXPECT_EQ(s.active_blocks.total, kThreads * kRounds);
+  ExpectConsistent(*cache);
+  ASSERT_TRUE(sim->DestroyStream(other).ok());
+}
+
+}  // namespace
+}  // namespace gpualloc
