@@ -303,6 +303,7 @@ absl::Status CachingAllocator::DoDeallocate(const Allocation& allocation, Stream
       }
       if (&front == caching_detail::ThisThreadsFront(front_id_) &&
           front_serving_.load(std::memory_order_relaxed) &&
+          !front_over_limit_.load(std::memory_order_relaxed) &&
           Parkable(*block, allocation, stream) && ParkEvictingOldestLocked(front, block)) {
         return absl::OkStatus();  // the cache was full: its oldest blocks made room
       }
@@ -498,6 +499,9 @@ absl::Status CachingAllocator::EmptyCache(std::size_t keep_bytes) {
 absl::Status CachingAllocator::SetReservedLimit(std::size_t bytes) {
   MutexLock lock(mu_);
   limit_ = bytes;
+  // Set before the flush, so no thread parks a block after it.
+  front_over_limit_.store(stats_.reserved_bytes.current > static_cast<std::int64_t>(EffectiveLimit()),
+                          std::memory_order_relaxed);
   FlushFrontsLocked();  // parked blocks may be what is released
   EnforceLimitLocked();
   return absl::OkStatus();

@@ -404,6 +404,11 @@ class CachingAllocator final : public MemoryResource,
   const std::uint64_t front_id_;
   const std::shared_ptr<caching_detail::FrontHome> front_home_;
   std::atomic<bool> front_serving_;
+  // Reserved bytes are over the limit (it was lowered below what live
+  // blocks hold): every free must go to the free index, where the segment
+  // it empties is released at once. Read under a cache's lock, after the
+  // store that flushes it, so no block is parked once it is set.
+  std::atomic<bool> front_over_limit_{false};
   std::pmr::vector<std::shared_ptr<FrontCache>> fronts_ ABSL_GUARDED_BY(mu_);
   Block* last_registered_ ABSL_GUARDED_BY(mu_) = nullptr;
 };

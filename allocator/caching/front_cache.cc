@@ -145,6 +145,7 @@ bool CachingAllocator::FreeIntoFront(const Allocation& allocation, Stream stream
   if (it == front->loaned.end()) return false;
   Block* block = it->second;
   if (!Parkable(*block, allocation, stream)) return false;
+  if (front_over_limit_.load(std::memory_order_relaxed)) return false;
   if (front->parked_count == options_.front_cache_blocks ||
       front->parked_bytes + block->size > options_.front_cache_bytes) {
     return false;  // full: the slow path makes room (it needs the allocator's lock)

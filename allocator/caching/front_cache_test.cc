@@ -267,6 +267,29 @@ TEST(FrontCache, EmptyCacheAndALoweredLimitReleaseParkedBlocks) {
   ASSERT_TRUE(cache->Deallocate(small).ok());
 }
 
+// Over a lowered limit, a free releases the segment it empties at once, as
+// without a front cache (bug: the block parked: the segment stays reserved
+// over the limit until the next flush). Found by the property suite.
+TEST(FrontCache, OverTheLimitAFreeIsNotParkedButReleased) {
+  auto cache = Cache(Sim());
+  Allocation a = cache->Allocate(64 * kKiB).value();
+  ASSERT_TRUE(cache->SetReservedLimit(1 * kMiB).ok());  // a holds 2 MiB: over it
+  ASSERT_TRUE(cache->Deallocate(a).ok());
+  EXPECT_EQ(cache->stats().reserved_bytes.current, 0);
+  // Under the limit again (segments of exactly the request now): parking
+  // resumes, so the 512 bytes below cannot split b.
+  Allocation b = cache->Allocate(64 * kKiB).value();
+  Allocation c = cache->Allocate(4 * kKiB).value();
+  ASSERT_TRUE(cache->Deallocate(b).ok());
+  Allocation small = cache->Allocate(512).value();
+  EXPECT_NE(small.ptr, b.ptr) << "b was parked";
+  Allocation again = cache->Allocate(64 * kKiB).value();
+  EXPECT_EQ(again.ptr, b.ptr);
+  ASSERT_TRUE(cache->Deallocate(again).ok());
+  ASSERT_TRUE(cache->Deallocate(c).ok());
+  ASSERT_TRUE(cache->Deallocate(small).ok());
+}
+
 // A snapshot shows parked blocks as free, merged with their neighbours, and
 // its stats agree with its blocks (bug: no flush, or the cache's requested
 // bytes left out: CheckSnapshot recomputes every counter).

@@ -333,6 +333,9 @@ void CachingAllocator::EnforceLimitLocked() {
   // memory above it goes back as soon as it is free.
   const auto reserved = static_cast<std::size_t>(stats_.reserved_bytes.current);
   if (reserved > EffectiveLimit()) ReleaseFreeSegments(reserved - EffectiveLimit());
+  front_over_limit_.store(
+      static_cast<std::size_t>(stats_.reserved_bytes.current) > EffectiveLimit(),
+      std::memory_order_relaxed);
 }
 
 }  // namespace gpualloc
