@@ -169,29 +169,43 @@ TEST(FrontCache, AFreeFromAnotherThreadEndsTheLoan) {
   ExpectConsistent(*cache);
 }
 
+// A sim with two streams, s and t, and a caching allocator with a front
+// cache; `a` is allocated on s with a long kernel writing it on `kernel_on`.
+// Torn down after the device is idle, with the checker's verdict.
+struct TwoStreams {
+  explicit TwoStreams(bool kernel_on_t) {
+    a = cache->Allocate(64 * kKiB, s).value();
+    EXPECT_TRUE(sim->LaunchKernel(kernel_on_t ? t : s, {{a.ptr, a.bytes, AccessMode::kWrite, 1}},
+                                  2'000'000)
+                    .ok());
+  }
+  ~TwoStreams() {
+    ExpectNoStreamOrderViolation(*sim);
+    EXPECT_TRUE(sim->DeviceSynchronize(0).ok());
+    EXPECT_TRUE(cache->EmptyCache().ok());
+    EXPECT_TRUE(sim->DestroyStream(s).ok());
+    EXPECT_TRUE(sim->DestroyStream(t).ok());
+  }
+  std::shared_ptr<SimBackend> sim = Sim();
+  std::unique_ptr<CachingAllocator> cache = Cache(sim);
+  Stream s = sim->CreateStream(0).value();
+  Stream t = sim->CreateStream(0).value();
+  Allocation a;
+};
+
 // A parked block is reused only on the stream it was freed on (bug: the
 // fast path's stream check dropped: t's memset would race s's kernel).
 TEST(FrontCache, AParkedBlockIsNotHandedToAnotherStream) {
-  auto sim = Sim();
-  auto cache = Cache(sim);
-  Stream s = sim->CreateStream(0).value();
-  Stream t = sim->CreateStream(0).value();
-  Allocation a = cache->Allocate(64 * kKiB, s).value();
-  ASSERT_TRUE(sim->LaunchKernel(s, {{a.ptr, a.bytes, AccessMode::kWrite, 1}}, 2'000'000).ok());
-  ASSERT_TRUE(cache->Deallocate(a).ok());
-  Allocation on_t = cache->Allocate(64 * kKiB, t).value();
-  ASSERT_TRUE(sim->MemsetAsync(on_t.ptr, 2, on_t.bytes, t).ok());
-  ExpectNoStreamOrderViolation(*sim);
+  TwoStreams x(/*kernel_on_t=*/false);
+  ASSERT_TRUE(x.cache->Deallocate(x.a).ok());
+  Allocation on_t = x.cache->Allocate(64 * kKiB, x.t).value();
+  ASSERT_TRUE(x.sim->MemsetAsync(on_t.ptr, 2, on_t.bytes, x.t).ok());
   // On s itself, at once: stream order alone makes that safe.
-  Allocation on_s = cache->Allocate(64 * kKiB, s).value();
-  EXPECT_EQ(on_s.ptr, a.ptr);
-  ASSERT_TRUE(sim->MemsetAsync(on_s.ptr, 3, on_s.bytes, s).ok());
-  ExpectNoStreamOrderViolation(*sim);
-  ASSERT_TRUE(cache->Deallocate(on_t).ok());
-  ASSERT_TRUE(cache->Deallocate(on_s).ok());
-  ASSERT_TRUE(cache->EmptyCache().ok());
-  ASSERT_TRUE(sim->DestroyStream(s).ok());
-  ASSERT_TRUE(sim->DestroyStream(t).ok());
+  Allocation on_s = x.cache->Allocate(64 * kKiB, x.s).value();
+  EXPECT_EQ(on_s.ptr, x.a.ptr);
+  ASSERT_TRUE(x.sim->MemsetAsync(on_s.ptr, 3, on_s.bytes, x.s).ok());
+  ASSERT_TRUE(x.cache->Deallocate(on_t).ok());
+  ASSERT_TRUE(x.cache->Deallocate(on_s).ok());
 }
 
 // A block another stream used (RecordStream), or freed on another stream
@@ -200,26 +214,16 @@ TEST(FrontCache, AParkedBlockIsNotHandedToAnotherStream) {
 TEST(FrontCache, ABlockUsedOnAnotherStreamIsNotParked) {
   for (bool record : {true, false}) {
     SCOPED_TRACE(record ? "RecordStream(t), freed on s" : "freed on t");
-    auto sim = Sim();
-    auto cache = Cache(sim);
-    Stream s = sim->CreateStream(0).value();
-    Stream t = sim->CreateStream(0).value();
-    Allocation a = cache->Allocate(64 * kKiB, s).value();
-    ASSERT_TRUE(sim->LaunchKernel(t, {{a.ptr, a.bytes, AccessMode::kWrite, 1}}, 2'000'000).ok());
+    TwoStreams x(/*kernel_on_t=*/true);
     if (record) {
-      ASSERT_TRUE(cache->RecordStream(a, t).ok());
-      ASSERT_TRUE(cache->Deallocate(a).ok());
+      ASSERT_TRUE(x.cache->RecordStream(x.a, x.t).ok());
+      ASSERT_TRUE(x.cache->Deallocate(x.a).ok());
     } else {
-      ASSERT_TRUE(cache->Deallocate(a, t).ok());
+      ASSERT_TRUE(x.cache->Deallocate(x.a, x.t).ok());
     }
-    Allocation on_s = cache->Allocate(64 * kKiB, s).value();
-    ASSERT_TRUE(sim->MemsetAsync(on_s.ptr, 2, on_s.bytes, s).ok());
-    ExpectNoStreamOrderViolation(*sim);
-    ASSERT_TRUE(cache->Deallocate(on_s).ok());
-    ASSERT_TRUE(sim->DeviceSynchronize(0).ok());
-    ASSERT_TRUE(cache->EmptyCache().ok());
-    ASSERT_TRUE(sim->DestroyStream(s).ok());
-    ASSERT_TRUE(sim->DestroyStream(t).ok());
+    Allocation on_s = x.cache->Allocate(64 * kKiB, x.s).value();
+    ASSERT_TRUE(x.sim->MemsetAsync(on_s.ptr, 2, on_s.bytes, x.s).ok());
+    ASSERT_TRUE(x.cache->Deallocate(on_s).ok());
   }
 }
 
