@@ -361,6 +361,29 @@ TEST(FrontCache, TheBoundsSendTheOldestAndTheLargestBlocksBack) {
     ASSERT_TRUE(cache->Deallocate(z).ok());
     ExpectConsistent(*cache);
   }
+  {
+    // Exactly at the bound is within it: one 16 KiB block, or two of 8 KiB.
+    CachingOptions o = WithFront();
+    o.front_cache_bytes = 16 * kKiB;
+    auto cache = Cache(Sim(), o);
+    Allocation whole = cache->Allocate(16 * kKiB).value();
+    Allocation keep = cache->Allocate(512).value();  // keeps `whole` from merging
+    ASSERT_TRUE(cache->Deallocate(whole).ok());
+    Allocation small = cache->Allocate(512).value();
+    EXPECT_NE(small.ptr, whole.ptr) << "a block of exactly front_cache_bytes is parked";
+    Allocation again = cache->Allocate(16 * kKiB).value();
+    EXPECT_EQ(again.ptr, whole.ptr);
+    Allocation x = cache->Allocate(8 * kKiB).value();
+    Allocation y = cache->Allocate(8 * kKiB).value();
+    ASSERT_TRUE(cache->Deallocate(x).ok());
+    ASSERT_TRUE(cache->Deallocate(y).ok());  // 16 KiB parked in all: both fit
+    Allocation y2 = cache->Allocate(8 * kKiB).value();
+    Allocation x2 = cache->Allocate(8 * kKiB).value();
+    EXPECT_EQ(y2.ptr, y.ptr);
+    EXPECT_EQ(x2.ptr, x.ptr) << "x was still parked";
+    for (const Allocation& a : {keep, small, again, x2, y2}) ASSERT_TRUE(cache->Deallocate(a).ok());
+    ExpectConsistent(*cache);
+  }
 }
 
 // A thread that ends gives its cache back: parked blocks return, live ones
