@@ -384,6 +384,21 @@ TEST(FrontCache, TheBoundsSendTheOldestAndTheLargestBlocksBack) {
     for (const Allocation& a : {keep, small, again, x2, y2}) ASSERT_TRUE(cache->Deallocate(a).ok());
     ExpectConsistent(*cache);
   }
+  {
+    // A bound that is no multiple of a block: one byte short of two 8 KiB
+    // blocks holds only one.
+    CachingOptions o = WithFront();
+    o.front_cache_bytes = 16 * kKiB - 1;
+    auto cache = Cache(Sim(), o);
+    Allocation x = cache->Allocate(8 * kKiB).value();
+    Allocation y = cache->Allocate(8 * kKiB).value();
+    ASSERT_TRUE(cache->Deallocate(x).ok());
+    ASSERT_TRUE(cache->Deallocate(y).ok());  // x goes back
+    Allocation z = cache->Allocate(512).value();
+    EXPECT_EQ(z.ptr, x.ptr);
+    ASSERT_TRUE(cache->Deallocate(z).ok());
+    ExpectConsistent(*cache);
+  }
 }
 
 // A thread that ends gives its cache back: parked blocks return, live ones
