@@ -323,6 +323,11 @@ TEST(FrontCache, ASnapshotShowsParkedBlocksAsFreeAndAgreesWithItsStats) {
 // front_cache_bytes (bug: a bound ignored, the block stays parked and the
 // 512-byte request below cannot use it).
 TEST(FrontCache, TheBoundsSendTheOldestAndTheLargestBlocksBack) {
+  auto WithBytesBound = [](std::size_t bytes) {
+    CachingOptions o = WithFront();
+    o.front_cache_bytes = bytes;
+    return Cache(Sim(), o);
+  };
   {
     auto cache = Cache(Sim(), WithFront(/*blocks=*/1));
     Allocation a = cache->Allocate(1024).value();
@@ -338,9 +343,7 @@ TEST(FrontCache, TheBoundsSendTheOldestAndTheLargestBlocksBack) {
     ExpectConsistent(*cache);
   }
   {
-    CachingOptions o = WithFront();
-    o.front_cache_bytes = 16 * kKiB;
-    auto cache = Cache(Sim(), o);
+    auto cache = WithBytesBound(16 * kKiB);
     Allocation big = cache->Allocate(32 * kKiB).value();
     ASSERT_TRUE(cache->Deallocate(big).ok());
     Allocation c = cache->Allocate(512).value();
@@ -349,9 +352,7 @@ TEST(FrontCache, TheBoundsSendTheOldestAndTheLargestBlocksBack) {
   }
   {
     // The bytes bound across blocks: two 12 KiB blocks do not fit in 16 KiB.
-    CachingOptions o = WithFront();
-    o.front_cache_bytes = 16 * kKiB;
-    auto cache = Cache(Sim(), o);
+    auto cache = WithBytesBound(16 * kKiB);
     Allocation x = cache->Allocate(12 * kKiB).value();
     Allocation y = cache->Allocate(12 * kKiB).value();
     ASSERT_TRUE(cache->Deallocate(x).ok());
@@ -363,9 +364,7 @@ TEST(FrontCache, TheBoundsSendTheOldestAndTheLargestBlocksBack) {
   }
   {
     // Exactly at the bound is within it: one 16 KiB block, or two of 8 KiB.
-    CachingOptions o = WithFront();
-    o.front_cache_bytes = 16 * kKiB;
-    auto cache = Cache(Sim(), o);
+    auto cache = WithBytesBound(16 * kKiB);
     Allocation whole = cache->Allocate(16 * kKiB).value();
     Allocation keep = cache->Allocate(512).value();  // keeps `whole` from merging
     ASSERT_TRUE(cache->Deallocate(whole).ok());
@@ -387,9 +386,7 @@ TEST(FrontCache, TheBoundsSendTheOldestAndTheLargestBlocksBack) {
   {
     // A bound that is no multiple of a block: one byte short of two 8 KiB
     // blocks holds only one.
-    CachingOptions o = WithFront();
-    o.front_cache_bytes = 16 * kKiB - 1;
-    auto cache = Cache(Sim(), o);
+    auto cache = WithBytesBound(16 * kKiB - 1);
     Allocation x = cache->Allocate(8 * kKiB).value();
     Allocation y = cache->Allocate(8 * kKiB).value();
     ASSERT_TRUE(cache->Deallocate(x).ok());
