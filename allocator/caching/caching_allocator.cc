@@ -500,8 +500,7 @@ absl::Status CachingAllocator::SetReservedLimit(std::size_t bytes) {
   MutexLock lock(mu_);
   limit_ = bytes;
   // Set before the flush, so no thread parks a block after it.
-  front_over_limit_.store(stats_.reserved_bytes.current > static_cast<std::int64_t>(EffectiveLimit()),
-                          std::memory_order_relaxed);
+  front_over_limit_.store(OverLimitLocked(), std::memory_order_relaxed);
   FlushFrontsLocked();  // parked blocks may be what is released
   EnforceLimitLocked();
   return absl::OkStatus();

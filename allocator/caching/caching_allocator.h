@@ -265,6 +265,9 @@ class CachingAllocator final : public MemoryResource,
   std::size_t EffectiveLimit() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return limit_ ? limit_ : capacity_;
   }
+  bool OverLimitLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return static_cast<std::size_t>(stats_.reserved_bytes.current) > EffectiveLimit();
+  }
   // Releases free segments while reserved is above the limit.
   void EnforceLimitLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<Event> AcquireEvent() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -293,7 +296,13 @@ class CachingAllocator final : public MemoryResource,
   // nothing changed) for everything else, which the slow path handles.
   bool FreeIntoFront(const Allocation& allocation, Stream stream);
   bool Parkable(const Block& block, const Allocation& allocation, Stream stream) const;
+  // Room in `front` for `block` within both bounds.
+  bool HasRoomFor(const FrontCache& front, const Block& block) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(front.mu);
   void Park(FrontCache& front, Block* block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(front.mu);
+  // Removes the i-th parked block from `front`'s list (its bytes too) and
+  // returns it; the caller decides what it becomes.
+  Block* TakeParked(FrontCache& front, std::size_t i) ABSL_EXCLUSIVE_LOCKS_REQUIRED(front.mu);
   // The calling thread's cache, made on its first use; null if it cannot be.
   FrontCache* FrontForThisThreadLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Lends `block` (just registered) to `front`; skipped without memory.

@@ -109,10 +109,7 @@ Block* CachingAllocator::AllocateFromFront(std::size_t rounded, std::size_t byte
   for (std::size_t i = front->parked_count; i-- > 0;) {
     Block* block = front->parked[i];
     if (block->size != rounded || !(block->stream == stream)) continue;
-    std::copy(front->parked.begin() + i + 1, front->parked.begin() + front->parked_count,
-              front->parked.begin() + i);
-    --front->parked_count;
-    front->parked_bytes -= block->size;
+    TakeParked(*front, i);
     block->parked = false;
     block->requested = bytes;
     FrontCounts& counts = CountsOf(*front, *block);
@@ -146,12 +143,23 @@ bool CachingAllocator::FreeIntoFront(const Allocation& allocation, Stream stream
   Block* block = it->second;
   if (!Parkable(*block, allocation, stream)) return false;
   if (front_over_limit_.load(std::memory_order_relaxed)) return false;
-  if (front->parked_count == options_.front_cache_blocks ||
-      front->parked_bytes + block->size > options_.front_cache_bytes) {
-    return false;  // full: the slow path makes room (it needs the allocator's lock)
-  }
+  if (!HasRoomFor(*front, *block)) return false;  // the slow path makes room (under our lock)
   Park(*front, block);
   return true;
+}
+
+bool CachingAllocator::HasRoomFor(const FrontCache& front, const Block& block) const {
+  return front.parked_count < options_.front_cache_blocks &&
+         front.parked_bytes + block.size <= options_.front_cache_bytes;
+}
+
+Block* CachingAllocator::TakeParked(FrontCache& front, std::size_t i) {
+  Block* block = front.parked[i];
+  std::copy(front.parked.begin() + i + 1, front.parked.begin() + front.parked_count,
+            front.parked.begin() + i);
+  --front.parked_count;
+  front.parked_bytes -= block->size;
+  return block;
 }
 
 void CachingAllocator::Park(FrontCache& front, Block* block) {
@@ -244,16 +252,8 @@ std::size_t CachingAllocator::FlushFrontsLocked() {
 
 bool CachingAllocator::ParkEvictingOldestLocked(FrontCache& front, Block* block) {
   if (front.parked_count == 0) return false;
-  Block* oldest = front.parked[0];
-  std::copy(front.parked.begin() + 1, front.parked.begin() + front.parked_count,
-            front.parked.begin());
-  --front.parked_count;
-  front.parked_bytes -= oldest->size;
-  ReturnParkedLocked(front, oldest);
-  if (front.parked_count == options_.front_cache_blocks ||
-      front.parked_bytes + block->size > options_.front_cache_bytes) {
-    return ParkEvictingOldestLocked(front, block);
-  }
+  ReturnParkedLocked(front, TakeParked(front, 0));
+  if (!HasRoomFor(front, *block)) return ParkEvictingOldestLocked(front, block);
   Park(front, block);
   return true;
 }
@@ -262,21 +262,8 @@ void CachingAllocator::RetireFrontLocked(FrontCache& front) {
   {
     SpinLockHolder lock(front.mu);
     FlushFrontLocked(front);
-    for (auto& [address, block] : front.loaned) {
-      // Live blocks stay allocated, now in the allocator's books alone.
-      const std::int64_t delta = static_cast<std::int64_t>(block->requested) -
-                                 static_cast<std::int64_t>(block->counted_requested);
-      Account(block->segment->small_pool, [&](MemoryStats& st) {
-        st.requested_bytes.current += delta;
-        st.requested_bytes.peak = std::max(st.requested_bytes.peak, st.requested_bytes.current);
-      });
-      block->front = nullptr;
-      block->counted_requested = 0;
-    }
-    while (!front.loaned.empty()) {
-      auto node = front.loaned.extract(front.loaned.begin());
-      node.mapped()->front_node = std::move(node);
-    }
+    // Live blocks stay allocated, now in the allocator's books alone.
+    while (!front.loaned.empty()) UnloanLocked(front, front.loaned.begin()->second);
     // Frees the bucket array here, under our lock, in our metadata resource.
     LiveMap(LiveMap::allocator_type(metadata_)).swap(front.loaned);
     for (int pool = 0; pool < 2; ++pool) {

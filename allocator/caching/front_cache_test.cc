@@ -408,7 +408,7 @@ TEST(FrontCache, AThreadsEndReturnsItsParkedBlocksAndKeepsItsLiveOnes) {
   OnAnotherThread([&] {
     parked = cache->Allocate(4 * kKiB).value();
     ASSERT_TRUE(cache->Deallocate(parked).ok());
-    live = cache->Allocate(4 * kKiB).value();  // the parked block again
+    live = cache->Allocate(4000).value();  // the parked block again, requested changed
     wide = cache->Allocate(64 * kKiB).value();
     ASSERT_TRUE(cache->Deallocate(wide).ok());  // parked, between live and the rest
   });
@@ -419,6 +419,10 @@ TEST(FrontCache, AThreadsEndReturnsItsParkedBlocksAndKeepsItsLiveOnes) {
   // Back in the free index: a small request splits it.
   Allocation small = cache->Allocate(512).value();
   EXPECT_EQ(small.ptr, wide.ptr);
+  // The live block's requested bytes, which only its cache knew, are the
+  // allocator's own now.
+  EXPECT_EQ(cache->stats().requested_bytes.current, 4000 + 512);
+  ExpectConsistent(*cache);
   ASSERT_TRUE(cache->Deallocate(small).ok());
   ASSERT_TRUE(cache->Deallocate(live).ok());
   EXPECT_EQ(cache->Deallocate(live).code(), absl::StatusCode::kInvalidArgument);

@@ -333,9 +333,7 @@ void CachingAllocator::EnforceLimitLocked() {
   // memory above it goes back as soon as it is free.
   const auto reserved = static_cast<std::size_t>(stats_.reserved_bytes.current);
   if (reserved > EffectiveLimit()) ReleaseFreeSegments(reserved - EffectiveLimit());
-  front_over_limit_.store(
-      static_cast<std::size_t>(stats_.reserved_bytes.current) > EffectiveLimit(),
-      std::memory_order_relaxed);
+  front_over_limit_.store(OverLimitLocked(), std::memory_order_relaxed);
 }
 
 }  // namespace gpualloc
