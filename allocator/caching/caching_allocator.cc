@@ -129,7 +129,6 @@ absl::StatusOr<Allocation> CachingAllocator::DoAllocate(std::size_t bytes, Strea
     }
   }
   bool callbacks_ran = false;
-  bool fronts_flushed = false;
   for (;;) {
     ReleasableMutexLock lock(mu_);
     RetireOrphansLocked();
@@ -154,11 +153,6 @@ absl::StatusOr<Allocation> CachingAllocator::DoAllocate(std::size_t bytes, Strea
       return result;
     }
     if (!oom) return result;
-    // Blocks parked in the threads' caches are free memory: use them first.
-    if (!fronts_flushed && FlushFrontsLocked() > 0) {
-      fronts_flushed = true;
-      continue;
-    }
     if (callbacks_ran || oom_callbacks_.empty()) {
       ++stats_.oom_events;
       return OutOfMemoryError(bytes, *rounded, stream);
@@ -191,7 +185,11 @@ absl::StatusOr<Allocation> CachingAllocator::TryAllocateLocked(std::size_t round
     block = HarvestFromOtherStream(pool, stream, rounded);
     cross_stream = block != nullptr;
   }
-  if (block == nullptr) return NewSegment(pool, stream, rounded, requested, oom);
+  if (block == nullptr) {
+    // Parked blocks are free memory: they never make us reserve more.
+    if (FlushFrontsLocked() > 0) block = FindFree(pool, stream, rounded);
+    if (block == nullptr) return NewSegment(pool, stream, rounded, requested, oom);
+  }
 
   // Everything that can fail happens before the first change.
   BlockPtr spare = ShouldSplit(*block, rounded) ? NewBlock() : nullptr;

@@ -305,7 +305,8 @@ class CachingAllocator final : public MemoryResource,
   Block* TakeParked(FrontCache& front, std::size_t i) ABSL_EXCLUSIVE_LOCKS_REQUIRED(front.mu);
   // The calling thread's cache, made on its first use; null if it cannot be.
   FrontCache* FrontForThisThreadLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Lends `block` (just registered) to `front`; skipped without memory.
+  // Lends `block` (just registered) to `front`, the calling thread's cache;
+  // skipped without memory or while the governor pauses it.
   void LoanLocked(FrontCache& front, Block* block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Ends `block`'s loan: the allocator's own books take it over as it is
   // (live, or parked: allocated with 0 bytes requested, to be freed next).
@@ -319,9 +320,13 @@ class CachingAllocator final : public MemoryResource,
   std::size_t FlushFrontLocked(FrontCache& front) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_, front.mu);
   std::size_t FlushFrontsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // `front` is full: returns its oldest parked blocks until `block` fits,
-  // then parks it. False (nothing changed) if nothing is parked to return.
+  // then parks it. False if nothing is parked to return (nothing changed),
+  // or if the governor pauses the cache (everything parked returned).
   bool ParkEvictingOldestLocked(FrontCache& front, Block* block)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_, front.mu);
+  // The governor (FrontCache::window_*): counts a free into the full
+  // `front`; false when its window just failed, the pause then set.
+  static bool KeepsLending(FrontCache& front) ABSL_EXCLUSIVE_LOCKS_REQUIRED(front.mu);
   // Ends every loan of `front`, folds its counts into ours and forgets it.
   void RetireFrontLocked(FrontCache& front) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Retires the caches whose threads ended (FrontHome::orphans).

@@ -75,7 +75,9 @@ struct CachingOptions {
   // the blocks it freed, unmerged, for its next allocations of the same
   // rounded size on the same stream, which then take neither the
   // allocator's lock nor its free index (see docs/design.md, "Front
-  // cache"). At most kMaxFrontCacheBlocks.
+  // cache"). Parked blocks never make the allocator reserve more memory,
+  // and a thread whose sizes do not repeat soon stops parking for a while.
+  // At most kMaxFrontCacheBlocks.
   std::size_t front_cache_blocks = 0;
   // The bound on the bytes one thread's front cache keeps; larger requests
   // never use it.

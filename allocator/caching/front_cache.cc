@@ -102,7 +102,7 @@ FrontCounts& CountsOf(FrontCache& front, const Block& block)
 Block* CachingAllocator::AllocateFromFront(std::size_t rounded, std::size_t bytes,
                                           Stream stream) {
   FrontCache* front = caching_detail::ThisThreadsFront(front_id_);
-  if (front == nullptr) return nullptr;
+  if (front == nullptr || front->nothing_parked.load(std::memory_order_relaxed)) return nullptr;
   SpinLockHolder lock(front->mu);
   // Newest first: the block most likely still warm, and the search a
   // repeated size ends at once.
@@ -120,6 +120,7 @@ Block* CachingAllocator::AllocateFromFront(std::size_t rounded, std::size_t byte
     counts.allocated_total += block->size;
     counts.requested_total += bytes;
     counts.hits += 1;
+    ++front->window_hits;
     return block;
   }
   return nullptr;
@@ -159,6 +160,7 @@ Block* CachingAllocator::TakeParked(FrontCache& front, std::size_t i) {
             front.parked.begin() + i);
   --front.parked_count;
   front.parked_bytes -= block->size;
+  if (front.parked_count == 0) front.nothing_parked.store(true, std::memory_order_relaxed);
   return block;
 }
 
@@ -171,6 +173,7 @@ void CachingAllocator::Park(FrontCache& front, Block* block) {
   block->parked = true;
   front.parked[front.parked_count++] = block;
   front.parked_bytes += block->size;
+  front.nothing_parked.store(false, std::memory_order_relaxed);
 }
 
 // --- loans and their end (allocator lock held) -----------------------------------------
@@ -191,6 +194,10 @@ FrontCache* CachingAllocator::FrontForThisThreadLocked() {
 }
 
 void CachingAllocator::LoanLocked(FrontCache& front, Block* block) {
+  if (front.loans_to_skip > 0) {  // paused by the governor
+    --front.loans_to_skip;
+    return;
+  }
   SpinLockHolder lock(front.mu);
   if (block->front_node.empty()) return;  // made before the caches were on: not lent
   try {
@@ -237,6 +244,7 @@ std::size_t CachingAllocator::FlushFrontLocked(FrontCache& front) {
   for (std::size_t i = 0; i < n; ++i) ReturnParkedLocked(front, front.parked[i]);
   front.parked_count = 0;
   front.parked_bytes = 0;
+  front.nothing_parked.store(true, std::memory_order_relaxed);
   return n;
 }
 
@@ -252,10 +260,32 @@ std::size_t CachingAllocator::FlushFrontsLocked() {
 
 bool CachingAllocator::ParkEvictingOldestLocked(FrontCache& front, Block* block) {
   if (front.parked_count == 0) return false;
-  ReturnParkedLocked(front, TakeParked(front, 0));
-  if (!HasRoomFor(front, *block)) return ParkEvictingOldestLocked(front, block);
+  if (!KeepsLending(front)) {
+    FlushFrontLocked(front);  // the pause starts with nothing parked
+    return false;
+  }
+  // Ends at the latest with the cache empty, which has room: Parkable
+  // bounds the block by front_cache_bytes.
+  while (!HasRoomFor(front, *block)) ReturnParkedLocked(front, TakeParked(front, 0));
   Park(front, block);
   return true;
+}
+
+bool CachingAllocator::KeepsLending(FrontCache& front) {
+  if (++front.window_evictions < caching_detail::kFrontWindow) return true;
+  const bool paid =
+      std::uint64_t{front.window_hits} * caching_detail::kFrontEvictionsPerHit >=
+      front.window_evictions;
+  front.window_evictions = 0;
+  front.window_hits = 0;
+  if (paid) {
+    front.failed_windows = 0;
+    return true;
+  }
+  front.loans_to_skip = caching_detail::kFrontPauseLoans
+                        << std::min(front.failed_windows, caching_detail::kFrontMaxPauseDoublings);
+  ++front.failed_windows;
+  return false;
 }
 
 void CachingAllocator::RetireFrontLocked(FrontCache& front) {

@@ -70,6 +70,17 @@ struct FrontHome {
   std::atomic<std::size_t> orphans{0};
 };
 
+// The governor's rule (FrontCache::window_*): a window of kFrontWindow
+// frees into a full cache fails when fewer than one hit came per
+// kFrontEvictionsPerHit of them; the cache then returns what it parks and
+// lends nothing for kFrontPauseLoans allocations, twice that after each
+// further failed window in a row, up to kFrontPauseLoans <<
+// kFrontMaxPauseDoublings. Counts, not time: deterministic schedules replay.
+inline constexpr std::uint32_t kFrontWindow = 64;
+inline constexpr std::uint32_t kFrontEvictionsPerHit = 4;
+inline constexpr std::uint64_t kFrontPauseLoans = 1024;
+inline constexpr std::uint32_t kFrontMaxPauseDoublings = 4;
+
 class FrontCache {
  public:
   FrontCache(std::uint64_t owner_id, std::shared_ptr<FrontHome> home,
@@ -87,7 +98,21 @@ class FrontCache {
   std::array<Block*, CachingOptions::kMaxFrontCacheBlocks> parked ABSL_GUARDED_BY(mu) = {};
   std::size_t parked_count ABSL_GUARDED_BY(mu) = 0;
   std::size_t parked_bytes ABSL_GUARDED_BY(mu) = 0;
+  // parked_count == 0, for its thread to read without the lock: only its
+  // thread parks, so when it reads true, nothing is parked.
+  std::atomic<bool> nothing_parked{true};
   std::array<FrontCounts, 2> counts ABSL_GUARDED_BY(mu);  // small pool, large pool
+  // The governor: a cache whose parked blocks mostly go back unused (sizes
+  // that do not come back while they are parked) stops lending for a while,
+  // so such a thread pays what it would pay without a cache. Counted per
+  // window of kFrontWindow frees into a full cache (each sends a parked
+  // block back): the hits meanwhile, and the windows in a row that failed.
+  // Its thread's alone (only its own allocations and frees count or lend):
+  // no lock.
+  std::uint32_t window_evictions = 0;
+  std::uint32_t window_hits = 0;
+  std::uint32_t failed_windows = 0;
+  std::uint64_t loans_to_skip = 0;  // the pause: allocations not lent
   // Set when its thread ended; the allocator then retires it under its own
   // lock (its next slow path or flush). `retired`: that happened, or the
   // allocator was destroyed.
