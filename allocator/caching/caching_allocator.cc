@@ -128,6 +128,12 @@ absl::StatusOr<Allocation> CachingAllocator::DoAllocate(std::size_t bytes, Strea
       return Allocation{reinterpret_cast<void*>(hit->address), bytes, stream};
     }
   }
+  return AllocateSlow(rounded, bytes, stream, front);
+}
+
+absl::StatusOr<Allocation> CachingAllocator::AllocateSlow(std::optional<std::size_t> rounded,
+                                                          std::size_t bytes, Stream stream,
+                                                          bool front) {
   bool callbacks_ran = false;
   for (;;) {
     ReleasableMutexLock lock(mu_);
@@ -264,6 +270,10 @@ absl::Status CachingAllocator::DoDeallocate(const Allocation& allocation, Stream
   if (front_serving_.load(std::memory_order_relaxed) && FreeIntoFront(allocation, stream)) {
     return absl::OkStatus();
   }
+  return DeallocateSlow(allocation, stream);
+}
+
+absl::Status CachingAllocator::DeallocateSlow(const Allocation& allocation, Stream stream) {
   ReleasableMutexLock lock(mu_);
   RetireOrphansLocked();
   // Streams this call already waited for on the host (the fallback below).

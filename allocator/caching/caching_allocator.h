@@ -62,6 +62,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "absl/base/attributes.h"
 #include "allocator/backend/backend.h"
 #include "allocator/caching/block.h"
 #include "allocator/caching/caching_options.h"
@@ -158,6 +159,11 @@ class CachingAllocator final : public MemoryResource,
 
   absl::StatusOr<Allocation> DoAllocate(std::size_t bytes, Stream stream) override;
   absl::Status DoDeallocate(const Allocation& allocation, Stream stream) override;
+  // Everything but a front cache's hit, under the allocator's lock. Out of
+  // line: the hit then pays no frame for the slow path's locals.
+  ABSL_ATTRIBUTE_NOINLINE absl::StatusOr<Allocation> AllocateSlow(
+      std::optional<std::size_t> rounded, std::size_t bytes, Stream stream, bool front);
+  ABSL_ATTRIBUTE_NOINLINE absl::Status DeallocateSlow(const Allocation& allocation, Stream stream);
   absl::Status DoDeallocateAfterSync(const Allocation& allocation) override;
 
   // --- all below run with mu_ held ---
@@ -299,10 +305,14 @@ class CachingAllocator final : public MemoryResource,
   // Room in `front` for `block` within both bounds.
   bool HasRoomFor(const FrontCache& front, const Block& block) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(front.mu);
-  void Park(FrontCache& front, Block* block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(front.mu);
+  // Inlined (defined in front_cache.cc, their only user): both are on the
+  // front cache's hit path.
+  ABSL_ATTRIBUTE_ALWAYS_INLINE inline void Park(FrontCache& front, Block* block)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(front.mu);
   // Removes the i-th parked block from `front`'s list (its bytes too) and
   // returns it; the caller decides what it becomes.
-  Block* TakeParked(FrontCache& front, std::size_t i) ABSL_EXCLUSIVE_LOCKS_REQUIRED(front.mu);
+  ABSL_ATTRIBUTE_ALWAYS_INLINE inline Block* TakeParked(FrontCache& front, std::size_t i)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(front.mu);
   // The calling thread's cache, made on its first use; null if it cannot be.
   FrontCache* FrontForThisThreadLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Lends `block` (just registered) to `front`, the calling thread's cache;

@@ -97,6 +97,28 @@ FrontCounts& CountsOf(FrontCache& front, const Block& block)
 }
 }  // namespace
 
+Block* CachingAllocator::TakeParked(FrontCache& front, std::size_t i) {
+  Block* block = front.parked[i];
+  std::copy(front.parked.begin() + i + 1, front.parked.begin() + front.parked_count,
+            front.parked.begin() + i);
+  --front.parked_count;
+  front.parked_bytes -= block->size;
+  if (front.parked_count == 0) front.nothing_parked.store(true, std::memory_order_relaxed);
+  return block;
+}
+
+void CachingAllocator::Park(FrontCache& front, Block* block) {
+  FrontCounts& counts = CountsOf(front, *block);
+  counts.parked_bytes += static_cast<std::int64_t>(block->size);
+  counts.parked_blocks += 1;
+  counts.requested_delta -= static_cast<std::int64_t>(block->requested);
+  block->requested = 0;
+  block->parked = true;
+  front.parked[front.parked_count++] = block;
+  front.parked_bytes += block->size;
+  front.nothing_parked.store(false, std::memory_order_relaxed);
+}
+
 // --- the fast paths: the thread's own cache lock only ----------------------------------
 
 Block* CachingAllocator::AllocateFromFront(std::size_t rounded, std::size_t bytes,
@@ -121,6 +143,7 @@ Block* CachingAllocator::AllocateFromFront(std::size_t rounded, std::size_t byte
     counts.requested_total += bytes;
     counts.hits += 1;
     ++front->window_hits;
+    front->last_served = block;
     return block;
   }
   return nullptr;
@@ -139,9 +162,13 @@ bool CachingAllocator::FreeIntoFront(const Allocation& allocation, Stream stream
   FrontCache* front = caching_detail::ThisThreadsFront(front_id_);
   if (front == nullptr) return false;
   SpinLockHolder lock(front->mu);
-  auto it = front->loaned.find(reinterpret_cast<std::uintptr_t>(allocation.ptr));
-  if (it == front->loaned.end()) return false;
-  Block* block = it->second;
+  const auto address = reinterpret_cast<std::uintptr_t>(allocation.ptr);
+  Block* block = front->last_served;
+  if (block == nullptr || block->address != address) {
+    auto it = front->loaned.find(address);
+    if (it == front->loaned.end()) return false;
+    block = it->second;
+  }
   if (!Parkable(*block, allocation, stream)) return false;
   if (front_over_limit_.load(std::memory_order_relaxed)) return false;
   if (!HasRoomFor(*front, *block)) return false;  // the slow path makes room (under our lock)
@@ -152,28 +179,6 @@ bool CachingAllocator::FreeIntoFront(const Allocation& allocation, Stream stream
 bool CachingAllocator::HasRoomFor(const FrontCache& front, const Block& block) const {
   return front.parked_count < options_.front_cache_blocks &&
          front.parked_bytes + block.size <= options_.front_cache_bytes;
-}
-
-Block* CachingAllocator::TakeParked(FrontCache& front, std::size_t i) {
-  Block* block = front.parked[i];
-  std::copy(front.parked.begin() + i + 1, front.parked.begin() + front.parked_count,
-            front.parked.begin() + i);
-  --front.parked_count;
-  front.parked_bytes -= block->size;
-  if (front.parked_count == 0) front.nothing_parked.store(true, std::memory_order_relaxed);
-  return block;
-}
-
-void CachingAllocator::Park(FrontCache& front, Block* block) {
-  FrontCounts& counts = CountsOf(front, *block);
-  counts.parked_bytes += static_cast<std::int64_t>(block->size);
-  counts.parked_blocks += 1;
-  counts.requested_delta -= static_cast<std::int64_t>(block->requested);
-  block->requested = 0;
-  block->parked = true;
-  front.parked[front.parked_count++] = block;
-  front.parked_bytes += block->size;
-  front.nothing_parked.store(false, std::memory_order_relaxed);
 }
 
 // --- loans and their end (allocator lock held) -----------------------------------------
@@ -210,11 +215,13 @@ void CachingAllocator::LoanLocked(FrontCache& front, Block* block) {
   front.loaned.insert(std::move(block->front_node));  // its own node, room reserved: no-throw
   block->front = &front;
   block->parked = false;
+  front.last_served = block;
   block->counted_requested = block->requested;
 }
 
 void CachingAllocator::UnloanLocked(FrontCache& front, Block* block) {
   block->front_node = front.loaned.extract(block->address);
+  if (front.last_served == block) front.last_served = nullptr;
   FrontCounts& counts = CountsOf(front, *block);
   if (block->parked) {
     counts.parked_bytes -= static_cast<std::int64_t>(block->size);

@@ -94,6 +94,9 @@ class FrontCache {
   // removed under the allocator's lock as well (so their nodes come from its
   // metadata resource under its lock); the fast paths only look them up.
   LiveMap loaned ABSL_GUARDED_BY(mu);
+  // The block the cache last handed out, while still on loan to it: a pair
+  // frees it next, found without a lookup in `loaned`.
+  Block* last_served ABSL_GUARDED_BY(mu) = nullptr;
   // Parked blocks, oldest first.
   std::array<Block*, CachingOptions::kMaxFrontCacheBlocks> parked ABSL_GUARDED_BY(mu) = {};
   std::size_t parked_count ABSL_GUARDED_BY(mu) = 0;

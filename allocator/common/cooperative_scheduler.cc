@@ -2,6 +2,6 @@
 
 namespace gpualloc {
 
-thread_local CooperativeScheduler* CooperativeScheduler::current_ = nullptr;
+constinit thread_local CooperativeScheduler* CooperativeScheduler::current_ = nullptr;
 
 }  // namespace gpualloc

@@ -48,7 +48,8 @@ class CooperativeScheduler {
   static void SetCurrent(CooperativeScheduler* scheduler) { current_ = scheduler; }
 
  private:
-  static thread_local CooperativeScheduler* current_;
+  // constinit: read without a thread-local wrapper call, on every lock.
+  static constinit thread_local CooperativeScheduler* current_;
 };
 
 }  // namespace gpualloc

@@ -16,6 +16,7 @@
 
 #include <cstddef>
 
+#include "absl/base/attributes.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -99,6 +100,11 @@ class MemoryResource {
   virtual absl::Status DoDeallocateAfterSync(const Allocation& allocation) {
     return DoDeallocate(allocation, allocation.stream);
   }
+  // The refusals of Allocate and Deallocate, out of line: the calls that
+  // pass their checks pay no frame for building a message.
+  ABSL_ATTRIBUTE_NOINLINE absl::Status RefuseAllocate(std::size_t bytes, Stream stream) const;
+  ABSL_ATTRIBUTE_NOINLINE absl::Status RefuseDeallocate(const Allocation& allocation,
+                                                        Stream stream) const;
 };
 
 }  // namespace gpualloc

@@ -36,6 +36,32 @@ TEST(BackendResource, CountsEveryCallAndRefusesBadFrees) {
   EXPECT_TRUE(sim->Accounting().AllReleased()) << sim->Accounting().Describe();
 }
 
+// MemoryResource's own checks, before any resource sees the call: each
+// refusal names what was wrong, and changes nothing (bugs: a check dropped
+// or its message swapped for another's).
+TEST(BackendResource, TheBoundaryRefusesBadCallsNamingWhatWasWrong) {
+  auto sim = std::make_shared<SimBackend>(SimOptions::WithDevices(2, 64 << 20));
+  BackendResource raw(sim, 0);
+  Allocation live = raw.Allocate(1000).value();
+  auto expect_refused = [](const absl::Status& st, absl::string_view names) {
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+    EXPECT_NE(st.message().find(names), absl::string_view::npos) << st;
+  };
+  expect_refused(raw.Allocate(0).status(), "zero-byte allocation");
+  expect_refused(raw.Allocate(256, Stream::Default(1)).status(), "on a stream of device 1");
+  expect_refused(raw.Deallocate(Allocation{nullptr, 8, Stream::Default(0)}), "null pointer");
+  expect_refused(raw.Deallocate(live, Stream::Default(1)), "on a stream of device 1");
+  expect_refused(raw.Deallocate(Allocation{live.ptr, live.bytes, Stream::Default(1)},
+                                Stream::Default(0)),
+                 "(device 1) on a stream of device 0");
+  const MemoryStats s = raw.stats();
+  EXPECT_EQ(s.upstream_allocs, 1u) << "a refused allocation reaches no backend";
+  EXPECT_EQ(s.failed_frees, 0u) << "a refused free reaches no resource";
+  EXPECT_EQ(s.allocated_bytes.current, 1000);
+  ASSERT_TRUE(raw.Deallocate(live).ok());
+  EXPECT_TRUE(sim->Accounting().AllReleased()) << sim->Accounting().Describe();
+}
+
 TEST(BackendResource, AFreeTheBackendFailsLeavesTheBlockLiveForARetry) {
   auto sim = std::make_shared<SimBackend>(SimOptions::WithDevices(1, 64 << 20));
   auto faulty = std::make_shared<FailpointBackend>(sim, 1);
