@@ -122,18 +122,17 @@ CachingAllocator::~CachingAllocator() {
 
 absl::StatusOr<Allocation> CachingAllocator::DoAllocate(std::size_t bytes, Stream stream) {
   const std::optional<std::size_t> rounded = CheckedRoundUp(bytes, options_.min_block_bytes);
-  const bool front = rounded && FrontServes(*rounded);
-  if (front) {
+  if (rounded && FrontServes(*rounded)) {
     if (const Block* hit = AllocateFromFront(*rounded, bytes, stream)) {
       return Allocation{reinterpret_cast<void*>(hit->address), bytes, stream};
     }
   }
-  return AllocateSlow(rounded, bytes, stream, front);
+  return AllocateSlow(bytes, stream);  // few arguments: a tail call
 }
 
-absl::StatusOr<Allocation> CachingAllocator::AllocateSlow(std::optional<std::size_t> rounded,
-                                                          std::size_t bytes, Stream stream,
-                                                          bool front) {
+absl::StatusOr<Allocation> CachingAllocator::AllocateSlow(std::size_t bytes, Stream stream) {
+  const std::optional<std::size_t> rounded = CheckedRoundUp(bytes, options_.min_block_bytes);
+  const bool front = rounded && FrontServes(*rounded);
   bool callbacks_ran = false;
   for (;;) {
     ReleasableMutexLock lock(mu_);

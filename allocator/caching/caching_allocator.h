@@ -161,8 +161,8 @@ class CachingAllocator final : public MemoryResource,
   absl::Status DoDeallocate(const Allocation& allocation, Stream stream) override;
   // Everything but a front cache's hit, under the allocator's lock. Out of
   // line: the hit then pays no frame for the slow path's locals.
-  ABSL_ATTRIBUTE_NOINLINE absl::StatusOr<Allocation> AllocateSlow(
-      std::optional<std::size_t> rounded, std::size_t bytes, Stream stream, bool front);
+  ABSL_ATTRIBUTE_NOINLINE absl::StatusOr<Allocation> AllocateSlow(std::size_t bytes,
+                                                                  Stream stream);
   ABSL_ATTRIBUTE_NOINLINE absl::Status DeallocateSlow(const Allocation& allocation, Stream stream);
   absl::Status DoDeallocateAfterSync(const Allocation& allocation) override;
 
