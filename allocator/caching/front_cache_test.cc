@@ -480,6 +480,47 @@ TEST(FrontCache, AThreadUsingTwoAllocatorsKeepsACacheOfEach) {
   EXPECT_EQ(second->stats().cache_hits, 3u);
 }
 
+// Runs its function when the calling thread ends, after the front caches'
+// own thread-exit work if it was set up first.
+struct AtThreadExit {
+  std::function<void()> fn;
+  ~AtThreadExit() {
+    if (fn) fn();
+  }
+};
+AtThreadExit& ThisThreadsExit() {
+  thread_local AtThreadExit at_exit;
+  return at_exit;
+}
+
+// A thread may still allocate and free while it ends, after its caches
+// were given up: every such call takes the slow path and keeps no cache
+// (bug: a cache made for each call and kept, though the ending thread
+// could not adopt it: the allocator's list grows with every call).
+TEST(FrontCache, AnEndingThreadAllocatesWithoutACache) {
+  auto cache = Cache(Sim());
+  constexpr int kCalls = 3000;
+  int ok = 0;
+  auto pairs = [&] {
+    for (int i = 0; i < kCalls; ++i) {
+      absl::StatusOr<Allocation> a = cache->Allocate(4 * kKiB);
+      if (a.ok() && cache->Deallocate(*a).ok()) ++ok;
+    }
+  };
+  pairs();  // the heap's own growth, once
+  ok = 0;
+  const std::size_t before = mallinfo2().uordblks;
+  OnAnotherThread([&] {
+    ThisThreadsExit().fn = pairs;  // set up before the thread's caches: runs after them
+    ASSERT_TRUE(cache->Deallocate(cache->Allocate(4 * kKiB).value()).ok());
+  });
+  const std::size_t after = mallinfo2().uordblks;
+  EXPECT_EQ(ok, kCalls);
+  EXPECT_LT(after, before + 512 * kKiB) << "heap grew by " << after - before << " bytes";
+  EXPECT_EQ(cache->stats().allocated_bytes.current, 0);
+  ExpectConsistent(*cache);
+}
+
 // A thread that outlives many allocators keeps no cache of the dead ones
 // (bug: retired caches never dropped from the thread's list: its memory
 // grows with every allocator it ever used). Measured with glibc's heap
