@@ -13,6 +13,7 @@
 #include "allocator/caching/front_cache.h"
 #include "gtest/gtest.h"
 #include "harness/invariants/invariants.h"
+#include "harness/testing/failing_memory_resource.h"
 
 namespace gpualloc {
 namespace {
@@ -478,6 +479,40 @@ TEST(FrontCache, AThreadUsingTwoAllocatorsKeepsACacheOfEach) {
   }
   EXPECT_EQ(first->stats().cache_hits, 3u);
   EXPECT_EQ(second->stats().cache_hits, 3u);
+}
+
+// A thread's first allocation makes its cache and lends the block, which
+// needs bookkeeping memory; where that fails, the allocation still succeeds
+// without a loan, or fails having changed nothing (bug: the cache's failure
+// not caught: the allocation reported failed with its block kept live).
+TEST(FrontCache, ACacheThatCannotBeMadeCostsNoAllocation) {
+  // Every metadata allocation of the thread's first allocation fails once,
+  // until k is past the last of them.
+  bool failed = true;
+  std::uint64_t k = 1;
+  for (; failed; ++k) {
+    SCOPED_TRACE(testing::Message() << "metadata allocation " << k << " fails");
+    harness::FailingMemoryResource metadata;
+    CachingOptions o = WithFront();
+    o.metadata_resource = &metadata;
+    {
+      auto cache = Cache(Sim(), o);
+      OnAnotherThread([&] {  // a thread with no cache yet
+        metadata.FailAt(k);
+        absl::StatusOr<Allocation> a = cache->Allocate(4 * kKiB);
+        failed = metadata.failures() > 0;
+        metadata.FailNone();
+        if (a.ok()) {
+          EXPECT_EQ(cache->stats().allocated_bytes.current, 4 * kKiB);
+          ASSERT_TRUE(cache->Deallocate(*a).ok());
+        }
+        EXPECT_EQ(cache->stats().allocated_bytes.current, 0) << a.status();
+      });
+      ExpectConsistent(*cache);
+    }
+    EXPECT_EQ(metadata.outstanding_bytes(), 0u);
+  }
+  EXPECT_GT(k, 10u) << "the sweep must reach the cache's own bookkeeping";
 }
 
 // Runs its function when the calling thread ends, after the front caches'
