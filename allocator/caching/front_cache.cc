@@ -315,8 +315,9 @@ void CachingAllocator::RetireFrontLocked(FrontCache& front) {
     }
     front.retired.store(true, std::memory_order_release);
   }
+  // (Over a lowered limit, the segments its parked blocks emptied went back
+  // in their frees: CommitFree enforces the limit.)
   std::erase_if(fronts_, [&](const std::shared_ptr<FrontCache>& f) { return f.get() == &front; });
-  EnforceLimitLocked();
 }
 
 void CachingAllocator::RetireOrphansLocked() {
