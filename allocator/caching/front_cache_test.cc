@@ -2,6 +2,7 @@
 // front_cache_blocks): each test names the bug it catches.
 #include <malloc.h>
 
+#include <array>
 #include <barrier>
 #include <functional>
 #include <random>
@@ -98,6 +99,43 @@ TEST(FrontCache, APairReusesTheBlockAndTheStatsStayExact) {
   EXPECT_EQ(s.allocated_bytes.peak, 3072);
   EXPECT_EQ(cache->pool_stats()[0].cache_hits, 10u);
   EXPECT_EQ(cache->pool_stats()[0].allocated_bytes.current, 0);
+  ExpectConsistent(*cache);
+}
+
+// Each pool's stats count only its own parked blocks, and keep their peaks
+// (bugs: a cache's counts or its parked blocks added to the wrong pool, or
+// a peak lowered to the current value).
+TEST(FrontCache, EachPoolsStatsCountOnlyItsOwnParkedBlocks) {
+  auto cache = Cache(Sim());
+  Allocation small = cache->Allocate(4 * kKiB).value();  // the small pool
+  Allocation large = cache->Allocate(2 * kMiB).value();  // the large pool
+  ASSERT_TRUE(cache->Deallocate(small).ok());
+  ASSERT_TRUE(cache->Deallocate(large).ok());
+  std::array<MemoryStats, 2> pools = cache->pool_stats();
+  const std::int64_t peaks[2] = {4 * kKiB, 2 * kMiB};
+  for (int p = 0; p < 2; ++p) {
+    SCOPED_TRACE(p == 0 ? "small pool" : "large pool");
+    const MemoryStats& st = pools[p];
+    EXPECT_EQ(st.allocated_bytes.current, 0);
+    EXPECT_EQ(st.active_blocks.current, 0);
+    EXPECT_EQ(st.requested_bytes.current, 0);
+    EXPECT_EQ(st.requested_bytes.peak, peaks[p]);
+    EXPECT_EQ(st.free_bytes, static_cast<std::uint64_t>(st.reserved_bytes.current));
+    // The parked block and the rest of its segment: both parts of a split.
+    EXPECT_EQ(st.inactive_split_bytes.current, st.reserved_bytes.current);
+  }
+  Allocation small_again = cache->Allocate(4 * kKiB).value();
+  Allocation large_again = cache->Allocate(2 * kMiB).value();
+  EXPECT_EQ(small_again.ptr, small.ptr);
+  EXPECT_EQ(large_again.ptr, large.ptr);
+  pools = cache->pool_stats();
+  EXPECT_EQ(pools[0].cache_hits, 1u);
+  EXPECT_EQ(pools[1].cache_hits, 1u);
+  EXPECT_EQ(pools[0].allocated_bytes.total, 2 * 4 * kKiB);
+  EXPECT_EQ(pools[1].allocated_bytes.total, 2 * 2 * kMiB);
+  EXPECT_EQ(cache->stats().requested_bytes.peak, 4 * kKiB + 2 * kMiB);
+  ASSERT_TRUE(cache->Deallocate(small_again).ok());
+  ASSERT_TRUE(cache->Deallocate(large_again).ok());
   ExpectConsistent(*cache);
 }
 
