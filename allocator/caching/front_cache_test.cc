@@ -123,6 +123,8 @@ TEST(FrontCache, EachPoolsStatsCountOnlyItsOwnParkedBlocks) {
     EXPECT_EQ(st.free_bytes, static_cast<std::uint64_t>(st.reserved_bytes.current));
     // The parked block and the rest of its segment: both parts of a split.
     EXPECT_EQ(st.inactive_split_bytes.current, st.reserved_bytes.current);
+    EXPECT_EQ(st.inactive_split_bytes.peak, st.reserved_bytes.current);
+    EXPECT_EQ(st.largest_free_block, 0u) << "filled in stats() only";
   }
   Allocation small_again = cache->Allocate(4 * kKiB).value();
   Allocation large_again = cache->Allocate(2 * kMiB).value();
