@@ -127,7 +127,7 @@ absl::StatusOr<Allocation> CachingAllocator::DoAllocate(std::size_t bytes, Strea
       return Allocation{reinterpret_cast<void*>(hit->address), bytes, stream};
     }
   }
-  return AllocateSlow(bytes, stream);  // few arguments: a tail call
+  return AllocateSlow(bytes, stream);
 }
 
 absl::StatusOr<Allocation> CachingAllocator::AllocateSlow(std::size_t bytes, Stream stream) {

@@ -27,10 +27,12 @@
 //    or throws at any point, or the metadata resource throws (see
 //    CachingOptions::metadata_resource), no device memory leaks and the
 //    allocator's state and stats are as before — except
-//    that on the way to out-of-memory it may already have returned cached
-//    free segments to the device (and merged free neighbours) to make room.
-//    That changes only the cache (reserved and free bytes, segments); live
-//    allocations and the allocated figures never change on failure.
+//    that on the way to a new segment or out-of-memory it may already have
+//    returned the threads' parked blocks (front caches) to the free index
+//    and cached free segments to the device (and merged free neighbours) to
+//    make room. That changes only the cache (reserved and free bytes,
+//    segments); live allocations and the allocated figures never change on
+//    failure.
 //  - Deallocate of a pointer it does not own, twice, with the wrong size, or
 //    on another device's stream is InvalidArgument and changes nothing.
 //  - Out of memory: free cached segments are released (least recently used
