@@ -404,6 +404,23 @@ TEST(FrontCache, TheBoundsSendTheOldestAndTheLargestBlocksBack) {
     o.front_cache_bytes = bytes;
     return Cache(Sim(), o);
   };
+  // Parks x and then y, both of `bytes`, after `hits` hits on x: y's park
+  // must send x back, so a 512-byte request splits x.
+  auto expect_second_sends_first_back = [](CachingAllocator& cache, std::size_t bytes,
+                                           int hits) {
+    Allocation x = cache.Allocate(bytes).value();
+    Allocation y = cache.Allocate(bytes).value();
+    for (int hit = 0; hit < hits; ++hit) {
+      ASSERT_TRUE(cache.Deallocate(x).ok());
+      x = cache.Allocate(bytes).value();
+    }
+    ASSERT_TRUE(cache.Deallocate(x).ok());
+    ASSERT_TRUE(cache.Deallocate(y).ok());  // x goes back
+    Allocation z = cache.Allocate(512).value();
+    EXPECT_EQ(z.ptr, x.ptr);
+    ASSERT_TRUE(cache.Deallocate(z).ok());
+    ExpectConsistent(cache);
+  };
   {
     auto cache = Cache(Sim(), WithFront(/*blocks=*/1));
     Allocation a = cache->Allocate(1024).value();
@@ -429,14 +446,7 @@ TEST(FrontCache, TheBoundsSendTheOldestAndTheLargestBlocksBack) {
   {
     // The bytes bound across blocks: two 12 KiB blocks do not fit in 16 KiB.
     auto cache = WithBytesBound(16 * kKiB);
-    Allocation x = cache->Allocate(12 * kKiB).value();
-    Allocation y = cache->Allocate(12 * kKiB).value();
-    ASSERT_TRUE(cache->Deallocate(x).ok());
-    ASSERT_TRUE(cache->Deallocate(y).ok());  // x goes back
-    Allocation z = cache->Allocate(512).value();
-    EXPECT_EQ(z.ptr, x.ptr);
-    ASSERT_TRUE(cache->Deallocate(z).ok());
-    ExpectConsistent(*cache);
+    expect_second_sends_first_back(*cache, 12 * kKiB, /*hits=*/0);
   }
   {
     // Exactly at the bound is within it: one 16 KiB block, or two of 8 KiB.
@@ -464,18 +474,7 @@ TEST(FrontCache, TheBoundsSendTheOldestAndTheLargestBlocksBack) {
     // blocks holds only one, after hits too (the bytes they take out are
     // exact).
     auto cache = WithBytesBound(16 * kKiB - 1);
-    Allocation x = cache->Allocate(8 * kKiB).value();
-    Allocation y = cache->Allocate(8 * kKiB).value();
-    for (int hit = 0; hit < 3; ++hit) {
-      ASSERT_TRUE(cache->Deallocate(x).ok());
-      x = cache->Allocate(8 * kKiB).value();
-    }
-    ASSERT_TRUE(cache->Deallocate(x).ok());
-    ASSERT_TRUE(cache->Deallocate(y).ok());  // x goes back
-    Allocation z = cache->Allocate(512).value();
-    EXPECT_EQ(z.ptr, x.ptr);
-    ASSERT_TRUE(cache->Deallocate(z).ok());
-    ExpectConsistent(*cache);
+    expect_second_sends_first_back(*cache, 8 * kKiB, /*hits=*/3);
   }
 }
 
