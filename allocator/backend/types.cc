@@ -15,6 +15,7 @@ constexpr std::array<absl::string_view, kBackendOpCount> kOpNames = {
     "memset",        "memset_async",      "device_synchronize", "vm_reserve",
     "vm_release",    "vm_create",         "vm_release_physical", "vm_map",
     "vm_set_access", "vm_unmap",         "enable_peer_access", "memcpy_peer_async",
+    "host_access",
 };
 
 }  // namespace

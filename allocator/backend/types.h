@@ -119,6 +119,9 @@ enum class BackendOp : int {
   kVmUnmap,
   kEnablePeerAccess,
   kMemcpyPeerAsync,
+  // Not a runtime call: the host reading or writing pinned or managed memory,
+  // as told to the backend's checker (Backend::NoteHostAccess).
+  kHostAccess,
   kCount,
 };
 inline constexpr int kBackendOpCount = static_cast<int>(BackendOp::kCount);

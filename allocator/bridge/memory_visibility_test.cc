@@ -16,6 +16,8 @@ TEST(MemoryVisibility, TellsWslKernelsFromNativeOnes) {
   EXPECT_TRUE(IsWsl2KernelVersion("Linux version 4.4.0-19041-Microsoft (Microsoft@Microsoft.com)"));
   EXPECT_FALSE(IsWsl2KernelVersion(
       "Linux version 6.1.0-27-amd64 (debian-kernel@lists.debian.org) (gcc-12 (Debian 12.2.0-14))"));
+  // A kernel built from Microsoft's WSL2 tree under its own name.
+  EXPECT_TRUE(IsWsl2KernelVersion("Linux version 6.6.36.6-WSL2-custom (user@host) (gcc 13.2.0)"));
   EXPECT_FALSE(IsWsl2KernelVersion(""));
 }
 

@@ -143,23 +143,25 @@ absl::Status RingBufferBridge::WaitForCopies() {
   if (!copies_in_flight_) return absl::OkStatus();
   GPUALLOC_ASSIGN_OR_RETURN(Event e, events_.Acquire());
   absl::Status st = CallAtBoundary("event record", [&] { return backend_->RecordEvent(e, stream_); });
-  if (st.ok() && strategy_ == TransferStrategy::kDmaPolling) {
-    for (;;) {
-      absl::StatusOr<bool> done = CallAtBoundary("event query", [&] { return backend_->QueryEvent(e); });
-      ++stats_.polls;
-      if (!done.ok()) {
-        st = done.status();
-        break;
-      }
-      if (*done) break;
-      std::this_thread::sleep_for(options_.poll_interval);
-    }
-  } else if (st.ok()) {
-    st = CallAtBoundary("event synchronize", [&] { return backend_->SynchronizeEvent(e); });
+  if (st.ok()) {
+    st = strategy_ == TransferStrategy::kDmaPolling
+             ? PollUntilDone(e)
+             : CallAtBoundary("event synchronize", [&] { return backend_->SynchronizeEvent(e); });
   }
   events_.Recycle(e);
+  // A failed wait leaves the copies in flight: the next one waits again.
   if (st.ok()) copies_in_flight_ = false;
   return st;
+}
+
+absl::Status RingBufferBridge::PollUntilDone(Event e) {
+  for (;;) {
+    absl::StatusOr<bool> done = CallAtBoundary("event query", [&] { return backend_->QueryEvent(e); });
+    ++stats_.polls;
+    if (!done.ok()) return done.status();
+    if (*done) return absl::OkStatus();
+    std::this_thread::sleep_for(options_.poll_interval);
+  }
 }
 
 absl::StatusOr<std::size_t> RingBufferBridge::FlushToDevice() {

@@ -131,6 +131,8 @@ class RingBufferBridge {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Blocks (or polls) until the copies enqueued so far on the stream are done.
   absl::Status WaitForCopies() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // kDmaPolling's wait: queries `e` every poll_interval until it completes.
+  absl::Status PollUntilDone(Event e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   char* Slot(const DeviceRing& ring, std::uint64_t i) const;
 
   const std::shared_ptr<Backend> backend_;
@@ -155,7 +157,7 @@ class RingBufferBridge {
   std::vector<unsigned char> pending_ ABSL_GUARDED_BY(mu_);  // pushed, not flushed
   std::uint64_t written_ ABSL_GUARDED_BY(mu_) = 0;   // messages flushed so far
   std::uint64_t drained_ ABSL_GUARDED_BY(mu_) = 0;   // device messages consumed so far
-  bool copies_in_flight_ ABSL_GUARDED_BY(mu_) = false;  // staging_out_ may still be read
+  bool copies_in_flight_ ABSL_GUARDED_BY(mu_) = false;  // staging may still be in use
   BridgeStats stats_ ABSL_GUARDED_BY(mu_);
 };
 

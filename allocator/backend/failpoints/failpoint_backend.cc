@@ -60,7 +60,7 @@ std::uint64_t FailpointBackend::total_calls() const {
   std::lock_guard<std::mutex> lock(mu_);
   std::uint64_t total = 0;
   for (std::uint64_t c : calls_) total += c;
-  return total;
+  return total - calls_[static_cast<int>(BackendOp::kHostAccess)];
 }
 
 std::uint64_t FailpointBackend::faults_fired() const {
@@ -79,7 +79,8 @@ absl::Status FailpointBackend::Intercept(BackendOp op, DeviceIndex device, std::
   {
     std::lock_guard<std::mutex> lock(mu_);
     call.call_number = ++calls_[static_cast<int>(op)];
-    if (sticky_) {
+    const bool host_access = op == BackendOp::kHostAccess;
+    if (sticky_ && !host_access) {
       ++faults_fired_;
       return absl::InternalError(absl::StrFormat(
           "injected sticky device error: %s call #%d fails because an earlier call lost the "
@@ -88,7 +89,7 @@ absl::Status FailpointBackend::Intercept(BackendOp op, DeviceIndex device, std::
     }
     for (ActiveRule& active : rules_) {
       const FaultRule& rule = active.rule;
-      if (rule.op.has_value() && *rule.op != op) continue;
+      if (rule.op.has_value() ? *rule.op != op : host_access) continue;
       if (rule.max_fires >= 0 && active.fires >= rule.max_fires) continue;
       bool fire = false;
       switch (rule.schedule) {
@@ -279,6 +280,10 @@ absl::Status FailpointBackend::VmSetAccess(std::uintptr_t address, std::size_t b
 absl::Status FailpointBackend::VmUnmap(std::uintptr_t address, std::size_t bytes) {
   GPUALLOC_FORWARD((BackendOp::kVmUnmap, 0, bytes, reinterpret_cast<const void*>(address)),
                    VmUnmap(address, bytes));
+}
+absl::Status FailpointBackend::NoteHostAccess(const void* ptr, std::size_t bytes,
+                                              AccessMode mode) {
+  GPUALLOC_FORWARD((BackendOp::kHostAccess, 0, bytes, ptr), NoteHostAccess(ptr, bytes, mode));
 }
 
 #undef GPUALLOC_FORWARD

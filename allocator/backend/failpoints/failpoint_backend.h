@@ -5,6 +5,10 @@
 //   faulty->AddRule(FaultRule::NthCall(BackendOp::kMalloc, 3,
 //                                      FaultAction::kThrowBadAlloc));
 //
+// Host accesses (BackendOp::kHostAccess, from NoteHostAccess) are not runtime
+// calls: only a rule that names kHostAccess fails them, a sticky error leaves
+// them alone, and total_calls() does not count them.
+//
 // Reproducible: which calls fire depends only on the rules, the seed and the
 // order of calls, so a failure found with seed S recurs with seed S.
 // Thread-safe: rules, counters and the generator sit behind one mutex; the
@@ -36,7 +40,8 @@ class FailpointBackend final : public Backend {
   // Turns a sticky error off again (tests of recovery).
   void ClearStickyError();
 
-  // Calls seen so far (faulted or not), per operation and in total.
+  // Calls seen so far (faulted or not), per operation and in total (host
+  // accesses aside).
   std::uint64_t calls(BackendOp op) const;
   std::uint64_t total_calls() const;
   std::uint64_t faults_fired() const;
@@ -90,9 +95,7 @@ class FailpointBackend final : public Backend {
   absl::Status LaunchHostFunc(Stream stream, void (*fn)(void*), void* data) override {
     return inner_->LaunchHostFunc(stream, fn, data);
   }
-  absl::Status NoteHostAccess(const void* ptr, std::size_t bytes, AccessMode mode) override {
-    return inner_->NoteHostAccess(ptr, bytes, mode);
-  }
+  absl::Status NoteHostAccess(const void* ptr, std::size_t bytes, AccessMode mode) override;
 
  private:
   // Counts the call and applies the first rule that fires: returns the error

@@ -121,6 +121,33 @@ TEST(FailpointBackend, StickyErrorFailsEveryLaterCallUntilCleared) {
   EXPECT_TRUE(fp.Free(0, p).ok());
 }
 
+// Bug: host accesses counted as runtime calls: a campaign failing "any call"
+// or a lost device would fail the host's own reads and writes, and call
+// counts would change with them.
+TEST(FailpointBackend, HostAccessesFailOnlyByARuleThatNamesThem) {
+  auto sim = Sim();
+  FailpointBackend fp(sim, 7);
+  void* host = fp.HostAlloc(0, 256).value();
+  const std::uint64_t runtime_calls = fp.total_calls();
+  fp.AddRule(FaultRule::When(
+      std::nullopt, [](const CallInfo&) { return true; }, FaultAction::kReturnError));
+  EXPECT_TRUE(fp.NoteHostAccess(host, 256, AccessMode::kWrite).ok()) << "any call: not this";
+  fp.ClearRules();
+  fp.AddRule(FaultRule::NthCall(BackendOp::kMalloc, 1, FaultAction::kStickyError));
+  EXPECT_FALSE(fp.Malloc(0, 256).ok());
+  EXPECT_TRUE(fp.NoteHostAccess(host, 256, AccessMode::kRead).ok()) << "a lost device: not this";
+  fp.ClearStickyError();
+  fp.ClearRules();
+  fp.AddRule(FaultRule::NthCall(BackendOp::kHostAccess, 4, FaultAction::kReturnError));
+  EXPECT_TRUE(fp.NoteHostAccess(host, 256, AccessMode::kRead).ok());
+  const absl::Status named = fp.NoteHostAccess(host, 8, AccessMode::kWrite);
+  EXPECT_EQ(named.code(), absl::StatusCode::kResourceExhausted) << named;
+  EXPECT_NE(named.message().find("host_access"), absl::string_view::npos) << named;
+  EXPECT_EQ(fp.calls(BackendOp::kHostAccess), 4u);
+  EXPECT_EQ(fp.total_calls(), runtime_calls + 1) << "the Malloc, not the host accesses";
+  EXPECT_TRUE(fp.HostFree(0, host).ok());
+}
+
 TEST(FailpointBackend, DelayStallsThenRunsTheCall) {
   FailpointBackend fp(Sim(), 7);
   FaultRule slow = FaultRule::NthCall(BackendOp::kMalloc, 1, FaultAction::kDelay);
