@@ -1,5 +1,8 @@
 #include "allocator/transfer/transfers.h"
 
+#include <cstdio>
+#include <string>
+
 #include "absl/strings/str_format.h"
 #include "allocator/common/checked_math.h"
 #include "allocator/common/exception_boundary.h"
@@ -34,7 +37,12 @@ void* At(DeviceSpan s, std::size_t offset) { return static_cast<char*>(s.data) +
 }  // namespace
 
 Completion::State::~State() {
-  CallAtBoundary("event destroy", [&] { return backend->DestroyEvent(event); }).IgnoreError();
+  const absl::Status st =
+      CallAtBoundary("event destroy", [&] { return backend->DestroyEvent(event); });
+  if (!st.ok()) {  // a lost device: the event is gone with it, but say so
+    std::fprintf(stderr, "gpualloc: a transfer's completion could not destroy its event: %s\n",
+                 std::string(st.message()).c_str());
+  }
 }
 
 absl::StatusOr<Completion> Completion::Record(std::shared_ptr<Backend> backend, Stream stream) {
