@@ -1,6 +1,7 @@
 #include <cstdio>
 #include <functional>
 #include <numeric>
+#include <string>
 #include <vector>
 
 #include "allocator/backend/failpoints/failpoint_backend.h"
@@ -204,6 +205,26 @@ TEST(StagingPipeline, StreamsBatchesToTheHostWhileTheNextOnesCompute) {
 
 namespace gpualloc {
 namespace {
+
+// Bug: a completion whose event could not be destroyed (a lost device)
+// dropped the error: the event leaked and nothing said so.
+TEST(Transfers, ACompletionThatCannotDestroyItsEventSaysSo) {
+  auto sim = std::make_shared<SimBackend>(SimOptions::WithDevices(1, 64 << 20));
+  auto faulty = std::make_shared<FailpointBackend>(sim, 1);
+  const Stream s = sim->CreateStream(0).value();
+  {
+    absl::StatusOr<Completion> done = Completion::Record(faulty, s);
+    ASSERT_TRUE(done.ok()) << done.status();
+    ASSERT_TRUE(done->Wait().ok());
+    faulty->AddRule(FaultRule::NthCall(BackendOp::kEventDestroy, 1, FaultAction::kReturnError));
+    ::testing::internal::CaptureStderr();
+  }
+  const std::string said = ::testing::internal::GetCapturedStderr();
+  EXPECT_NE(said.find("could not destroy its event"), std::string::npos) << said;
+  EXPECT_NE(said.find("event_destroy"), std::string::npos) << "names the failed call: " << said;
+  EXPECT_EQ(sim->Accounting().live_events, 1u);
+  ASSERT_TRUE(sim->DestroyStream(s).ok());
+}
 
 TEST(EventPool, ReusesItsEventsAndDestroysThemOnlyWithThePool) {
   auto sim = std::make_shared<SimBackend>(SimOptions::WithDevices(1, 64 << 20));
