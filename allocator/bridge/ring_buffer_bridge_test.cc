@@ -142,12 +142,6 @@ struct Env {
     ASSERT_TRUE(sim->MemcpyAsync(r.header, &to, sizeof(to), CopyKind::kHostToDevice, stream).ok());
     ASSERT_TRUE(sim->SynchronizeStream(stream).ok());
   }
-  // The count in a device ring's header, read in stream order.
-  std::uint64_t CountIn(const DeviceRing& r) {
-    std::uint64_t count = 0;
-    std::memcpy(&count, DeviceRingBytes(r).data(), sizeof(count));
-    return count;
-  }
   // A kernel reading the whole ring for `ns`: copies queued after it wait.
   void DeviceReads(const DeviceRing& r, std::int64_t ns) {
     ASSERT_TRUE(sim->LaunchKernel(stream, {{r.header, kRingBytes, AccessMode::kRead, 0}}, ns,
